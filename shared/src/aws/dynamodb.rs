@@ -1,0 +1,198 @@
+//! DynamoDB: the click event log (key design in [`crate::domain::events`]).
+
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
+    ProjectionType, ScalarAttributeType, TimeToLiveSpecification,
+};
+
+use super::AwsError;
+use crate::domain::events::ClickEvent;
+
+pub const GSI_BY_CAMPAIGN: &str = "by_campaign";
+pub const GSI_BY_PARTNER: &str = "by_partner";
+pub const GSI_FAILURES: &str = "failures";
+pub const TTL_ATTRIBUTE: &str = "expires_at";
+
+#[derive(Clone)]
+pub struct DynamoEventLog {
+    client: Client,
+    table: String,
+}
+
+/// Outcome of an idempotent put.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutOutcome {
+    Written,
+    /// The same event was already logged (a retry or a redelivery).
+    AlreadyLogged,
+}
+
+impl DynamoEventLog {
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        Self { client, table: table.into() }
+    }
+
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// Writes one event unless an item with its key exists: retries and redeliveries never duplicate it.
+    pub async fn put(&self, event: &ClickEvent) -> Result<PutOutcome, AwsError> {
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item(event)))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(PutOutcome::Written),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_conditional_check_failed_exception()) => {
+                Ok(PutOutcome::AlreadyLogged)
+            }
+            Err(e) => Err(AwsError::from_sdk("dynamodb PutItem", e)),
+        }
+    }
+
+    /// A campaign's events in one UTC hour (`"2026-03-29T01"`), oldest first.
+    pub async fn campaign_hour(
+        &self,
+        campaign_id: &str,
+        hour: &str,
+    ) -> Result<Vec<HashMap<String, AttributeValue>>, AwsError> {
+        self.query_index(GSI_BY_CAMPAIGN, "campaign_hour", &format!("{campaign_id}#{hour}")).await
+    }
+
+    /// A partner's events in one UTC hour, oldest first.
+    pub async fn partner_hour(
+        &self,
+        partner_id: &str,
+        hour: &str,
+    ) -> Result<Vec<HashMap<String, AttributeValue>>, AwsError> {
+        self.query_index(GSI_BY_PARTNER, "partner_hour", &format!("{partner_id}#{hour}")).await
+    }
+
+    /// Failed and dead events of one UTC day (`"2026-03-29"`), oldest first.
+    pub async fn failures_on(&self, day: &str) -> Result<Vec<HashMap<String, AttributeValue>>, AwsError> {
+        self.query_index(GSI_FAILURES, "failure_day", day).await
+    }
+
+    async fn query_index(
+        &self,
+        index: &str,
+        key: &str,
+        value: &str,
+    ) -> Result<Vec<HashMap<String, AttributeValue>>, AwsError> {
+        let mut items = Vec::new();
+        let mut start = None;
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(index)
+                .key_condition_expression("#k = :v")
+                .expression_attribute_names("#k", key)
+                .expression_attribute_values(":v", AttributeValue::S(value.to_owned()))
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| AwsError::from_sdk("dynamodb Query", e))?;
+            items.extend(out.items().iter().cloned());
+            match out.last_evaluated_key() {
+                Some(key) if !key.is_empty() => start = Some(key.clone()),
+                _ => return Ok(items),
+            }
+        }
+    }
+
+    /// Creates the table as `template.yaml` declares it (used locally and by tests; SAM creates it in AWS).
+    pub async fn create_table(client: &Client, table: &str) -> Result<Self, AwsError> {
+        let string_attr = |name: &str| {
+            AttributeDefinition::builder()
+                .attribute_name(name)
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .expect("name and type are set")
+        };
+        let key = |name: &str, kind: KeyType| {
+            KeySchemaElement::builder().attribute_name(name).key_type(kind).build().expect("name and type are set")
+        };
+        let gsi = |name: &str, hash: &str| {
+            GlobalSecondaryIndex::builder()
+                .index_name(name)
+                .key_schema(key(hash, KeyType::Hash))
+                .key_schema(key("sk", KeyType::Range))
+                .projection(Projection::builder().projection_type(ProjectionType::All).build())
+                .build()
+                .expect("name, keys and projection are set")
+        };
+        let result = client
+            .create_table()
+            .table_name(table)
+            .billing_mode(BillingMode::PayPerRequest)
+            .attribute_definitions(string_attr("pk"))
+            .attribute_definitions(string_attr("sk"))
+            .attribute_definitions(string_attr("campaign_hour"))
+            .attribute_definitions(string_attr("partner_hour"))
+            .attribute_definitions(string_attr("failure_day"))
+            .key_schema(key("pk", KeyType::Hash))
+            .key_schema(key("sk", KeyType::Range))
+            .global_secondary_indexes(gsi(GSI_BY_CAMPAIGN, "campaign_hour"))
+            .global_secondary_indexes(gsi(GSI_BY_PARTNER, "partner_hour"))
+            .global_secondary_indexes(gsi(GSI_FAILURES, "failure_day"))
+            .send()
+            .await;
+        match result {
+            Ok(_) => {}
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_in_use_exception()) => {
+                return Ok(Self::new(client.clone(), table));
+            }
+            Err(e) => return Err(AwsError::from_sdk("dynamodb CreateTable", e)),
+        }
+        client
+            .update_time_to_live()
+            .table_name(table)
+            .time_to_live_specification(
+                TimeToLiveSpecification::builder()
+                    .enabled(true)
+                    .attribute_name(TTL_ATTRIBUTE)
+                    .build()
+                    .expect("name and flag are set"),
+            )
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk("dynamodb UpdateTimeToLive", e))?;
+        Ok(Self::new(client.clone(), table))
+    }
+}
+
+fn item(event: &ClickEvent) -> HashMap<String, AttributeValue> {
+    let keys = event.keys();
+    let s = |v: &str| AttributeValue::S(v.to_owned());
+    let mut item = HashMap::from([
+        ("pk".to_owned(), s(&keys.pk)),
+        ("sk".to_owned(), s(&keys.sk)),
+        ("campaign_hour".to_owned(), s(&keys.campaign_hour)),
+        ("partner_hour".to_owned(), s(&keys.partner_hour)),
+        ("campaign_id".to_owned(), s(event.campaign_id.as_str())),
+        ("partner_id".to_owned(), s(event.partner_id.as_str())),
+        ("click_id".to_owned(), s(event.click_id.as_str())),
+        ("batch_id".to_owned(), AttributeValue::N(event.batch_id.to_string())),
+        ("event".to_owned(), s(event.kind.as_str())),
+        ("attempt".to_owned(), AttributeValue::N(event.attempt.to_string())),
+        ("at".to_owned(), s(&event.at.to_rfc3339())),
+        (TTL_ATTRIBUTE.to_owned(), AttributeValue::N(keys.expires_at.to_string())),
+    ]);
+    if let Some(day) = keys.failure_day {
+        item.insert("failure_day".to_owned(), s(&day));
+    }
+    if let Some(detail) = &event.detail {
+        item.insert("detail".to_owned(), s(detail));
+    }
+    item
+}

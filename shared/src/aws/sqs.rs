@@ -1,0 +1,160 @@
+//! SQS: the click queue between the pacer and the bridge.
+
+use aws_sdk_sqs::Client;
+use aws_sdk_sqs::types::{QueueAttributeName, SendMessageBatchRequestEntry};
+
+use super::AwsError;
+
+/// SendMessageBatch takes at most this many entries per call.
+pub const MAX_BATCH_ENTRIES: usize = 10;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutgoingMessage {
+    /// Unique within one call; reported back for entries that failed.
+    pub id: String,
+    pub body: String,
+    /// Per-message delay (0..=900 s): how releases are spread within a minute.
+    pub delay_seconds: i32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedEntry {
+    pub id: String,
+    /// True when SQS blames the request (retrying it unchanged cannot succeed).
+    pub sender_fault: bool,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceivedMessage {
+    pub message_id: String,
+    pub receipt_handle: String,
+    pub body: String,
+    pub receive_count: u32,
+}
+
+#[derive(Clone)]
+pub struct SqsQueue {
+    client: Client,
+    url: String,
+}
+
+impl SqsQueue {
+    pub fn new(client: Client, url: impl Into<String>) -> Self {
+        Self { client, url: url.into() }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Sends up to [`MAX_BATCH_ENTRIES`] messages in one call and returns the entries that failed, so the
+    /// caller retries only those.
+    pub async fn send_batch(&self, messages: &[OutgoingMessage]) -> Result<Vec<FailedEntry>, AwsError> {
+        if messages.is_empty() || messages.len() > MAX_BATCH_ENTRIES {
+            return Err(AwsError {
+                operation: "sqs SendMessageBatch",
+                message: format!("takes 1 to {MAX_BATCH_ENTRIES} entries, got {}", messages.len()),
+            });
+        }
+        let entries = messages
+            .iter()
+            .map(|m| {
+                SendMessageBatchRequestEntry::builder()
+                    .id(&m.id)
+                    .message_body(&m.body)
+                    .delay_seconds(m.delay_seconds)
+                    .build()
+                    .map_err(|e| AwsError { operation: "sqs SendMessageBatch entry", message: e.to_string() })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let out = self
+            .client
+            .send_message_batch()
+            .queue_url(&self.url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk("sqs SendMessageBatch", e))?;
+        Ok(out
+            .failed()
+            .iter()
+            .map(|f| FailedEntry {
+                id: f.id().to_owned(),
+                sender_fault: f.sender_fault(),
+                message: format!("{}: {}", f.code(), f.message().unwrap_or_default()),
+            })
+            .collect())
+    }
+
+    pub async fn receive(&self, max: i32, wait_seconds: i32) -> Result<Vec<ReceivedMessage>, AwsError> {
+        let out = self
+            .client
+            .receive_message()
+            .queue_url(&self.url)
+            .max_number_of_messages(max)
+            .wait_time_seconds(wait_seconds)
+            .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::ApproximateReceiveCount)
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk("sqs ReceiveMessage", e))?;
+        Ok(out
+            .messages()
+            .iter()
+            .map(|m| ReceivedMessage {
+                message_id: m.message_id().unwrap_or_default().to_owned(),
+                receipt_handle: m.receipt_handle().unwrap_or_default().to_owned(),
+                body: m.body().unwrap_or_default().to_owned(),
+                receive_count: m
+                    .attributes()
+                    .and_then(|a| a.get(&aws_sdk_sqs::types::MessageSystemAttributeName::ApproximateReceiveCount))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(1),
+            })
+            .collect())
+    }
+
+    pub async fn delete(&self, receipt_handle: &str) -> Result<(), AwsError> {
+        self.client
+            .delete_message()
+            .queue_url(&self.url)
+            .receipt_handle(receipt_handle)
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk("sqs DeleteMessage", e))?;
+        Ok(())
+    }
+
+    /// Creates (or finds) a queue; with `dead_letter` set, messages received `max_receives` times move there.
+    pub async fn create(
+        client: &Client,
+        name: &str,
+        visibility_timeout_s: u32,
+        dead_letter: Option<(&str, u32)>,
+    ) -> Result<Self, AwsError> {
+        let mut request = client
+            .create_queue()
+            .queue_name(name)
+            .attributes(QueueAttributeName::VisibilityTimeout, visibility_timeout_s.to_string());
+        if let Some((dlq_url, max_receives)) = dead_letter {
+            let arn = client
+                .get_queue_attributes()
+                .queue_url(dlq_url)
+                .attribute_names(QueueAttributeName::QueueArn)
+                .send()
+                .await
+                .map_err(|e| AwsError::from_sdk("sqs GetQueueAttributes", e))?
+                .attributes()
+                .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
+                .unwrap_or_default();
+            let policy = serde_json::json!({ "deadLetterTargetArn": arn, "maxReceiveCount": max_receives });
+            request = request.attributes(QueueAttributeName::RedrivePolicy, policy.to_string());
+        }
+        let out = request.send().await.map_err(|e| AwsError::from_sdk("sqs CreateQueue", e))?;
+        Ok(Self::new(client.clone(), out.queue_url().unwrap_or_default()))
+    }
+}

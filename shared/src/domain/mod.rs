@@ -1,0 +1,12 @@
+//! The business model. Pure: no AWS, no PostgreSQL, no I/O.
+
+pub mod batch;
+pub mod campaign;
+pub mod events;
+pub mod ids;
+pub mod partner;
+
+pub use batch::BatchState;
+pub use campaign::{Campaign, CampaignStatus, HourlyWeights, Micros, PacingMode};
+pub use ids::{CampaignId, ClickId, InvalidId, PartnerId};
+pub use partner::{DeliveryFormat, Partner};

@@ -1,0 +1,17 @@
+//! ClickPacer's library crate.
+//!
+//! - [`config`], [`telemetry`]: what every function needs at cold start.
+//! - [`domain`]: the business model (campaigns, partners, batches and their state machine). Pure: nothing here
+//!   knows about AWS or PostgreSQL.
+//! - [`postgres`], [`aws`]: the adapters that implement the ports against real services.
+//! - [`testing`] (feature `testing`): the one integration-test harness every crate's tests use.
+
+pub mod config;
+pub mod domain;
+pub mod postgres;
+pub mod telemetry;
+
+pub mod aws;
+
+#[cfg(feature = "testing")]
+pub mod testing;

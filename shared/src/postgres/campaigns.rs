@@ -1,0 +1,102 @@
+//! Campaigns in PostgreSQL.
+
+use chrono::{DateTime, Utc};
+use tokio_postgres::{GenericClient, Row};
+
+use super::DbError;
+use super::partners::{to_i32, to_u32};
+use crate::domain::{Campaign, CampaignId, CampaignStatus, HourlyWeights, Micros, PacingMode, PartnerId};
+
+const COLUMNS: &str = "campaign_id, name, partner_id, status, time_zone, flight_start, flight_end, pacing_mode, \
+    hourly_weights, max_per_second, max_per_minute, max_per_hour, daily_cap, cost_per_click_micros, \
+    daily_budget_micros, total_budget_micros, batch_size";
+
+/// Inserts or replaces a campaign's configuration.
+pub async fn upsert(db: &impl GenericClient, c: &Campaign) -> Result<(), DbError> {
+    let weights: Option<Vec<f64>> = match &c.pacing {
+        PacingMode::HourlyCurve(w) => Some(w.weights().to_vec()),
+        _ => None,
+    };
+    let daily_cap = c.daily_cap.map(i64::try_from).transpose().map_err(|_| DbError::Invalid("daily cap".into()))?;
+    db.execute(
+        "INSERT INTO campaigns (campaign_id, name, partner_id, status, time_zone, flight_start, flight_end,
+                                pacing_mode, hourly_weights, max_per_second, max_per_minute, max_per_hour,
+                                daily_cap, cost_per_click_micros, daily_budget_micros, total_budget_micros,
+                                batch_size)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
+         ON CONFLICT (campaign_id) DO UPDATE SET
+             name = EXCLUDED.name, partner_id = EXCLUDED.partner_id, status = EXCLUDED.status,
+             time_zone = EXCLUDED.time_zone, flight_start = EXCLUDED.flight_start,
+             flight_end = EXCLUDED.flight_end, pacing_mode = EXCLUDED.pacing_mode,
+             hourly_weights = EXCLUDED.hourly_weights, max_per_second = EXCLUDED.max_per_second,
+             max_per_minute = EXCLUDED.max_per_minute, max_per_hour = EXCLUDED.max_per_hour,
+             daily_cap = EXCLUDED.daily_cap, cost_per_click_micros = EXCLUDED.cost_per_click_micros,
+             daily_budget_micros = EXCLUDED.daily_budget_micros,
+             total_budget_micros = EXCLUDED.total_budget_micros, batch_size = EXCLUDED.batch_size,
+             updated_at = now()",
+        &[
+            &c.campaign_id.as_str(),
+            &c.name,
+            &c.partner_id.as_str(),
+            &c.status.as_str(),
+            &c.time_zone.name(),
+            &c.flight_start,
+            &c.flight_end,
+            &c.pacing.name(),
+            &weights,
+            &c.max_per_second.map(to_i32).transpose()?,
+            &c.max_per_minute.map(to_i32).transpose()?,
+            &c.max_per_hour.map(to_i32).transpose()?,
+            &daily_cap,
+            &c.cost_per_click.0,
+            &c.daily_budget.map(|m| m.0),
+            &c.total_budget.map(|m| m.0),
+            &to_i32(c.batch_size)?,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+pub async fn get(db: &impl GenericClient, campaign_id: &CampaignId) -> Result<Option<Campaign>, DbError> {
+    let sql = format!("SELECT {COLUMNS} FROM campaigns WHERE campaign_id = $1");
+    db.query_opt(&sql, &[&campaign_id.as_str()]).await?.map(|row| from_row(&row)).transpose()
+}
+
+pub async fn list(db: &impl GenericClient) -> Result<Vec<Campaign>, DbError> {
+    let sql = format!("SELECT {COLUMNS} FROM campaigns ORDER BY campaign_id");
+    db.query(&sql, &[]).await?.iter().map(from_row).collect()
+}
+
+pub(crate) fn from_row(row: &Row) -> Result<Campaign, DbError> {
+    let invalid = |what: &str| DbError::Invalid(format!("campaign row has an invalid {what}"));
+    let status: String = row.try_get("status")?;
+    let zone: String = row.try_get("time_zone")?;
+    let mode: String = row.try_get("pacing_mode")?;
+    let weights: Option<Vec<f64>> = row.try_get("hourly_weights")?;
+    let pacing = match (mode.as_str(), weights) {
+        ("asap", _) => PacingMode::Asap,
+        ("even", _) => PacingMode::Even,
+        ("hourly_curve", Some(w)) => PacingMode::HourlyCurve(HourlyWeights::parse(&w).map_err(DbError::Invalid)?),
+        _ => return Err(invalid("pacing mode")),
+    };
+    Ok(Campaign {
+        campaign_id: CampaignId::parse(row.try_get::<_, String>("campaign_id")?).map_err(|_| invalid("id"))?,
+        name: row.try_get("name")?,
+        partner_id: PartnerId::parse(row.try_get::<_, String>("partner_id")?).map_err(|_| invalid("partner"))?,
+        status: CampaignStatus::parse(&status).ok_or_else(|| invalid("status"))?,
+        // PostgreSQL may know zones chrono-tz does not (and the reverse): refuse rather than guess.
+        time_zone: zone.parse().map_err(|_| invalid("time zone"))?,
+        flight_start: row.try_get::<_, Option<DateTime<Utc>>>("flight_start")?,
+        flight_end: row.try_get::<_, Option<DateTime<Utc>>>("flight_end")?,
+        pacing,
+        max_per_second: row.try_get::<_, Option<i32>>("max_per_second")?.map(to_u32),
+        max_per_minute: row.try_get::<_, Option<i32>>("max_per_minute")?.map(to_u32),
+        max_per_hour: row.try_get::<_, Option<i32>>("max_per_hour")?.map(to_u32),
+        daily_cap: row.try_get::<_, Option<i64>>("daily_cap")?.map(|v| v.max(0) as u64),
+        cost_per_click: Micros(row.try_get("cost_per_click_micros")?),
+        daily_budget: row.try_get::<_, Option<i64>>("daily_budget_micros")?.map(Micros),
+        total_budget: row.try_get::<_, Option<i64>>("total_budget_micros")?.map(Micros),
+        batch_size: to_u32(row.try_get("batch_size")?),
+    })
+}

@@ -1,0 +1,71 @@
+//! PostgreSQL: the pool every function builds once at cold start, the migrations, and the repositories
+//! (SQL lives beside the code that runs it).
+
+pub mod campaigns;
+pub mod partners;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+
+use crate::config::DatabaseConfig;
+
+pub use deadpool_postgres::Pool as PgPool;
+
+mod embedded {
+    refinery::embed_migrations!("../migrations");
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("database: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("database pool: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("database pool setup: {0}")]
+    Build(#[from] deadpool_postgres::BuildError),
+    #[error("migrations: {0}")]
+    Migration(#[from] refinery::Error),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl DbError {
+    /// True when the failure came from a constraint the schema enforces (the caller sent bad data),
+    /// as opposed to an outage worth retrying.
+    pub fn is_constraint_violation(&self) -> bool {
+        self.sql_state().is_some_and(|code| code.code().starts_with("23"))
+    }
+
+    pub fn sql_state(&self) -> Option<&tokio_postgres::error::SqlState> {
+        match self {
+            Self::Postgres(e) => e.code(),
+            Self::Pool(deadpool_postgres::PoolError::Backend(e)) => e.code(),
+            _ => None,
+        }
+    }
+}
+
+/// The one pool builder. `Verified` recycling checks a connection before reuse, so a restarted server or a
+/// proxy-closed connection costs one retry-free reconnect instead of a failed invocation.
+pub fn build_pool(config: &DatabaseConfig) -> Result<Pool, DbError> {
+    let pg: tokio_postgres::Config =
+        config.url.parse().map_err(|_| DbError::Invalid("DATABASE_URL is not a PostgreSQL URL".into()))?;
+    let manager =
+        Manager::from_config(pg, tokio_postgres::NoTls, ManagerConfig { recycling_method: RecyclingMethod::Verified });
+    Ok(Pool::builder(manager).max_size(config.pool_size).build()?)
+}
+
+/// The migrations compiled into the binary, in order: `(version, name)`.
+pub fn known_migrations() -> Vec<(i32, String)> {
+    embedded::migrations::runner().get_migrations().iter().map(|m| (m.version(), m.name().to_owned())).collect()
+}
+
+/// Applies every pending migration; safe to run again (already applied ones are skipped) and from several
+/// processes at once (a session-level advisory lock serialises them).
+pub async fn migrate(pool: &Pool) -> Result<Vec<(i32, String)>, DbError> {
+    let mut client = pool.get().await?;
+    client.execute("SELECT pg_advisory_lock(hashtext('clickpacer.migrate'))", &[]).await?;
+    let result = embedded::migrations::runner().run_async(&mut **client).await;
+    client.execute("SELECT pg_advisory_unlock(hashtext('clickpacer.migrate'))", &[]).await?;
+    let report = result?;
+    Ok(report.applied_migrations().iter().map(|m| (m.version(), m.name().to_owned())).collect())
+}

@@ -1,0 +1,93 @@
+//! The AWS adapters against the local endpoint, through the real SDK.
+
+use clickpacer::aws::dynamodb::PutOutcome;
+use clickpacer::aws::sqs::OutgoingMessage;
+use clickpacer::domain::events::{ClickEvent, ClickEventKind};
+use clickpacer::domain::{CampaignId, ClickId, PartnerId};
+use clickpacer::testing::TestAws;
+use tokio::io::AsyncReadExt;
+
+#[tokio::test]
+async fn s3_put_then_streamed_get() {
+    let aws = TestAws::new().await;
+    let (objects, bucket) = aws.bucket().await;
+    let body = "click_id,campaign_id\nc1,spring\n".repeat(1000);
+    objects.put(&bucket, "incoming/spring/clicks 1.csv", body.clone().into_bytes(), "text/csv").await.unwrap();
+
+    let (info, mut stream) = objects.open(&bucket, "incoming/spring/clicks 1.csv").await.unwrap();
+    assert_eq!(info.size, Some(body.len() as i64));
+    assert!(!info.version.is_empty(), "an ETag or version id identifies the bytes");
+    let mut read = String::new();
+    stream.read_to_string(&mut read).await.unwrap();
+    assert_eq!(read, body);
+
+    let missing = objects.open(&bucket, "incoming/none.csv").await.err().expect("missing object");
+    assert!(missing.to_string().contains("NoSuchKey"), "{missing}");
+}
+
+#[tokio::test]
+async fn sqs_send_receive_delete_and_dead_letter() {
+    let aws = TestAws::new().await;
+    let (queue, dead) = aws.queue_with_dead_letter(1, 2).await;
+    let messages: Vec<_> = (0..10)
+        .map(|i| OutgoingMessage { id: format!("m{i}"), body: format!("{{\"batch_id\":{i}}}"), delay_seconds: 0 })
+        .collect();
+    assert!(queue.send_batch(&messages).await.unwrap().is_empty());
+    assert!(queue.send_batch(&[]).await.is_err(), "an empty batch is refused before the call");
+
+    let mut bodies = Vec::new();
+    while bodies.len() < 10 {
+        let received = queue.receive(10, 1).await.unwrap();
+        assert!(!received.is_empty(), "all ten messages arrive");
+        for m in received {
+            bodies.push(m.body.clone());
+            if m.body != "{\"batch_id\":0}" {
+                queue.delete(&m.receipt_handle).await.unwrap();
+            }
+        }
+    }
+    bodies.sort();
+    bodies.dedup();
+    assert_eq!(bodies.len(), 10);
+
+    // The one message never deleted is received again after its visibility timeout, then dead-lettered.
+    let mut moved = Vec::new();
+    for _ in 0..20 {
+        let _ = queue.receive(10, 1).await.unwrap();
+        moved = dead.receive(10, 0).await.unwrap();
+        if !moved.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(moved.len(), 1, "redriven after max receives");
+    assert_eq!(moved[0].body, "{\"batch_id\":0}");
+}
+
+#[tokio::test]
+async fn dynamodb_conditional_put_and_query_by_each_index() {
+    let aws = TestAws::new().await;
+    let log = aws.events_table().await;
+    let event = |click: &str, kind, minute: u32| ClickEvent {
+        campaign_id: CampaignId::parse("spring").unwrap(),
+        partner_id: PartnerId::parse("acme").unwrap(),
+        click_id: ClickId::parse(click).unwrap(),
+        batch_id: 1,
+        kind,
+        attempt: 1,
+        at: format!("2026-11-28T10:{minute:02}:00Z").parse().unwrap(),
+        detail: None,
+    };
+    let delivered = event("c1", ClickEventKind::Delivered, 1);
+    assert_eq!(log.put(&delivered).await.unwrap(), PutOutcome::Written);
+    assert_eq!(log.put(&delivered).await.unwrap(), PutOutcome::AlreadyLogged);
+    assert_eq!(log.put(&event("c2", ClickEventKind::Dead, 2)).await.unwrap(), PutOutcome::Written);
+    assert_eq!(log.put(&event("c3", ClickEventKind::Released, 0)).await.unwrap(), PutOutcome::Written);
+
+    let clicks = |items: Vec<std::collections::HashMap<String, aws_sdk_dynamodb::types::AttributeValue>>| {
+        items.iter().map(|i| i["click_id"].as_s().unwrap().clone()).collect::<Vec<_>>()
+    };
+    assert_eq!(clicks(log.campaign_hour("spring", "2026-11-28T10").await.unwrap()), ["c3", "c1", "c2"]);
+    assert_eq!(clicks(log.partner_hour("acme", "2026-11-28T10").await.unwrap()), ["c3", "c1", "c2"]);
+    assert_eq!(clicks(log.failures_on("2026-11-28").await.unwrap()), ["c2"], "sparse: only failures");
+    assert!(log.campaign_hour("spring", "2026-11-28T11").await.unwrap().is_empty());
+}

@@ -1,0 +1,172 @@
+//! The schema and repositories against a real PostgreSQL.
+
+use clickpacer::domain::{Campaign, CampaignId, CampaignStatus, HourlyWeights, Micros, PacingMode, Partner, PartnerId};
+use clickpacer::postgres::{self, DbError, campaigns, partners};
+use clickpacer::testing::TestDb;
+
+fn partner() -> Partner {
+    let mut p = Partner::get(PartnerId::parse("acme").unwrap(), "https://acme.example/click?id={click_id}");
+    p.headers = vec![("X-Source".into(), "clickpacer".into())];
+    p.rate_per_second = Some(50);
+    p.signing_secret = Some("0123456789abcdef".into());
+    p
+}
+
+fn campaign() -> Campaign {
+    let mut c = Campaign::unlimited(CampaignId::parse("spring-sale").unwrap(), PartnerId::parse("acme").unwrap());
+    c.time_zone = chrono_tz::America::New_York;
+    let mut weights = [0.0; 24];
+    weights[9..17].fill(1.0);
+    c.pacing = PacingMode::HourlyCurve(HourlyWeights::parse(&weights).unwrap());
+    c.daily_cap = Some(10_000);
+    c.max_per_minute = Some(600);
+    c.cost_per_click = Micros(250_000);
+    c.daily_budget = Some(Micros(2_000_000_000));
+    c.flight_start = Some("2026-11-01T00:00:00Z".parse().unwrap());
+    c.flight_end = Some("2026-12-01T00:00:00Z".parse().unwrap());
+    c
+}
+
+async fn seed(db: &TestDb) {
+    let client = db.client().await;
+    partners::upsert(&**client, &partner()).await.unwrap();
+    campaigns::upsert(&**client, &campaign()).await.unwrap();
+}
+
+fn expect_violation<T: std::fmt::Debug>(result: Result<T, tokio_postgres::Error>, what: &str) {
+    let err = DbError::from(result.expect_err(what));
+    assert!(err.is_constraint_violation(), "{what}: expected a constraint violation, got {err}");
+}
+
+#[tokio::test]
+async fn migrations_apply_on_an_empty_database_and_again() {
+    let db = TestDb::new().await; // applies them once
+    let again = postgres::migrate(&db.pool).await.unwrap();
+    assert!(again.is_empty(), "nothing left to apply: {again:?}");
+    let client = db.client().await;
+    let applied: i64 = client.query_one("SELECT count(*) FROM refinery_schema_history", &[]).await.unwrap().get(0);
+    assert_eq!(applied as usize, postgres::known_migrations().len());
+}
+
+#[tokio::test]
+async fn partners_and_campaigns_round_trip() {
+    let db = TestDb::new().await;
+    seed(&db).await;
+    let client = db.client().await;
+    assert_eq!(partners::get(&**client, &PartnerId::parse("acme").unwrap()).await.unwrap(), Some(partner()));
+    assert_eq!(campaigns::get(&**client, &campaign().campaign_id).await.unwrap(), Some(campaign()));
+
+    let mut paused = campaign();
+    paused.status = CampaignStatus::Paused;
+    paused.pacing = PacingMode::Even;
+    campaigns::upsert(&**client, &paused).await.unwrap();
+    assert_eq!(campaigns::list(&**client).await.unwrap(), vec![paused]);
+    assert_eq!(campaigns::get(&**client, &CampaignId::parse("nope").unwrap()).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn the_database_rejects_what_the_design_forbids() {
+    let db = TestDb::new().await;
+    seed(&db).await;
+    let client = db.client().await;
+
+    expect_violation(
+        client.execute("UPDATE campaigns SET daily_cap = -1 WHERE campaign_id = 'spring-sale'", &[]).await,
+        "negative daily cap",
+    );
+    expect_violation(
+        client
+            .execute("UPDATE campaigns SET time_zone = 'Mars/Olympus_Mons' WHERE campaign_id = 'spring-sale'", &[])
+            .await,
+        "unknown time zone",
+    );
+    expect_violation(
+        client.execute("UPDATE campaigns SET hourly_weights = array_fill(1.0::float8, ARRAY[23])", &[]).await,
+        "23 hourly weights",
+    );
+    expect_violation(
+        client.execute("INSERT INTO campaigns (campaign_id, name, partner_id) VALUES ('x', 'x', 'ghost')", &[]).await,
+        "unknown partner",
+    );
+
+    let upload: i64 = client
+        .query_one(
+            "INSERT INTO uploads (bucket, object_key, object_version) VALUES ('b', 'k', 'v1') RETURNING upload_id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    expect_violation(
+        client.execute("INSERT INTO uploads (bucket, object_key, object_version) VALUES ('b', 'k', 'v1')", &[]).await,
+        "same object version twice",
+    );
+    expect_violation(
+        client.execute("UPDATE uploads SET accepted_rows = 5 WHERE upload_id = $1", &[&upload]).await,
+        "counts that do not add up",
+    );
+
+    let insert_batch =
+        "INSERT INTO batches (campaign_id, partner_id, upload_id, upload_seq, click_count, due_at, state)
+                        VALUES ('spring-sale', 'acme', $1, $2, 10, now(), $3)";
+    let batch_id: i64 = client
+        .query_one(&format!("{insert_batch} RETURNING batch_id"), &[&upload, &0i32, &"pending"])
+        .await
+        .unwrap()
+        .get(0);
+    expect_violation(client.execute(insert_batch, &[&upload, &1i32, &"misplaced"]).await, "unknown batch state");
+    expect_violation(client.execute(insert_batch, &[&upload, &0i32, &"pending"]).await, "same batch slot twice");
+    expect_violation(
+        client.execute("UPDATE batches SET state = 'claimed' WHERE batch_id = $1", &[&batch_id]).await,
+        "a claim without a lease",
+    );
+
+    // A click id enters a campaign once, whatever partition or ingestion time it would land in.
+    client.execute("SELECT ensure_click_partition(now())", &[]).await.unwrap();
+    let insert_click = "WITH id AS (
+                            INSERT INTO click_ids (campaign_id, click_id, ingested_at)
+                            VALUES ('spring-sale', 'click-1', $3) RETURNING *)
+                        INSERT INTO clicks (campaign_id, click_id, upload_id, row_number, batch_id, clicked_at,
+                                            ingested_at)
+                        SELECT campaign_id, click_id, $1, 1, $2, now(), ingested_at FROM id";
+    let now = chrono::Utc::now();
+    client.execute(insert_click, &[&upload, &batch_id, &now]).await.unwrap();
+    expect_violation(
+        client.execute(insert_click, &[&upload, &batch_id, &(now + chrono::Duration::days(40))]).await,
+        "duplicate click id in a campaign",
+    );
+    expect_violation(
+        client
+            .execute(
+                "INSERT INTO clicks (campaign_id, click_id, upload_id, row_number, batch_id, clicked_at, ingested_at)
+                 VALUES ('spring-sale', 'click-1', $1, 2, $2, now(), $3)",
+                &[&upload, &batch_id, &(now + chrono::Duration::seconds(1))],
+            )
+            .await,
+        "a click row without its identity",
+    );
+
+    // One confirmed delivery per click, ever.
+    let deliver = "INSERT INTO delivery_results (batch_id, fence, campaign_id, click_id, partner_id, attempt, outcome)
+                   VALUES ($1, 1, 'spring-sale', 'click-1', 'acme', $2, 'delivered')";
+    client.execute(deliver, &[&batch_id, &1i32]).await.unwrap();
+    expect_violation(client.execute(deliver, &[&batch_id, &2i32]).await, "a second delivery of one click");
+}
+
+#[tokio::test]
+async fn click_partitions_are_created_once_per_month() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    let name: String =
+        client.query_one("SELECT ensure_click_partition('2027-02-14T12:00:00Z')", &[]).await.unwrap().get(0);
+    assert_eq!(name, "clicks_2027_02");
+    let again: String =
+        client.query_one("SELECT ensure_click_partition('2027-02-28T23:59:59Z')", &[]).await.unwrap().get(0);
+    assert_eq!(again, name);
+    let partitions: i64 = client
+        .query_one("SELECT count(*) FROM pg_inherits WHERE inhparent = 'clicks'::regclass", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(partitions, 2, "the default partition and February 2027");
+}
