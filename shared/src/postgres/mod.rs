@@ -69,3 +69,13 @@ pub async fn migrate(pool: &Pool) -> Result<Vec<(i32, String)>, DbError> {
     let report = result?;
     Ok(report.applied_migrations().iter().map(|m| (m.version(), m.name().to_owned())).collect())
 }
+
+/// Versions already applied to the database (empty before the first migration).
+pub async fn applied_migrations(pool: &Pool) -> Result<Vec<i32>, DbError> {
+    let client = pool.get().await?;
+    if client.query_one("SELECT to_regclass('refinery_schema_history') IS NULL", &[]).await?.get(0) {
+        return Ok(Vec::new());
+    }
+    let rows = client.query("SELECT version FROM refinery_schema_history ORDER BY version", &[]).await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
