@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod domain;
+pub mod ingest;
 pub mod pacing;
 pub mod postgres;
 pub mod telemetry;

@@ -1,0 +1,64 @@
+//! S3 object keys as they arrive in events.
+
+use percent_encoding::percent_decode_str;
+
+use crate::domain::CampaignId;
+
+/// Keys arrive URL-encoded in S3 event notifications, form-style: `+` for a space, `%xx` for other bytes
+/// (`%2B` for a literal `+`). Returns `None` when the decoded bytes are not UTF-8.
+pub fn decode_event_key(raw: &str) -> Option<String> {
+    let spaced = raw.replace('+', " ");
+    percent_decode_str(&spaced).decode_utf8().ok().map(|k| k.into_owned())
+}
+
+/// The campaign an upload key names: `incoming/<campaign_id>/...`. `None` when the key names none (rows must
+/// then carry `campaign_id`); an error when the segment is present but is not a valid campaign id.
+pub fn campaign_from_key(key: &str) -> Result<Option<CampaignId>, crate::domain::InvalidId> {
+    let mut parts = key.split('/');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some("incoming"), Some(segment), Some(_)) => CampaignId::parse(segment).map(Some),
+        _ => Ok(None),
+    }
+}
+
+/// Where an upload's object lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadKey {
+    pub bucket: String,
+    pub key: String,
+}
+
+impl UploadKey {
+    /// The rejects report beside the upload: `rejects/<original key>.csv`.
+    pub fn rejects_key(&self) -> String {
+        let original = self.key.strip_prefix("incoming/").unwrap_or(&self.key);
+        format!("rejects/{original}.csv")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_keys_are_decoded() {
+        assert_eq!(decode_event_key("incoming/spring/my+clicks%2B1.csv").unwrap(), "incoming/spring/my clicks+1.csv");
+        assert_eq!(decode_event_key("incoming/spring/caf%C3%A9+%E2%82%AC.csv").unwrap(), "incoming/spring/café €.csv");
+        assert_eq!(decode_event_key("incoming/%FF.csv"), None);
+    }
+
+    #[test]
+    fn campaign_comes_from_the_key() {
+        assert_eq!(campaign_from_key("incoming/spring/a.csv").unwrap().unwrap().as_str(), "spring");
+        assert_eq!(campaign_from_key("incoming/spring/day/a.csv").unwrap().unwrap().as_str(), "spring");
+        assert_eq!(campaign_from_key("incoming/a.csv").unwrap(), None);
+        assert_eq!(campaign_from_key("other/spring/a.csv").unwrap(), None);
+        assert!(campaign_from_key("incoming/bad id/a.csv").is_err());
+    }
+
+    #[test]
+    fn rejects_sit_beside_the_upload() {
+        let key = UploadKey { bucket: "b".into(), key: "incoming/spring/a b.csv.gz".into() };
+        assert_eq!(key.rejects_key(), "rejects/spring/a b.csv.gz.csv");
+    }
+}

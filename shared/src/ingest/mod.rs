@@ -1,0 +1,15 @@
+//! Reading click files: object keys, file formats, header mapping and row validation. Pure: the slicer feeds
+//! it bytes and campaign facts; it answers with clicks to store or precise reasons to reject.
+
+pub mod columns;
+pub mod key;
+pub mod rejects;
+pub mod row;
+
+pub use columns::{Columns, Field, FileError, KnownField};
+pub use key::{UploadKey, campaign_from_key, decode_event_key};
+pub use rejects::{RejectReason, RejectedRow};
+pub use row::{CampaignFacts, ClickRow, FileFormat, RowContext, is_gzip, validate_csv_record, validate_json_line};
+
+/// Longest accepted row (raw bytes); longer rows are rejected without being parsed.
+pub const MAX_ROW_BYTES: usize = 64 * 1024;
