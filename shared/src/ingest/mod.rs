@@ -5,6 +5,7 @@ pub mod columns;
 pub mod key;
 pub mod rejects;
 pub mod row;
+pub mod schedule;
 
 pub use columns::{Columns, Field, FileError, KnownField};
 pub use key::{UploadKey, campaign_from_key, decode_event_key};

@@ -3,6 +3,7 @@
 
 pub mod campaigns;
 pub mod partners;
+pub mod uploads;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 
@@ -16,9 +17,9 @@ mod embedded {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
-    #[error("database: {0}")]
+    #[error("database: {}", describe(.0))]
     Postgres(#[from] tokio_postgres::Error),
-    #[error("database pool: {0}")]
+    #[error("database pool: {}", describe_pool(.0))]
     Pool(#[from] deadpool_postgres::PoolError),
     #[error("database pool setup: {0}")]
     Build(#[from] deadpool_postgres::BuildError),
@@ -26,6 +27,29 @@ pub enum DbError {
     Migration(#[from] refinery::Error),
     #[error("{0}")]
     Invalid(String),
+}
+
+/// tokio-postgres prints a server error as just "db error"; the server's message, detail and code are what an
+/// operator needs.
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut text = format!("{} (SQLSTATE {})", db.message(), db.code().code());
+            if let Some(detail) = db.detail() {
+                text.push_str(": ");
+                text.push_str(detail);
+            }
+            text
+        }
+        None => e.to_string(),
+    }
+}
+
+fn describe_pool(e: &deadpool_postgres::PoolError) -> String {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => describe(e),
+        other => other.to_string(),
+    }
 }
 
 impl DbError {

@@ -1,0 +1,328 @@
+//! The slicer: an S3 upload of a click file becomes validated clicks and paced batches in PostgreSQL.
+//!
+//! Every row is taken exactly once or rejected with a reason. Uploads are idempotent per (bucket, key, version
+//! or ETag); a file too large for one invocation stops at a chunk boundary and the next invocation resumes
+//! from the checkpoint.
+
+mod reader;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use aws_lambda_events::event::s3::{S3Event, S3EventRecord};
+use chrono::Utc;
+use clickpacer::aws::s3::S3Objects;
+use clickpacer::domain::{Campaign, CampaignId};
+use clickpacer::ingest::{UploadKey, campaign_from_key, decode_event_key, rejects};
+use clickpacer::postgres::uploads::{self, ChunkError, LeaseOutcome, UploadCounts, UploadIdentity, UploadLease};
+use clickpacer::postgres::{DbError, PgPool, campaigns};
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio_util::io::SyncIoBridge;
+
+pub use reader::{Chunk, ReadError};
+
+/// How much time the invocation has left. Lambda answers from its deadline; tests inject a fake clock.
+pub trait TimeBudget: Send + Sync {
+    fn remaining(&self) -> Duration;
+}
+
+/// The budget of a Lambda invocation: until its deadline.
+pub struct Deadline(pub std::time::SystemTime);
+
+impl TimeBudget for Deadline {
+    fn remaining(&self) -> Duration {
+        self.0.duration_since(std::time::SystemTime::now()).unwrap_or_default()
+    }
+}
+
+/// What the slicer needs, built once per execution environment.
+pub struct Slicer {
+    pub pool: PgPool,
+    pub objects: S3Objects,
+    pub settings: SlicerSettings,
+}
+
+#[derive(Debug, Clone)]
+pub struct SlicerSettings {
+    /// Rows validated and committed together.
+    pub chunk_rows: usize,
+    /// Stop taking new chunks when less than this is left: enough to commit one chunk and write the report.
+    pub reserve: Duration,
+    /// Longest a lease lasts without renewal; a crashed invocation's upload is free again after it.
+    pub lease_for: Duration,
+    /// Most rejected rows listed in one report (all are counted and kept in the database).
+    pub max_report_rows: usize,
+}
+
+impl Default for SlicerSettings {
+    fn default() -> Self {
+        Self {
+            chunk_rows: 20_000,
+            reserve: Duration::from_secs(20),
+            lease_for: Duration::from_secs(16 * 60),
+            max_report_rows: 100_000,
+        }
+    }
+}
+
+/// What happened to one object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum UploadOutcome {
+    Completed {
+        upload_id: i64,
+        counts: UploadCounts,
+        rejects_key: Option<String>,
+    },
+    /// The file cannot be read (not CSV or NDJSON, bad gzip, no click_id column): the upload failed.
+    Failed {
+        upload_id: i64,
+        reason: String,
+        counts: UploadCounts,
+    },
+    /// Time ran out: committed up to a checkpoint, to be resumed by the next invocation.
+    Suspended {
+        upload_id: i64,
+        counts: UploadCounts,
+    },
+    /// A duplicate event for an upload already finished.
+    AlreadyFinished {
+        upload_id: i64,
+        status: String,
+    },
+    /// Another invocation is working on it right now.
+    InProgressElsewhere {
+        upload_id: i64,
+    },
+    /// Not a click file upload (e.g. outside `incoming/`, or S3's test event).
+    Ignored {
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ObjectReport {
+    pub bucket: String,
+    pub key: String,
+    #[serde(flatten)]
+    pub outcome: UploadOutcome,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SlicerError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("{0}")]
+    Aws(#[from] clickpacer::aws::AwsError),
+    #[error("the upload's lease was lost to another invocation")]
+    LeaseLost,
+    #[error("{0}")]
+    Transient(String),
+}
+
+impl From<ChunkError> for SlicerError {
+    fn from(e: ChunkError) -> Self {
+        match e {
+            ChunkError::LeaseLost => Self::LeaseLost,
+            ChunkError::Db(e) => Self::Db(e),
+        }
+    }
+}
+
+/// Unfinished work in this event: Lambda's retry (or the local runner) invokes again and the uploads resume.
+#[derive(Debug, thiserror::Error)]
+#[error("{unfinished} of {total} objects are not finished yet; retry resumes them: {details}")]
+pub struct RetryNeeded {
+    pub unfinished: usize,
+    pub total: usize,
+    pub details: String,
+    pub reports: Vec<ObjectReport>,
+}
+
+/// Handles one S3 notification. Every record is handled, whatever happens to the others; the event fails
+/// (so that it is retried) only when some object is left unfinished (suspended or a transient error).
+pub async fn handle_event(
+    slicer: &Slicer,
+    event: S3Event,
+    budget: &dyn TimeBudget,
+) -> Result<Vec<ObjectReport>, RetryNeeded> {
+    let total = event.records.len();
+    let mut reports = Vec::with_capacity(total);
+    let mut unfinished = Vec::new();
+    for record in event.records {
+        let (bucket, key) = object_of(&record);
+        let outcome = slice_object(slicer, &record, budget).await;
+        match outcome {
+            Ok(outcome) => {
+                if matches!(outcome, UploadOutcome::Suspended { .. }) {
+                    unfinished.push(format!("{key}: suspended at the time budget"));
+                }
+                tracing::info!(bucket, key, outcome = ?outcome, "object handled");
+                reports.push(ObjectReport { bucket, key, outcome });
+            }
+            Err(e) => {
+                tracing::error!(bucket, key, error = %e, "object not finished");
+                unfinished.push(format!("{key}: {e}"));
+            }
+        }
+    }
+    if unfinished.is_empty() {
+        Ok(reports)
+    } else {
+        Err(RetryNeeded { unfinished: unfinished.len(), total, details: unfinished.join("; "), reports })
+    }
+}
+
+fn object_of(record: &S3EventRecord) -> (String, String) {
+    let bucket = record.s3.bucket.name.clone().unwrap_or_default();
+    let raw = record.s3.object.key.clone().unwrap_or_default();
+    let key = decode_event_key(&raw).unwrap_or(raw);
+    (bucket, key)
+}
+
+async fn slice_object(
+    slicer: &Slicer,
+    record: &S3EventRecord,
+    budget: &dyn TimeBudget,
+) -> Result<UploadOutcome, SlicerError> {
+    let (bucket, key) = object_of(record);
+    if record.event_name.as_deref().is_some_and(|n| !n.starts_with("ObjectCreated")) {
+        return Ok(UploadOutcome::Ignored { reason: format!("event {:?}", record.event_name) });
+    }
+    if bucket.is_empty() || !key.starts_with("incoming/") {
+        return Ok(UploadOutcome::Ignored { reason: "not under incoming/".into() });
+    }
+    let version = record
+        .s3
+        .object
+        .version_id
+        .clone()
+        .filter(|v| !v.is_empty() && v != "null")
+        .or_else(|| record.s3.object.e_tag.clone())
+        .map(|v| v.trim_matches('"').to_owned());
+
+    // The identity comes from the event when it carries one, so a duplicate event maps to the same upload
+    // even if the object was overwritten since; otherwise from the object itself.
+    let (info, body) = slicer.objects.open(&bucket, &key).await?;
+    let identity = UploadIdentity {
+        bucket: bucket.clone(),
+        key: key.clone(),
+        version: version.unwrap_or(info.version.clone()),
+        size: info.size,
+    };
+
+    let client = slicer.pool.get().await.map_err(DbError::from)?;
+    let mut lease = match uploads::lease(&**client, &identity, slicer.settings.lease_for).await? {
+        LeaseOutcome::Acquired(lease) => lease,
+        LeaseOutcome::LeasedElsewhere { upload_id } => return Ok(UploadOutcome::InProgressElsewhere { upload_id }),
+        LeaseOutcome::Finished { upload_id, status, .. } => {
+            return Ok(UploadOutcome::AlreadyFinished { upload_id, status });
+        }
+    };
+    drop(client);
+
+    let upload_key = UploadKey { bucket: bucket.clone(), key: key.clone() };
+    let key_campaign = match campaign_from_key(&key) {
+        Ok(campaign) => campaign,
+        Err(e) => {
+            let reason = format!("the key names an invalid campaign: {e}");
+            return fail(slicer, &lease, &upload_key, reason).await;
+        }
+    };
+    let campaign_list = campaigns::list(&**slicer.pool.get().await.map_err(DbError::from)?).await?;
+    let statuses = campaign_list.iter().map(|c| (c.campaign_id.clone(), c.status)).collect();
+    let campaigns_by_id: HashMap<CampaignId, Campaign> =
+        campaign_list.into_iter().map(|c| (c.campaign_id.clone(), c)).collect();
+
+    let (tx, mut rx) = mpsc::channel(2);
+    let plan = reader::ReadPlan {
+        key: key.clone(),
+        content_encoding: info.content_encoding.clone(),
+        key_campaign,
+        campaigns: statuses,
+        skip_rows: lease.done.rows,
+        chunk_rows: slicer.settings.chunk_rows,
+    };
+    let reading = tokio::task::spawn_blocking(move || reader::read_file(SyncIoBridge::new(body), plan, tx));
+
+    let mut client = slicer.pool.get().await.map_err(DbError::from)?;
+    let mut failure = None;
+    while let Some(message) = rx.recv().await {
+        let chunk = match message {
+            Ok(chunk) => chunk,
+            Err(ReadError::File(e)) => {
+                failure = Some(e.to_string());
+                break;
+            }
+            Err(ReadError::Transient(e)) => {
+                drop(rx);
+                uploads::release(&**client, &lease).await?;
+                return Err(SlicerError::Transient(e));
+            }
+        };
+        if budget.remaining() < slicer.settings.reserve {
+            // Stop between chunks: everything committed so far stays, the rest is read again next time.
+            drop(rx);
+            uploads::release(&**client, &lease).await?;
+            let _ = reading.await;
+            return Ok(UploadOutcome::Suspended { upload_id: lease.upload_id, counts: lease.done });
+        }
+        let now = Utc::now();
+        uploads::write_chunk(&mut client, &mut lease, &chunk.clicks, &chunk.rejects, chunk.rows, |batch| {
+            campaigns_by_id.get(&batch.campaign_id).map_or(now, |c| clickpacer::ingest::schedule::first_due_at(c, now))
+        })
+        .await?;
+    }
+    let _ = reading.await;
+    drop(client);
+    match failure {
+        Some(reason) => fail(slicer, &lease, &upload_key, reason).await,
+        None => {
+            let rejects_key = write_rejects_report(slicer, &lease, &upload_key).await?;
+            let client = slicer.pool.get().await.map_err(DbError::from)?;
+            uploads::finish(&**client, &lease, None, rejects_key.as_deref()).await?;
+            Ok(UploadOutcome::Completed { upload_id: lease.upload_id, counts: lease.done, rejects_key })
+        }
+    }
+}
+
+async fn fail(
+    slicer: &Slicer,
+    lease: &UploadLease,
+    upload_key: &UploadKey,
+    reason: String,
+) -> Result<UploadOutcome, SlicerError> {
+    let rejects_key = write_rejects_report(slicer, lease, upload_key).await?;
+    let client = slicer.pool.get().await.map_err(DbError::from)?;
+    uploads::finish(&**client, lease, Some(&reason), rejects_key.as_deref()).await?;
+    Ok(UploadOutcome::Failed { upload_id: lease.upload_id, reason, counts: lease.done })
+}
+
+/// Writes `rejects/<key>.csv` when the upload has rejected rows (all of them, from every invocation).
+async fn write_rejects_report(
+    slicer: &Slicer,
+    lease: &UploadLease,
+    upload_key: &UploadKey,
+) -> Result<Option<String>, SlicerError> {
+    if lease.done.rejected == 0 {
+        return Ok(None);
+    }
+    let client = slicer.pool.get().await.map_err(DbError::from)?;
+    let limit = slicer.settings.max_report_rows;
+    let rows = uploads::rejects(&**client, lease.upload_id, limit as i64).await?;
+    let mut report = csv::Writer::from_writer(Vec::new());
+    let csv_error = |e: csv::Error| SlicerError::Transient(format!("writing the rejects report: {e}"));
+    report.write_record(rejects::REPORT_HEADER).map_err(csv_error)?;
+    for (row, reason, raw) in &rows {
+        report.write_record(rejects::report_cells(*row as u64, reason, raw)).map_err(csv_error)?;
+    }
+    if lease.done.rejected > limit as u64 {
+        let more = format!("{} more rejected rows are not listed", lease.done.rejected - limit as u64);
+        report.write_record(["", more.as_str(), ""]).map_err(csv_error)?;
+    }
+    let body = report.into_inner().map_err(|e| SlicerError::Transient(e.to_string()))?;
+    let key = upload_key.rejects_key();
+    slicer.objects.put(&upload_key.bucket, &key, body, "text/csv").await?;
+    Ok(Some(key))
+}

@@ -1,0 +1,381 @@
+//! The slicer against real PostgreSQL and the local S3, invoked with S3 events shaped like AWS's.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use aws_lambda_events::event::s3::S3Event;
+use clickpacer::aws::s3::S3Objects;
+use clickpacer::domain::{Campaign, CampaignId, CampaignStatus, Partner, PartnerId};
+use clickpacer::postgres::{campaigns, partners};
+use clickpacer::testing::{TestAws, TestDb};
+use slicer::{Slicer, SlicerSettings, TimeBudget, UploadOutcome};
+
+struct Unlimited;
+impl TimeBudget for Unlimited {
+    fn remaining(&self) -> Duration {
+        Duration::from_secs(3600)
+    }
+}
+
+/// A fake clock: plenty of time for `chunks` chunks, then none.
+struct ChunksLeft(AtomicU32);
+impl TimeBudget for ChunksLeft {
+    fn remaining(&self) -> Duration {
+        let left = self.0.load(Ordering::SeqCst);
+        if left == 0 {
+            return Duration::ZERO;
+        }
+        self.0.store(left - 1, Ordering::SeqCst);
+        Duration::from_secs(3600)
+    }
+}
+
+struct World {
+    db: TestDb,
+    slicer: Slicer,
+    objects: S3Objects,
+    bucket: String,
+}
+
+async fn world(chunk_rows: usize) -> World {
+    let db = TestDb::new().await;
+    let aws = TestAws::new().await;
+    let (objects, bucket) = aws.bucket().await;
+    {
+        let client = db.client().await;
+        let partner = Partner::get(PartnerId::parse("acme").unwrap(), "https://acme.example/c?id={click_id}");
+        partners::upsert(&**client, &partner).await.unwrap();
+        for (id, status, batch_size) in [
+            ("spring", CampaignStatus::Active, 10),
+            ("summer", CampaignStatus::Paused, 3),
+            ("old", CampaignStatus::Archived, 10),
+        ] {
+            let mut c = Campaign::unlimited(CampaignId::parse(id).unwrap(), partner.partner_id.clone());
+            c.status = status;
+            c.batch_size = batch_size;
+            campaigns::upsert(&**client, &c).await.unwrap();
+        }
+    }
+    let slicer = Slicer {
+        pool: db.pool.clone(),
+        objects: objects.clone(),
+        settings: SlicerSettings { chunk_rows, reserve: Duration::from_secs(1), ..SlicerSettings::default() },
+    };
+    World { db, slicer, objects, bucket }
+}
+
+/// S3 encodes keys in notifications form-style: `+` for a space, `%XX` for reserved and non-ASCII bytes.
+fn s3_encode(key: &str) -> String {
+    key.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => (b as char).to_string(),
+            b' ' => "+".into(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn event(records: &[(&str, &str, &str)]) -> S3Event {
+    let records: Vec<_> = records
+        .iter()
+        .map(|(bucket, key, etag)| {
+            serde_json::json!({
+                "eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": "us-east-1",
+                "eventTime": "2026-11-28T10:00:00.000Z", "eventName": "ObjectCreated:Put",
+                "userIdentity": {"principalId": "AWS:AIDAEXAMPLE"},
+                "requestParameters": {"sourceIPAddress": "127.0.0.1"},
+                "responseElements": {"x-amz-request-id": "C3D13FE58DE4C810", "x-amz-id-2": "FMyUVURIY8/IgAtTv8xRjskZQpcIZ9KG4V5Wp6S7S/JRWeUWerMUE5JgHvANOjpD"},
+                "s3": {
+                    "s3SchemaVersion": "1.0", "configurationId": "incoming-clicks",
+                    "bucket": {"name": bucket, "ownerIdentity": {"principalId": "A3NL1KOZZKExample"}, "arn": format!("arn:aws:s3:::{bucket}")},
+                    "object": {"key": s3_encode(key), "size": 1024, "eTag": etag, "sequencer": "0055AED6DCD90281E5"}
+                }
+            })
+        })
+        .collect();
+    serde_json::from_value(serde_json::json!({ "Records": records })).unwrap()
+}
+
+impl World {
+    async fn put(&self, key: &str, body: impl Into<Vec<u8>>) -> String {
+        self.objects.put(&self.bucket, key, body.into(), "text/plain").await.unwrap();
+        let (info, _) = self.objects.open(&self.bucket, key).await.unwrap();
+        info.version
+    }
+
+    async fn slice(&self, key: &str, etag: &str) -> UploadOutcome {
+        let reports =
+            slicer::handle_event(&self.slicer, event(&[(&self.bucket, key, etag)]), &Unlimited).await.unwrap();
+        assert_eq!(reports.len(), 1);
+        reports.into_iter().next().unwrap().outcome
+    }
+
+    async fn scalar(&self, sql: &str) -> i64 {
+        self.db.client().await.query_one(sql, &[]).await.unwrap().get(0)
+    }
+
+    /// Clicks stored, clicks counted in batches, and batches: these must always agree.
+    async fn stored(&self) -> (i64, i64, i64) {
+        let clicks = self.scalar("SELECT count(*) FROM clicks").await;
+        let in_batches = self.scalar("SELECT COALESCE(sum(click_count), 0)::bigint FROM batches").await;
+        let batches = self.scalar("SELECT count(*) FROM batches").await;
+        assert_eq!(clicks, in_batches, "every stored click is in exactly one batch");
+        let orphans = self
+            .scalar("SELECT count(*) FROM clicks c LEFT JOIN batches b USING (batch_id) WHERE b.batch_id IS NULL")
+            .await;
+        assert_eq!(orphans, 0);
+        (clicks, in_batches, batches)
+    }
+}
+
+fn counts(outcome: &UploadOutcome) -> (u64, u64, u64, u64) {
+    match outcome {
+        UploadOutcome::Completed { counts, .. }
+        | UploadOutcome::Failed { counts, .. }
+        | UploadOutcome::Suspended { counts, .. } => (counts.rows, counts.accepted, counts.rejected, counts.duplicate),
+        other => panic!("no counts in {other:?}"),
+    }
+}
+
+fn csv_rows(range: std::ops::Range<u32>) -> String {
+    let mut s = String::from("click_id,clicked_at,ip,user_agent,url,tier\n");
+    for i in range {
+        s.push_str(&format!(
+            "c{i},1764324000,10.0.{}.{},Mozilla/5.0,https://shop.example/p?i={i},gold\n",
+            i / 256 % 256,
+            i % 256
+        ));
+    }
+    s
+}
+
+#[tokio::test]
+async fn plain_csv_with_bad_rows_of_every_kind() {
+    let w = world(7).await;
+    let body = "Click-ID,Campaign,Time,IP,URL,tier\n\
+                c1,spring,2026-11-28T10:00:00Z,10.0.0.1,https://a.example/x,gold\n\
+                c2,spring,1764324000123,,https://a.example/y,\n\
+                ,spring,1764324000,,,\n\
+                c4,nope,1764324000,,,\n\
+                c5,old,1764324000,,,\n\
+                c6,spring,yesterday,,,\n\
+                c7,spring,1764324000,,\n\
+                c8,spring,1764324000,999.1.1.1,,\n\
+                =HYPERLINK(\"http://evil\"),spring,soon,,,\n\
+                c1,spring,1764324000,,,\n\
+                c11,summer,1764324000,,,\n";
+    let mut bytes = body.as_bytes().to_vec();
+    bytes.extend_from_slice(b"c\xff12,spring,1764324000,,,\n");
+    let etag = w.put("incoming/mixed.csv", bytes).await;
+    let outcome = w.slice("incoming/mixed.csv", &etag).await;
+    // 12 rows: c1, c2, c11 accepted (a paused campaign still takes clicks); c1 again is a duplicate.
+    assert_eq!(counts(&outcome), (12, 3, 8, 1), "{outcome:?}");
+    assert_eq!(w.stored().await.0, 3);
+
+    let UploadOutcome::Completed { rejects_key: Some(rejects_key), .. } = outcome else { panic!("{outcome:?}") };
+    assert_eq!(rejects_key, "rejects/mixed.csv.csv");
+    let report = String::from_utf8(w.objects.get_bytes(&w.bucket, &rejects_key).await.unwrap()).unwrap();
+    let lines: Vec<&str> = report.lines().collect();
+    assert_eq!(lines[0], "row,reason,raw");
+    assert_eq!(lines.len(), 9);
+    for expected in [
+        "3,missing click_id,",
+        "4,\"unknown campaign \"\"nope\"\"\"",
+        "5,\"campaign \"\"old\"\" is archived\"",
+        "6,\"unparseable clicked_at \"\"yesterday\"\"",
+        "7,\"wrong column count: expected 6, found 5\"",
+        "8,\"invalid ip \"\"999.1.1.1\"\"\"",
+        "12,invalid UTF-8,",
+    ] {
+        assert!(lines.iter().any(|l| l.starts_with(expected)), "{expected:?} in\n{report}");
+    }
+    let injected = lines.iter().find(|l| l.starts_with("9,")).unwrap();
+    assert!(injected.contains("'=HYPERLINK"), "formula neutralised: {injected}");
+
+    let stored: (String, Option<String>, String) = {
+        let row =
+            w.db.client()
+                .await
+                .query_one("SELECT host(ip), landing_url, attributes->>'tier' FROM clicks WHERE click_id = 'c1'", &[])
+                .await
+                .unwrap();
+        (row.get(0), row.get(1), row.get(2))
+    };
+    assert_eq!(stored, ("10.0.0.1".into(), Some("https://a.example/x".into()), "gold".into()));
+}
+
+#[tokio::test]
+async fn batches_follow_the_campaign_batch_size() {
+    let w = world(1000).await;
+    let etag = w.put("incoming/spring/day1.csv", csv_rows(0..95)).await;
+    let outcome = w.slice("incoming/spring/day1.csv", &etag).await;
+    assert_eq!(counts(&outcome), (95, 95, 0, 0));
+    let (clicks, _, batches) = w.stored().await;
+    assert_eq!((clicks, batches), (95, 10), "batch size 10: nine full batches and one of five");
+    assert_eq!(w.scalar("SELECT max(click_count)::bigint FROM batches").await, 10);
+    assert_eq!(w.scalar("SELECT count(*) FROM batches WHERE state = 'pending' AND due_at <= now()").await, 10);
+}
+
+#[tokio::test]
+async fn gzip_by_key_and_by_content_encoding() {
+    let w = world(1000).await;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(csv_rows(0..50).as_bytes()).unwrap();
+    let compressed = gz.finish().unwrap();
+
+    let etag = w.put("incoming/spring/a.csv.gz", compressed.clone()).await;
+    assert_eq!(counts(&w.slice("incoming/spring/a.csv.gz", &etag).await), (50, 50, 0, 0));
+
+    w.objects
+        .client()
+        .put_object()
+        .bucket(&w.bucket)
+        .key("incoming/summer/b.csv")
+        .content_encoding("gzip")
+        .body(compressed.into())
+        .send()
+        .await
+        .unwrap();
+    let (info, _) = w.objects.open(&w.bucket, "incoming/summer/b.csv").await.unwrap();
+    assert_eq!(counts(&w.slice("incoming/summer/b.csv", &info.version).await), (50, 50, 0, 0));
+    assert_eq!(w.stored().await.0, 100);
+
+    let etag = w.put("incoming/spring/broken.csv.gz", b"\x1f\x8b\x08\x00garbage".to_vec()).await;
+    let outcome = w.slice("incoming/spring/broken.csv.gz", &etag).await;
+    assert!(matches!(&outcome, UploadOutcome::Failed { reason, .. } if reason.contains("gzip")), "{outcome:?}");
+}
+
+#[tokio::test]
+async fn ndjson_lines() {
+    let w = world(1000).await;
+    let body = "{\"click_id\":\"n1\",\"clicked_at\":\"2026-11-28T10:00:00Z\",\"sub_id\":\"s-1\",\"geo\":\"FR\"}\n\
+                \n\
+                {\"click_id\":\"n2\",\"ts\":1764324000}\n\
+                {\"click_id\":\"n3\"\n\
+                [\"n4\"]\n";
+    let etag = w.put("incoming/spring/clicks.ndjson", body).await;
+    assert_eq!(counts(&w.slice("incoming/spring/clicks.ndjson", &etag).await), (4, 2, 2, 0));
+    let geo: String =
+        w.db.client()
+            .await
+            .query_one("SELECT attributes->>'geo' FROM clicks WHERE click_id = 'n1'", &[])
+            .await
+            .unwrap()
+            .get(0);
+    assert_eq!(geo, "FR");
+}
+
+#[tokio::test]
+async fn unknown_campaign_and_unreadable_files_are_answered() {
+    let w = world(1000).await;
+    let etag = w.put("incoming/ghost/a.csv", csv_rows(0..5)).await;
+    assert_eq!(counts(&w.slice("incoming/ghost/a.csv", &etag).await), (5, 0, 5, 0));
+    let report = w.objects.get_bytes(&w.bucket, "rejects/ghost/a.csv.csv").await.unwrap();
+    assert!(String::from_utf8(report).unwrap().contains("unknown campaign \"\"ghost\"\""));
+
+    let etag = w.put("incoming/spring/photo.bin", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR".to_vec()).await;
+    let outcome = w.slice("incoming/spring/photo.bin", &etag).await;
+    assert!(matches!(&outcome, UploadOutcome::Failed { reason, .. } if reason.contains("neither CSV")), "{outcome:?}");
+    let etag = w.put("incoming/spring/nohead.csv", "id,url\n1,https://x\n").await;
+    let outcome = w.slice("incoming/spring/nohead.csv", &etag).await;
+    assert!(matches!(&outcome, UploadOutcome::Failed { reason, .. } if reason.contains("no click_id column")));
+    let status: String =
+        w.db.client()
+            .await
+            .query_one(
+                "SELECT status || ': ' || status_detail FROM uploads WHERE object_key = 'incoming/spring/nohead.csv'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+    assert!(status.starts_with("failed: the header has no click_id column"), "{status}");
+    // A failed upload is finished: the same event again does nothing.
+    assert!(matches!(w.slice("incoming/spring/nohead.csv", &etag).await, UploadOutcome::AlreadyFinished { .. }));
+}
+
+#[tokio::test]
+async fn duplicate_events_sequential_and_concurrent_make_one_set() {
+    let w = world(20).await;
+    let etag = w.put("incoming/spring/dup.csv", csv_rows(0..200)).await;
+    let ev = || event(&[(&w.bucket, "incoming/spring/dup.csv", &etag)]);
+    let runs = futures::future::join_all((0..4).map(|_| slicer::handle_event(&w.slicer, ev(), &Unlimited))).await;
+    let completed = runs
+        .iter()
+        .flat_map(|r| r.as_ref().unwrap())
+        .filter(|r| matches!(r.outcome, UploadOutcome::Completed { .. }))
+        .count();
+    assert_eq!(completed, 1, "exactly one invocation ingests: {runs:?}");
+    for _ in 0..2 {
+        let again = w.slice("incoming/spring/dup.csv", &etag).await;
+        assert!(matches!(again, UploadOutcome::AlreadyFinished { .. }), "{again:?}");
+    }
+    let (clicks, _, batches) = w.stored().await;
+    assert_eq!((clicks, batches), (200, 20));
+    assert_eq!(w.scalar("SELECT count(*) FROM uploads").await, 1);
+
+    // The same rows in another object: every one a duplicate of a click the campaign already has.
+    let etag2 = w.put("incoming/spring/dup-copy.csv", csv_rows(150..250)).await;
+    assert_eq!(counts(&w.slice("incoming/spring/dup-copy.csv", &etag2).await), (100, 50, 0, 50));
+    assert_eq!(w.stored().await.0, 250);
+}
+
+#[tokio::test]
+async fn url_encoded_keys_with_spaces_and_non_ascii() {
+    let w = world(1000).await;
+    let key = "incoming/spring/Clicks für Büro + 50%.csv";
+    let etag = w.put(key, csv_rows(0..3)).await;
+    let outcome = w.slice(key, &etag).await;
+    assert_eq!(counts(&outcome), (3, 3, 0, 0));
+    let stored: String = w.db.client().await.query_one("SELECT object_key FROM uploads", &[]).await.unwrap().get(0);
+    assert_eq!(stored, key);
+}
+
+#[tokio::test]
+async fn resumes_after_a_forced_stop_mid_file() {
+    let w = world(100).await;
+    let etag = w.put("incoming/spring/big.csv", csv_rows(0..1050)).await;
+    let ev = || event(&[(&w.bucket, "incoming/spring/big.csv", &etag)]);
+
+    let stopped = slicer::handle_event(&w.slicer, ev(), &ChunksLeft(AtomicU32::new(3))).await.unwrap_err();
+    assert_eq!(stopped.unfinished, 1);
+    assert!(matches!(stopped.reports[0].outcome, UploadOutcome::Suspended { .. }), "{stopped:?}");
+    assert_eq!(counts(&stopped.reports[0].outcome), (300, 300, 0, 0));
+    assert_eq!(w.stored().await.0, 300);
+    let status: String = w.db.client().await.query_one("SELECT status FROM uploads", &[]).await.unwrap().get(0);
+    assert_eq!(status, "processing", "never marked done early");
+
+    let again = slicer::handle_event(&w.slicer, ev(), &ChunksLeft(AtomicU32::new(2))).await.unwrap_err();
+    assert_eq!(counts(&again.reports[0].outcome), (500, 500, 0, 0));
+
+    let done = slicer::handle_event(&w.slicer, ev(), &Unlimited).await.unwrap();
+    assert_eq!(counts(&done[0].outcome), (1050, 1050, 0, 0));
+    let (clicks, _, _) = w.stored().await;
+    assert_eq!(clicks, 1050, "no loss, no duplicates");
+    assert_eq!(w.scalar("SELECT count(DISTINCT click_id) FROM clicks").await, 1050);
+}
+
+#[tokio::test]
+async fn one_bad_file_does_not_lose_the_others() {
+    let w = world(1000).await;
+    let good = w.put("incoming/spring/good.csv", csv_rows(0..10)).await;
+    let bad = w.put("incoming/spring/bad.csv", "nonsense\n\x00\x01").await;
+    let other = w.put("incoming/summer/other.csv", csv_rows(100..105)).await;
+    let reports = slicer::handle_event(
+        &w.slicer,
+        event(&[
+            (&w.bucket, "incoming/spring/good.csv", &good),
+            (&w.bucket, "incoming/spring/bad.csv", &bad),
+            (&w.bucket, "incoming/spring/missing.csv", "0123"),
+            (&w.bucket, "incoming/summer/other.csv", &other),
+        ]),
+        &Unlimited,
+    )
+    .await
+    .unwrap_err();
+    // The missing object is a failure worth retrying; the rest are done.
+    assert_eq!(reports.unfinished, 1, "{reports:?}");
+    assert_eq!(reports.reports.len(), 3);
+    assert_eq!(w.stored().await.0, 15);
+}
