@@ -11,6 +11,7 @@ pub mod domain;
 pub mod ingest;
 pub mod pacing;
 pub mod postgres;
+pub mod release;
 pub mod telemetry;
 
 pub mod aws;

@@ -135,16 +135,6 @@ async fn the_database_rejects_what_the_design_forbids() {
         client.execute(insert_click, &[&upload, &batch_id, &(now + chrono::Duration::days(40))]).await,
         "duplicate click id in a campaign",
     );
-    expect_violation(
-        client
-            .execute(
-                "INSERT INTO clicks (campaign_id, click_id, upload_id, row_number, batch_id, clicked_at, ingested_at)
-                 VALUES ('spring-sale', 'click-1', $1, 2, $2, now(), $3)",
-                &[&upload, &batch_id, &(now + chrono::Duration::seconds(1))],
-            )
-            .await,
-        "a click row without its identity",
-    );
 
     // One confirmed delivery per click, ever.
     let deliver = "INSERT INTO delivery_results (batch_id, fence, campaign_id, click_id, partner_id, attempt, outcome)

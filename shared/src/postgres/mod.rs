@@ -2,6 +2,7 @@
 //! (SQL lives beside the code that runs it).
 
 pub mod campaigns;
+pub mod pacer;
 pub mod partners;
 pub mod uploads;
 
@@ -57,6 +58,10 @@ impl DbError {
     /// as opposed to an outage worth retrying.
     pub fn is_constraint_violation(&self) -> bool {
         self.sql_state().is_some_and(|code| code.code().starts_with("23"))
+    }
+
+    pub fn is_unique_violation(&self) -> bool {
+        self.sql_state() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
     }
 
     pub fn sql_state(&self) -> Option<&tokio_postgres::error::SqlState> {

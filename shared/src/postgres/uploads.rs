@@ -143,9 +143,14 @@ impl From<tokio_postgres::Error> for ChunkError {
     }
 }
 
-/// Writes one chunk in one transaction: the fresh clicks (duplicates of click ids the campaign already has, or
-/// repeated within the chunk, are counted, not inserted), their batches with the due times `due_at` assigns,
-/// the rejected rows, and the checkpoint (`rows_read` more rows done).
+/// Writes one chunk in one transaction: the fresh clicks (a click id the campaign already has, or one repeated
+/// within the chunk, is counted as a duplicate, not inserted), their batches with the due times `due_at`
+/// assigns, the rejected rows, and the checkpoint (`rows_read` more rows done).
+///
+/// Fresh clicks go in with binary COPY straight into `click_ids` and `clicks`, the shape a plain COPY would
+/// have: duplicates are found first with one indexed lookup for the whole chunk. Two uploads racing on the same
+/// click id make one COPY fail on the `click_ids` key; that chunk is rolled back and written again, and the
+/// second lookup sees the winner's row.
 pub async fn write_chunk(
     client: &mut tokio_postgres::Client,
     lease: &mut UploadLease,
@@ -154,109 +159,154 @@ pub async fn write_chunk(
     rows_read: u64,
     mut due_at: impl FnMut(&PlannedBatch) -> DateTime<Utc>,
 ) -> Result<ChunkResult, ChunkError> {
+    let mut attempt = 1;
+    loop {
+        match write_chunk_once(client, lease, clicks, rejects, rows_read, &mut due_at).await {
+            Err(ChunkError::Db(e)) if attempt < 3 && e.is_unique_violation() => {
+                tracing::info!(upload_id = lease.upload_id, attempt, "click ids raced with another upload; rewriting the chunk");
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
+}
+
+async fn write_chunk_once(
+    client: &mut tokio_postgres::Client,
+    lease: &mut UploadLease,
+    clicks: &[ClickRow],
+    rejects: &[RejectedRow],
+    rows_read: u64,
+    due_at: &mut impl FnMut(&PlannedBatch) -> DateTime<Utc>,
+) -> Result<ChunkResult, ChunkError> {
     let tx = client.transaction().await?;
     let now: DateTime<Utc> = tx.query_one("SELECT now()", &[]).await?.get(0);
-    tx.batch_execute(
-        "CREATE TEMP TABLE IF NOT EXISTS slicer_staging (
-             campaign_id text, click_id text, row_number bigint, clicked_at timestamptz, ip inet,
-             user_agent text, landing_url text, sub_id text, attributes jsonb
-         ) ON COMMIT DELETE ROWS;
-         CREATE TEMP TABLE IF NOT EXISTS slicer_fresh (
-             campaign_id text, click_id text, row_number bigint, seq integer
-         ) ON COMMIT DELETE ROWS;",
-    )
-    .await?;
 
-    let sink = tx
-        .copy_in(
-            "COPY slicer_staging (campaign_id, click_id, row_number, clicked_at, ip, user_agent, landing_url,
-                                  sub_id, attributes) FROM STDIN BINARY",
-        )
-        .await?;
-    let types = [
-        Type::TEXT,
-        Type::TEXT,
-        Type::INT8,
-        Type::TIMESTAMPTZ,
-        Type::INET,
-        Type::TEXT,
-        Type::TEXT,
-        Type::TEXT,
-        Type::JSONB,
-    ];
-    let writer = BinaryCopyInWriter::new(sink, &types);
-    futures_pin(writer, clicks).await?;
-
-    // Fresh = click ids this campaign did not have. The earliest row wins within the chunk; later repeats and
-    // ids already stored are duplicates. Positions number the fresh clicks per campaign after the batches
-    // this upload already made, so slots continue across chunks and resumed invocations.
-    let fresh = tx
-        .execute(
-            "WITH firsts AS (
-                 SELECT DISTINCT ON (campaign_id, click_id) campaign_id, click_id, row_number
-                 FROM slicer_staging ORDER BY campaign_id, click_id, row_number
-             ), inserted AS (
-                 INSERT INTO click_ids (campaign_id, click_id, ingested_at)
-                 SELECT campaign_id, click_id, $2 FROM firsts
-                 ON CONFLICT DO NOTHING
-                 RETURNING campaign_id, click_id
-             ), base AS (
-                 SELECT c.campaign_id, c.batch_size,
-                        COALESCE((SELECT max(upload_seq) + 1 FROM batches b
-                                  WHERE b.upload_id = $1 AND b.campaign_id = c.campaign_id), 0) AS next_seq
-                 FROM campaigns c WHERE c.campaign_id IN (SELECT campaign_id FROM inserted)
-             )
-             INSERT INTO slicer_fresh (campaign_id, click_id, row_number, seq)
-             SELECT f.campaign_id, f.click_id, f.row_number,
-                    base.next_seq + ((row_number() OVER (PARTITION BY f.campaign_id ORDER BY f.row_number) - 1)
-                                     / base.batch_size)::integer
-             FROM firsts f JOIN inserted USING (campaign_id, click_id) JOIN base USING (campaign_id)",
-            &[&lease.upload_id, &now],
-        )
-        .await?;
-
-    let groups = tx
-        .query(
-            "SELECT campaign_id, seq, count(*) FROM slicer_fresh GROUP BY campaign_id, seq ORDER BY campaign_id, seq",
-            &[],
-        )
-        .await?;
-    let mut campaign_ids = Vec::with_capacity(groups.len());
-    let mut seqs = Vec::with_capacity(groups.len());
-    let mut counts = Vec::with_capacity(groups.len());
-    let mut dues = Vec::with_capacity(groups.len());
-    for row in &groups {
-        let campaign: String = row.get(0);
-        let planned = PlannedBatch {
-            campaign_id: CampaignId::parse(campaign.clone())
-                .map_err(|e| DbError::Invalid(format!("stored campaign id: {e}")))?,
-            seq: row.get(1),
-            clicks: row.get(2),
-        };
-        dues.push(due_at(&planned));
-        campaign_ids.push(campaign);
-        seqs.push(planned.seq);
-        counts.push(planned.clicks as i32);
+    // Duplicates: repeats within the chunk (the earliest row wins), then ids the campaigns already have.
+    let mut seen = std::collections::HashSet::with_capacity(clicks.len());
+    let mut candidates: Vec<&ClickRow> = Vec::with_capacity(clicks.len());
+    for click in clicks {
+        if seen.insert((click.campaign_id.as_str(), click.click_id.as_str())) {
+            candidates.push(click);
+        }
     }
-    tx.execute(
-        "INSERT INTO batches (campaign_id, partner_id, upload_id, upload_seq, click_count, due_at)
-         SELECT p.campaign_id, c.partner_id, $1, p.seq, p.clicks, p.due_at
-         FROM unnest($2::text[], $3::int[], $4::int[], $5::timestamptz[]) AS p(campaign_id, seq, clicks, due_at)
-         JOIN campaigns c USING (campaign_id)",
-        &[&lease.upload_id, &campaign_ids, &seqs, &counts, &dues],
-    )
-    .await?;
-    tx.execute(
-        "INSERT INTO clicks (campaign_id, click_id, upload_id, row_number, batch_id, clicked_at, ip, user_agent,
-                             landing_url, sub_id, attributes, ingested_at)
-         SELECT s.campaign_id, s.click_id, $1, s.row_number, b.batch_id, s.clicked_at, s.ip, s.user_agent,
-                s.landing_url, s.sub_id, s.attributes, $2
-         FROM slicer_staging s
-         JOIN slicer_fresh f USING (campaign_id, click_id, row_number)
-         JOIN batches b ON b.upload_id = $1 AND b.campaign_id = f.campaign_id AND b.upload_seq = f.seq",
-        &[&lease.upload_id, &now],
-    )
-    .await?;
+    let campaign_col: Vec<&str> = candidates.iter().map(|c| c.campaign_id.as_str()).collect();
+    let click_col: Vec<&str> = candidates.iter().map(|c| c.click_id.as_str()).collect();
+    let existing: std::collections::HashSet<(String, String)> = tx
+        .query(
+            "SELECT k.campaign_id, k.click_id FROM click_ids k
+             JOIN unnest($1::text[], $2::text[]) AS c(campaign_id, click_id) USING (campaign_id, click_id)",
+            &[&campaign_col, &click_col],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let fresh: Vec<&ClickRow> = candidates
+        .into_iter()
+        .filter(|c| !existing.contains(&(c.campaign_id.to_string(), c.click_id.to_string())))
+        .collect();
+
+    // Batches: per campaign, fresh clicks in row order fill slots of the campaign's batch size, continuing
+    // after the slots this upload already filled (earlier chunks, earlier invocations).
+    let mut per_campaign: HashMap<&CampaignId, Vec<usize>> = HashMap::new();
+    for (i, click) in fresh.iter().enumerate() {
+        per_campaign.entry(&click.campaign_id).or_default().push(i);
+    }
+    let mut campaign_keys: Vec<&CampaignId> = per_campaign.keys().copied().collect();
+    campaign_keys.sort();
+    let key_strings: Vec<&str> = campaign_keys.iter().map(|c| c.as_str()).collect();
+    let slots: HashMap<String, (i32, i32)> = tx
+        .query(
+            "SELECT c.campaign_id, c.batch_size,
+                    COALESCE((SELECT max(upload_seq) + 1 FROM batches b
+                              WHERE b.upload_id = $1 AND b.campaign_id = c.campaign_id), 0)
+             FROM campaigns c WHERE c.campaign_id = ANY($2)",
+            &[&lease.upload_id, &key_strings],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), (r.get::<_, i32>(1).max(1), r.get(2))))
+        .collect();
+    // For each fresh click: its batch (index into `planned`) and slot.
+    let mut batch_of_click = vec![(0usize, 0i32); fresh.len()];
+    let mut planned: Vec<PlannedBatch> = Vec::new();
+    for campaign in &campaign_keys {
+        let Some(&(size, next_seq)) = slots.get(campaign.as_str()) else { continue };
+        for (n, chunk) in per_campaign[campaign].chunks(size as usize).enumerate() {
+            let seq = next_seq + n as i32;
+            for &i in chunk {
+                batch_of_click[i] = (planned.len(), seq);
+            }
+            planned.push(PlannedBatch { campaign_id: (*campaign).clone(), seq, clicks: chunk.len() as i64 });
+        }
+    }
+    let ids: Vec<&str> = planned.iter().map(|b| b.campaign_id.as_str()).collect();
+    let seqs: Vec<i32> = planned.iter().map(|b| b.seq).collect();
+    let counts: Vec<i32> = planned.iter().map(|b| b.clicks as i32).collect();
+    let dues: Vec<DateTime<Utc>> = planned.iter().map(|b| due_at(b)).collect();
+    let batch_ids: HashMap<(String, i32), i64> = tx
+        .query(
+            "INSERT INTO batches (campaign_id, partner_id, upload_id, upload_seq, click_count, due_at)
+             SELECT p.campaign_id, c.partner_id, $1, p.seq, p.clicks, p.due_at
+             FROM unnest($2::text[], $3::int[], $4::int[], $5::timestamptz[]) AS p(campaign_id, seq, clicks, due_at)
+             JOIN campaigns c USING (campaign_id)
+             RETURNING campaign_id, upload_seq, batch_id",
+            &[&lease.upload_id, &ids, &seqs, &counts, &dues],
+        )
+        .await?
+        .iter()
+        .map(|r| ((r.get(0), r.get(1)), r.get(2)))
+        .collect();
+
+    copy_click_ids(&tx, &fresh, now).await?;
+    let mut writer = std::pin::pin!(BinaryCopyInWriter::new(
+        tx.copy_in(
+            "COPY clicks (campaign_id, click_id, upload_id, row_number, batch_id, clicked_at, ip, user_agent,
+                          landing_url, sub_id, attributes, ingested_at) FROM STDIN BINARY",
+        )
+        .await?,
+        &[
+            Type::TEXT,
+            Type::TEXT,
+            Type::INT8,
+            Type::INT8,
+            Type::INT8,
+            Type::TIMESTAMPTZ,
+            Type::INET,
+            Type::TEXT,
+            Type::TEXT,
+            Type::TEXT,
+            Type::JSONB,
+            Type::TIMESTAMPTZ,
+        ],
+    ));
+    for (click, (planned_index, seq)) in fresh.iter().zip(&batch_of_click) {
+        let batch = &planned[*planned_index];
+        let batch_id = batch_ids
+            .get(&(batch.campaign_id.to_string(), *seq))
+            .copied()
+            .ok_or_else(|| DbError::Invalid(format!("no batch for campaign {} slot {seq}", batch.campaign_id)))?;
+        let attributes = serde_json::Value::Object(click.attributes.clone());
+        writer
+            .as_mut()
+            .write(&[
+                &click.campaign_id.as_str(),
+                &click.click_id.as_str(),
+                &lease.upload_id,
+                &(click.row_number as i64),
+                &batch_id,
+                &click.clicked_at,
+                &click.ip,
+                &click.user_agent,
+                &click.landing_url,
+                &click.sub_id,
+                &attributes,
+                &now,
+            ])
+            .await?;
+    }
+    writer.finish().await?;
 
     if !rejects.is_empty() {
         let rows: Vec<i64> = rejects.iter().map(|r| r.row_number as i64).collect();
@@ -271,10 +321,10 @@ pub async fn write_chunk(
     }
 
     let result = ChunkResult {
-        accepted: fresh,
-        duplicate: clicks.len() as u64 - fresh,
+        accepted: fresh.len() as u64,
+        duplicate: (clicks.len() - fresh.len()) as u64,
         rejected: rejects.len() as u64,
-        batches: groups.len() as u64,
+        batches: planned.len() as u64,
     };
     // The checkpoint, fenced by the lease: if another invocation took the upload over, nothing commits.
     let updated = tx
@@ -303,24 +353,15 @@ pub async fn write_chunk(
     Ok(result)
 }
 
-async fn futures_pin(writer: BinaryCopyInWriter, clicks: &[ClickRow]) -> Result<(), tokio_postgres::Error> {
-    let mut writer = std::pin::pin!(writer);
-    for c in clicks {
-        let attributes = serde_json::Value::Object(c.attributes.clone());
-        writer
-            .as_mut()
-            .write(&[
-                &c.campaign_id.as_str(),
-                &c.click_id.as_str(),
-                &(c.row_number as i64),
-                &c.clicked_at,
-                &c.ip,
-                &c.user_agent,
-                &c.landing_url,
-                &c.sub_id,
-                &attributes,
-            ])
-            .await?;
+async fn copy_click_ids(
+    tx: &tokio_postgres::Transaction<'_>,
+    fresh: &[&ClickRow],
+    now: DateTime<Utc>,
+) -> Result<(), tokio_postgres::Error> {
+    let sink = tx.copy_in("COPY click_ids (campaign_id, click_id, ingested_at) FROM STDIN BINARY").await?;
+    let mut writer = std::pin::pin!(BinaryCopyInWriter::new(sink, &[Type::TEXT, Type::TEXT, Type::TIMESTAMPTZ]));
+    for click in fresh {
+        writer.as_mut().write(&[&click.campaign_id.as_str(), &click.click_id.as_str(), &now]).await?;
     }
     writer.finish().await?;
     Ok(())

@@ -1,0 +1,146 @@
+//! The pacer: every minute, claim the batches due in the coming minute, enforce every pacing rule, and release
+//! them to the click queue, each delayed to its second.
+//!
+//! Claim and reservation commit first (one transaction, no network inside); then the messages are sent with
+//! SendMessageBatch, retrying only the entries that failed; then the sent batches are marked queued. A crash
+//! anywhere in between loses nothing: an unsent or unmarked batch comes back when its lease expires, with a new
+//! fencing value, and the bridge ignores the stale copy.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+
+use chrono::{DateTime, Utc};
+use clickpacer::aws::AwsError;
+use clickpacer::aws::sqs::{FailedEntry, MAX_BATCH_ENTRIES, OutgoingMessage, SqsQueue};
+use clickpacer::postgres::pacer::{ClaimSettings, ClaimSummary, claim_due_batches, mark_queued};
+use clickpacer::postgres::{DbError, PgPool};
+use clickpacer::release::ReleaseMessage;
+use futures::StreamExt;
+use serde::Serialize;
+
+/// Where released batches go. SQS in production; benchmarks measure Postgres alone with a sender that drops
+/// messages.
+pub trait ClickQueue: Send + Sync {
+    fn send_batch(
+        &self,
+        messages: &[OutgoingMessage],
+    ) -> impl Future<Output = Result<Vec<FailedEntry>, AwsError>> + Send;
+}
+
+impl ClickQueue for SqsQueue {
+    async fn send_batch(&self, messages: &[OutgoingMessage]) -> Result<Vec<FailedEntry>, AwsError> {
+        SqsQueue::send_batch(self, messages).await
+    }
+}
+
+pub struct Pacer<Q> {
+    pub pool: PgPool,
+    pub queue: Q,
+    pub settings: PacerSettings,
+}
+
+#[derive(Debug, Clone)]
+pub struct PacerSettings {
+    pub claim: ClaimSettings,
+    /// Attempts per SendMessageBatch entry before the batch is left to its lease.
+    pub send_attempts: u32,
+    /// SendMessageBatch calls in flight at once.
+    pub send_concurrency: usize,
+}
+
+impl Default for PacerSettings {
+    fn default() -> Self {
+        Self { claim: ClaimSettings::default(), send_attempts: 3, send_concurrency: 8 }
+    }
+}
+
+/// What one run did; logged and returned.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RunSummary {
+    pub examined: u64,
+    pub reclaimed: u64,
+    pub claimed: u64,
+    pub released: u64,
+    pub released_clicks: u64,
+    /// Claimed but not sent (SQS refused them): they return when their lease expires.
+    pub unsent: u64,
+    pub deferred: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PacerError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+/// One pacer run at `now` (the injected clock: Lambda passes the wall clock, tests move it by hand).
+pub async fn run_once<Q: ClickQueue>(pacer: &Pacer<Q>, now: DateTime<Utc>) -> Result<RunSummary, PacerError> {
+    let (messages, claim) = {
+        let mut client = pacer.pool.get().await.map_err(DbError::from)?;
+        claim_due_batches(&mut client, now, &pacer.settings.claim).await?
+    };
+    let sent = send_all(pacer, now, &messages).await;
+    let client = pacer.pool.get().await.map_err(DbError::from)?;
+    mark_queued(&**client, &sent).await?;
+    let summary = summarise(claim, messages.len() as u64, sent.len() as u64);
+    tracing::info!(summary = ?summary, "pacer run");
+    Ok(summary)
+}
+
+fn summarise(claim: ClaimSummary, claimed: u64, sent: u64) -> RunSummary {
+    RunSummary {
+        examined: claim.examined,
+        reclaimed: claim.reclaimed,
+        claimed,
+        released: sent,
+        released_clicks: claim.released_clicks,
+        unsent: claimed - sent,
+        deferred: claim.deferred,
+    }
+}
+
+/// Sends every message, 10 per call, retrying only failed entries; returns the (batch, fence) pairs sent.
+async fn send_all<Q: ClickQueue>(pacer: &Pacer<Q>, now: DateTime<Utc>, messages: &[ReleaseMessage]) -> Vec<(i64, i64)> {
+    let outgoing: Vec<(OutgoingMessage, (i64, i64))> = messages
+        .iter()
+        .map(|m| {
+            let delay = (m.release_at - now).num_seconds().clamp(0, 900) as i32;
+            let body = serde_json::to_string(m).unwrap_or_default();
+            (OutgoingMessage { id: m.batch_id.to_string(), body, delay_seconds: delay }, (m.batch_id, m.fence))
+        })
+        .collect();
+    futures::stream::iter(outgoing.chunks(MAX_BATCH_ENTRIES))
+        .map(|chunk| send_chunk(&pacer.queue, chunk, pacer.settings.send_attempts))
+        .buffer_unordered(pacer.settings.send_concurrency.max(1))
+        .flat_map(futures::stream::iter)
+        .collect()
+        .await
+}
+
+async fn send_chunk<Q: ClickQueue>(
+    queue: &Q,
+    chunk: &[(OutgoingMessage, (i64, i64))],
+    attempts: u32,
+) -> Vec<(i64, i64)> {
+    let mut pending: Vec<&(OutgoingMessage, (i64, i64))> = chunk.iter().collect();
+    let mut sent = Vec::with_capacity(chunk.len());
+    for attempt in 1..=attempts.max(1) {
+        let batch: Vec<OutgoingMessage> = pending.iter().map(|(m, _)| m.clone()).collect();
+        match queue.send_batch(&batch).await {
+            Ok(failed) => {
+                let failed_ids: Vec<&str> = failed.iter().map(|f| f.id.as_str()).collect();
+                for entry in &failed {
+                    tracing::warn!(batch_id = entry.id, attempt, sender_fault = entry.sender_fault, error = entry.message, "entry not sent");
+                }
+                let (retry, ok): (Vec<_>, Vec<_>) = pending.into_iter().partition(|(m, _)| failed_ids.contains(&m.id.as_str()));
+                sent.extend(ok.into_iter().map(|(_, key)| *key));
+                pending = retry;
+            }
+            Err(e) => tracing::warn!(attempt, error = %e, "SendMessageBatch failed"),
+        }
+        if pending.is_empty() {
+            break;
+        }
+    }
+    sent
+}

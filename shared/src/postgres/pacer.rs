@@ -1,0 +1,368 @@
+//! The pacer's claim: one short transaction that locks due batches (`FOR UPDATE SKIP LOCKED`), locks the
+//! pacing counters of their campaigns and partners, plans the coming minute with the pure engine, and writes
+//! the claims (lease + new fence), the deferrals and the reservations together. No network call happens inside
+//! it: messages are sent after commit, and the lease brings a batch back if that never happens.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use tokio_postgres::{Client, Row};
+
+use super::DbError;
+use super::campaigns;
+use crate::domain::{CampaignId, Micros, PartnerId};
+use crate::pacing::{PacingState, PartnerLimit, WindowCount};
+use crate::release::{CandidateBatch, PlanInput, ReleaseMessage, plan_releases};
+
+#[derive(Debug, Clone)]
+pub struct ClaimSettings {
+    /// Seconds of releases one run plans (the schedule's period).
+    pub horizon_seconds: u32,
+    /// Most batches one run releases.
+    pub max_batches: usize,
+    /// How long a claim lasts before another pacer may take the batch back.
+    pub lease_for: Duration,
+}
+
+impl Default for ClaimSettings {
+    fn default() -> Self {
+        Self { horizon_seconds: 60, max_batches: 5_000, lease_for: Duration::from_secs(120) }
+    }
+}
+
+/// What one claim did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ClaimSummary {
+    /// Batches locked by this claim (due within the horizon, or with an expired lease).
+    pub examined: u64,
+    /// Of those, batches whose previous claim had expired.
+    pub reclaimed: u64,
+    pub released_batches: u64,
+    pub released_clicks: u64,
+    /// Batches held back, by reason.
+    pub deferred: BTreeMap<String, u64>,
+}
+
+/// Claims and reserves; returns the messages to send (in release order) and a summary.
+pub async fn claim_due_batches(
+    client: &mut Client,
+    now: DateTime<Utc>,
+    settings: &ClaimSettings,
+) -> Result<(Vec<ReleaseMessage>, ClaimSummary), DbError> {
+    let tx = client.transaction().await?;
+    let horizon_end = now + chrono::Duration::seconds(i64::from(settings.horizon_seconds));
+    let lease_until = now + chrono::Duration::from_std(settings.lease_for).unwrap_or(chrono::Duration::minutes(2));
+
+    // Fair scan: each campaign contributes at most its share of the run, in due order, through the
+    // (campaign_id, due_at) index; rows another pacer holds are skipped, not waited for.
+    let campaigns_due: i64 = tx
+        .query_one(
+            "SELECT count(DISTINCT campaign_id) FROM batches
+             WHERE state IN ('pending', 'claimed') AND due_at <= $1",
+            &[&horizon_end],
+        )
+        .await?
+        .get(0);
+    if campaigns_due == 0 {
+        tx.commit().await?;
+        return Ok((Vec::new(), ClaimSummary::default()));
+    }
+    let share = (settings.max_batches as i64 / campaigns_due).max(50).min(settings.max_batches as i64);
+    let rows = tx
+        .query(
+            "SELECT x.batch_id, x.campaign_id, x.click_count, x.due_at, x.state
+             FROM campaigns c
+             CROSS JOIN LATERAL (
+                 SELECT b.batch_id, b.campaign_id, b.click_count, b.due_at, b.state
+                 FROM batches b
+                 WHERE b.campaign_id = c.campaign_id
+                   AND b.state IN ('pending', 'claimed') AND b.due_at <= $1
+                   AND (b.state = 'pending' OR b.lease_expires_at < $2)
+                 ORDER BY b.due_at, b.batch_id
+                 LIMIT $3
+                 FOR UPDATE OF b SKIP LOCKED
+             ) x",
+            &[&horizon_end, &now, &share],
+        )
+        .await?;
+    let mut summary = ClaimSummary { examined: rows.len() as u64, ..ClaimSummary::default() };
+    let mut batches = Vec::with_capacity(rows.len());
+    for row in &rows {
+        if row.get::<_, &str>("state") == "claimed" {
+            summary.reclaimed += 1;
+        }
+        batches.push(CandidateBatch {
+            batch_id: row.get("batch_id"),
+            campaign_id: parse_campaign(row.get("campaign_id"))?,
+            clicks: row.get::<_, i32>("click_count").max(0) as u64,
+            due_at: row.get("due_at"),
+        });
+    }
+    // Each campaign's share in due order; campaigns interleaved by that order (the planner rotates turns).
+    batches.sort_by(|a, b| (a.due_at, a.batch_id).cmp(&(b.due_at, b.batch_id)));
+
+    let mut campaign_ids: Vec<String> = batches.iter().map(|b| b.campaign_id.to_string()).collect();
+    campaign_ids.sort();
+    campaign_ids.dedup();
+    let campaign_rows = tx
+        .query(
+            "SELECT campaign_id, name, partner_id, status, time_zone, flight_start, flight_end, pacing_mode,
+                    hourly_weights, max_per_second, max_per_minute, max_per_hour, daily_cap,
+                    cost_per_click_micros, daily_budget_micros, total_budget_micros, batch_size
+             FROM campaigns WHERE campaign_id = ANY($1)",
+            &[&campaign_ids],
+        )
+        .await?;
+    let campaign_list = campaign_rows.iter().map(campaigns::from_row).collect::<Result<Vec<_>, _>>()?;
+
+    // Counters, locked in a fixed order (by id) so concurrent pacers cannot deadlock.
+    tx.execute(
+        "INSERT INTO campaign_pacing (campaign_id) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING",
+        &[&campaign_ids],
+    )
+    .await?;
+    let pacing_rows = tx
+        .query(
+            "SELECT * FROM campaign_pacing WHERE campaign_id = ANY($1) ORDER BY campaign_id FOR UPDATE",
+            &[&campaign_ids],
+        )
+        .await?;
+    let mut states: HashMap<String, PacingState> =
+        pacing_rows.iter().map(|r| (r.get::<_, String>("campaign_id"), pacing_state(r))).collect();
+
+    let mut partner_ids: Vec<String> = campaign_list.iter().map(|c| c.partner_id.to_string()).collect();
+    partner_ids.sort();
+    partner_ids.dedup();
+    tx.execute(
+        "INSERT INTO partner_pacing (partner_id) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING",
+        &[&partner_ids],
+    )
+    .await?;
+    let partner_rows = tx
+        .query(
+            "SELECT p.partner_id, p.rate_per_second, p.enabled, h.allowance, h.retry_after_until,
+                    pp.second_start, pp.second_released
+             FROM partner_pacing pp
+             JOIN partners p USING (partner_id)
+             LEFT JOIN partner_health h USING (partner_id)
+             WHERE pp.partner_id = ANY($1)
+             ORDER BY pp.partner_id
+             FOR UPDATE OF pp",
+            &[&partner_ids],
+        )
+        .await?;
+    let mut partners = HashMap::new();
+    for row in &partner_rows {
+        let enabled: bool = row.get("enabled");
+        let limit = PartnerLimit {
+            // A disabled partner takes nothing: its rate is zero until a person enables it again.
+            rate_per_second: if enabled { row.get::<_, Option<i32>>("rate_per_second").map(|r| r.max(0) as u32) } else { Some(0) },
+            allowance: row.get::<_, Option<f64>>("allowance").unwrap_or(1.0),
+            retry_after_until: row.get("retry_after_until"),
+            second: WindowCount { start: row.get("second_start"), released: count(row, "second_released") },
+        };
+        partners.insert(parse_partner(row.get("partner_id"))?, limit);
+    }
+
+    let campaigns_input = campaign_list
+        .into_iter()
+        .map(|c| {
+            let state = states.remove(c.campaign_id.as_str()).unwrap_or_default();
+            (c.campaign_id.clone(), (c, state))
+        })
+        .collect::<HashMap<_, _>>();
+    let plan = plan_releases(PlanInput {
+        now,
+        horizon_seconds: settings.horizon_seconds,
+        max_batches: settings.max_batches,
+        campaigns: campaigns_input,
+        partners,
+        batches,
+    });
+
+    // Claims: lease, new fence, the second the message becomes visible and the spread.
+    let ids: Vec<i64> = plan.releases.iter().map(|r| r.batch_id).collect();
+    let delays: Vec<i32> = plan.releases.iter().map(|r| r.delay_seconds as i32).collect();
+    let spreads: Vec<i32> = plan.releases.iter().map(|r| r.spread_seconds as i32).collect();
+    let claimed = tx
+        .query(
+            "UPDATE batches b SET state = 'claimed', lease_expires_at = $2, fence = b.fence + 1,
+                    claim_count = b.claim_count + 1, release_at = $3::timestamptz + make_interval(secs => r.delay),
+                    spread_seconds = r.spread, defer_reason = NULL
+             FROM unnest($1::bigint[], $4::int[], $5::int[]) AS r(batch_id, delay, spread)
+             WHERE b.batch_id = r.batch_id
+             RETURNING b.batch_id, b.fence, b.campaign_id, b.partner_id, b.click_count, b.spread_seconds,
+                       b.release_at",
+            &[&ids, &lease_until, &now, &delays, &spreads],
+        )
+        .await?;
+    let mut messages = Vec::with_capacity(claimed.len());
+    for row in &claimed {
+        messages.push(ReleaseMessage {
+            batch_id: row.get("batch_id"),
+            fence: row.get("fence"),
+            campaign_id: parse_campaign(row.get("campaign_id"))?,
+            partner_id: parse_partner(row.get("partner_id"))?,
+            clicks: row.get::<_, i32>("click_count").max(0) as u32,
+            spread_seconds: row.get::<_, i32>("spread_seconds").max(1) as u32,
+            release_at: row.get("release_at"),
+        });
+    }
+    messages.sort_by_key(|m| (m.release_at, m.batch_id));
+    summary.released_batches = messages.len() as u64;
+    summary.released_clicks = messages.iter().map(|m| u64::from(m.clicks)).sum();
+
+    let deferred_ids: Vec<i64> = plan.deferrals.iter().map(|d| d.batch_id).collect();
+    let untils: Vec<DateTime<Utc>> = plan.deferrals.iter().map(|d| d.until).collect();
+    let reasons: Vec<&str> = plan.deferrals.iter().map(|d| d.reason.as_str()).collect();
+    for reason in &reasons {
+        *summary.deferred.entry((*reason).to_owned()).or_default() += 1;
+    }
+    tx.execute(
+        "UPDATE batches b SET state = 'pending', lease_expires_at = NULL, due_at = d.until, defer_reason = d.reason
+         FROM unnest($1::bigint[], $2::timestamptz[], $3::text[]) AS d(batch_id, until, reason)
+         WHERE b.batch_id = d.batch_id",
+        &[&deferred_ids, &untils, &reasons],
+    )
+    .await?;
+
+    write_states(&tx, &plan.states).await?;
+    write_partners(&tx, &plan.partners).await?;
+    write_ledger(&tx, &plan.ledger).await?;
+    tx.commit().await?;
+    Ok((messages, summary))
+}
+
+/// After a successful send: the bridge owns these batches now. Only the claim holding the same fence may do it.
+pub async fn mark_queued(
+    db: &impl tokio_postgres::GenericClient,
+    sent: &[(i64, i64)],
+) -> Result<u64, DbError> {
+    let ids: Vec<i64> = sent.iter().map(|s| s.0).collect();
+    let fences: Vec<i64> = sent.iter().map(|s| s.1).collect();
+    Ok(db
+        .execute(
+            "UPDATE batches b SET state = 'queued', lease_expires_at = NULL
+             FROM unnest($1::bigint[], $2::bigint[]) AS s(batch_id, fence)
+             WHERE b.batch_id = s.batch_id AND b.fence = s.fence AND b.state = 'claimed'",
+            &[&ids, &fences],
+        )
+        .await?)
+}
+
+async fn write_states(
+    tx: &tokio_postgres::Transaction<'_>,
+    states: &HashMap<CampaignId, PacingState>,
+) -> Result<(), DbError> {
+    if states.is_empty() {
+        return Ok(());
+    }
+    let mut ids = Vec::new();
+    let mut days: Vec<Option<NaiveDate>> = Vec::new();
+    let mut cols: [Vec<i64>; 6] = Default::default();
+    let mut starts: [Vec<DateTime<Utc>>; 3] = Default::default();
+    for (id, s) in states {
+        ids.push(id.to_string());
+        days.push(s.day);
+        for (col, value) in cols.iter_mut().zip([
+            s.released_today as i64,
+            s.reserved_today.0,
+            s.reserved_total.0,
+            s.second.released as i64,
+            s.minute.released as i64,
+            s.hour.released as i64,
+        ]) {
+            col.push(value);
+        }
+        starts[0].push(s.second.start);
+        starts[1].push(s.minute.start);
+        starts[2].push(s.hour.start);
+    }
+    tx.execute(
+        "UPDATE campaign_pacing p SET local_day = s.day, released_today = s.released_today,
+                reserved_today_micros = s.reserved_today, reserved_total_micros = s.reserved_total,
+                second_start = s.second_start, second_released = s.second_released,
+                minute_start = s.minute_start, minute_released = s.minute_released,
+                hour_start = s.hour_start, hour_released = s.hour_released, updated_at = now()
+         FROM unnest($1::text[], $2::date[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[],
+                     $7::bigint[], $8::bigint[], $9::timestamptz[], $10::timestamptz[], $11::timestamptz[])
+              AS s(campaign_id, day, released_today, reserved_today, reserved_total, second_released,
+                   minute_released, hour_released, second_start, minute_start, hour_start)
+         WHERE p.campaign_id = s.campaign_id",
+        &[
+            &ids, &days, &cols[0], &cols[1], &cols[2], &cols[3], &cols[4], &cols[5], &starts[0], &starts[1],
+            &starts[2],
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+async fn write_partners(
+    tx: &tokio_postgres::Transaction<'_>,
+    partners: &HashMap<PartnerId, PartnerLimit>,
+) -> Result<(), DbError> {
+    if partners.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<String> = partners.keys().map(|p| p.to_string()).collect();
+    let starts: Vec<DateTime<Utc>> = partners.values().map(|p| p.second.start).collect();
+    let released: Vec<i64> = partners.values().map(|p| p.second.released as i64).collect();
+    tx.execute(
+        "UPDATE partner_pacing p SET second_start = s.start, second_released = s.released, updated_at = now()
+         FROM unnest($1::text[], $2::timestamptz[], $3::bigint[]) AS s(partner_id, start, released)
+         WHERE p.partner_id = s.partner_id",
+        &[&ids, &starts, &released],
+    )
+    .await?;
+    Ok(())
+}
+
+async fn write_ledger(
+    tx: &tokio_postgres::Transaction<'_>,
+    ledger: &BTreeMap<(CampaignId, NaiveDate), crate::release::DayReservation>,
+) -> Result<(), DbError> {
+    if ledger.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<String> = ledger.keys().map(|(c, _)| c.to_string()).collect();
+    let days: Vec<NaiveDate> = ledger.keys().map(|(_, d)| *d).collect();
+    let clicks: Vec<i64> = ledger.values().map(|r| r.clicks as i64).collect();
+    let micros: Vec<i64> = ledger.values().map(|r| r.micros).collect();
+    tx.execute(
+        "INSERT INTO campaign_day_ledger (campaign_id, local_day, released_clicks, reserved_micros)
+         SELECT * FROM unnest($1::text[], $2::date[], $3::bigint[], $4::bigint[])
+         ON CONFLICT (campaign_id, local_day) DO UPDATE SET
+             released_clicks = campaign_day_ledger.released_clicks + EXCLUDED.released_clicks,
+             reserved_micros = campaign_day_ledger.reserved_micros + EXCLUDED.reserved_micros,
+             updated_at = now()",
+        &[&ids, &days, &clicks, &micros],
+    )
+    .await?;
+    Ok(())
+}
+
+fn pacing_state(row: &Row) -> PacingState {
+    PacingState {
+        day: row.get("local_day"),
+        released_today: count(row, "released_today"),
+        reserved_today: Micros(row.get("reserved_today_micros")),
+        reserved_total: Micros(row.get("reserved_total_micros")),
+        second: WindowCount { start: row.get("second_start"), released: count(row, "second_released") },
+        minute: WindowCount { start: row.get("minute_start"), released: count(row, "minute_released") },
+        hour: WindowCount { start: row.get("hour_start"), released: count(row, "hour_released") },
+    }
+}
+
+fn count(row: &Row, column: &str) -> u64 {
+    row.get::<_, i64>(column).max(0) as u64
+}
+
+fn parse_campaign(id: String) -> Result<CampaignId, DbError> {
+    CampaignId::parse(id).map_err(|e| DbError::Invalid(e.to_string()))
+}
+
+fn parse_partner(id: String) -> Result<PartnerId, DbError> {
+    PartnerId::parse(id).map_err(|e| DbError::Invalid(e.to_string()))
+}

@@ -1,0 +1,324 @@
+//! Planning one pacer run: which claimed batches go out in which second of the coming minute, which wait and
+//! why. Pure: the pacer loads the inputs in its claim transaction, applies the plan there, and sends after
+//! commit.
+//!
+//! The schedule fires at most once a minute, so a run plans a horizon (60 one-second slots) and gives each
+//! released batch an SQS delay equal to its slot: releases flow second by second, never as a burst at the top
+//! of the minute. Each slot asks the pacing engine ([`crate::pacing::allowance`]) with the counters the earlier
+//! slots left, so every rule holds in every window. Campaigns take turns within a slot (the starting campaign
+//! rotates each second), so a huge campaign cannot starve small ones that share its partner.
+//!
+//! A batch larger than what one second allows (a low partner rate, say) is reserved across consecutive
+//! seconds and the message tells the bridge to spread its clicks over them. If the horizon ends first, the
+//! batch waits for the next run and what it had reserved stays counted: conservative, never over a limit.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use chrono::{DateTime, Duration, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{Campaign, CampaignId, Micros, PartnerId};
+use crate::pacing::{DeferReason, PacingState, PartnerLimit, allowance, local_date};
+
+/// The message the pacer puts on the click queue for the bridge.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseMessage {
+    pub batch_id: i64,
+    /// The claim's fencing value: a message whose fence is not the batch's current one is stale.
+    pub fence: i64,
+    pub campaign_id: CampaignId,
+    pub partner_id: PartnerId,
+    pub clicks: u32,
+    /// Deliver the batch's clicks evenly over this many seconds from `release_at`.
+    pub spread_seconds: u32,
+    pub release_at: DateTime<Utc>,
+}
+
+/// A due (or soon due) batch the claim locked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CandidateBatch {
+    pub batch_id: i64,
+    pub campaign_id: CampaignId,
+    pub clicks: u64,
+    pub due_at: DateTime<Utc>,
+}
+
+pub struct PlanInput {
+    pub now: DateTime<Utc>,
+    /// One-second slots planned by this run.
+    pub horizon_seconds: u32,
+    /// Most batches one run releases (bounds the transaction and the sending time).
+    pub max_batches: usize,
+    pub campaigns: HashMap<CampaignId, (Campaign, PacingState)>,
+    pub partners: HashMap<PartnerId, PartnerLimit>,
+    /// In the claim's fair order; each campaign's batches in due order.
+    pub batches: Vec<CandidateBatch>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlannedRelease {
+    pub batch_id: i64,
+    /// Seconds after `now` at which the batch becomes visible on the queue.
+    pub delay_seconds: u32,
+    pub spread_seconds: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deferral {
+    pub batch_id: i64,
+    pub until: DateTime<Utc>,
+    pub reason: DeferReason,
+}
+
+/// Clicks and spend a run reserved against one campaign's local day.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DayReservation {
+    pub clicks: u64,
+    pub micros: i64,
+}
+
+#[derive(Debug, Default)]
+pub struct ReleasePlan {
+    pub releases: Vec<PlannedRelease>,
+    pub deferrals: Vec<Deferral>,
+    /// Counters to write back (only campaigns and partners that reserved something).
+    pub states: HashMap<CampaignId, PacingState>,
+    pub partners: HashMap<PartnerId, PartnerLimit>,
+    pub ledger: BTreeMap<(CampaignId, NaiveDate), DayReservation>,
+}
+
+struct Lane {
+    campaign_id: CampaignId,
+    queue: VecDeque<CandidateBatch>,
+    /// Clicks of the front batch still to reserve, and the slot of its first reservation.
+    partial: Option<(u64, u32)>,
+    /// Nothing more can go before this instant (from the engine's `next_release_at`).
+    wait_until: Option<DateTime<Utc>>,
+    /// Why the lane stopped, and until when, once it cannot release within the horizon.
+    blocked: Option<(DeferReason, Option<DateTime<Utc>>)>,
+}
+
+pub fn plan_releases(input: PlanInput) -> ReleasePlan {
+    let PlanInput { now, horizon_seconds, max_batches, mut campaigns, mut partners, batches } = input;
+    let horizon_end = now + Duration::seconds(i64::from(horizon_seconds));
+    let mut lanes: Vec<Lane> = Vec::new();
+    for batch in batches {
+        match lanes.iter_mut().find(|l| l.campaign_id == batch.campaign_id) {
+            Some(lane) => lane.queue.push_back(batch),
+            None => lanes.push(Lane {
+                campaign_id: batch.campaign_id.clone(),
+                queue: VecDeque::from([batch]),
+                partial: None,
+                wait_until: None,
+                blocked: None,
+            }),
+        }
+    }
+    let mut plan = ReleasePlan::default();
+    let mut touched_partners = Vec::new();
+
+    'slots: for slot in 0..horizon_seconds {
+        let t = now + Duration::seconds(i64::from(slot));
+        let n = lanes.len();
+        // Rounds of one batch per campaign, the first campaign rotating with the second, until nobody can
+        // release more in this slot: fair shares of a partner's capacity whatever the backlogs.
+        loop {
+            let mut progressed = false;
+            for i in 0..n {
+                if plan.releases.len() >= max_batches {
+                    break 'slots;
+                }
+                let lane = &mut lanes[(i + slot as usize) % n];
+                if lane.blocked.is_some() || lane.wait_until.is_some_and(|w| t < w) {
+                    continue;
+                }
+                let Some(batch) = lane.queue.front() else { continue };
+                if batch.due_at > t {
+                    continue;
+                }
+                let Some((campaign, state)) = campaigns.get_mut(&lane.campaign_id) else {
+                    lane.blocked = Some((DeferReason::Archived, None));
+                    continue;
+                };
+                let partner = partners.entry(campaign.partner_id.clone()).or_insert_with(PartnerLimit::unlimited);
+                let remaining = lane.partial.map_or(batch.clicks, |(r, _)| r);
+                let answer = allowance(campaign, state, partner, remaining, t);
+                // Part of a batch is reserved only against limits that refill with time (rates, the pacing
+                // plan); a cap or budget that cannot take the whole batch takes none of it, so no capacity is
+                // spent on clicks that cannot go.
+                let refills = matches!(
+                    answer.reason,
+                    None | Some(
+                        DeferReason::RatePerSecond
+                            | DeferReason::RatePerMinute
+                            | DeferReason::RatePerHour
+                            | DeferReason::PartnerRate
+                            | DeferReason::PacingPlan
+                    )
+                );
+                let take = if refills { answer.clicks.min(remaining) } else { 0 };
+                if take > 0 {
+                    state.record_release(campaign, t, take);
+                    partner.record_release(t, take);
+                    let day =
+                        plan.ledger.entry((lane.campaign_id.clone(), local_date(campaign.time_zone, t))).or_default();
+                    day.clicks += take;
+                    day.micros = day.micros.saturating_add(cost(campaign.cost_per_click, take));
+                    plan.states.insert(lane.campaign_id.clone(), state.clone());
+                    if !touched_partners.contains(&campaign.partner_id) {
+                        touched_partners.push(campaign.partner_id.clone());
+                    }
+                    progressed = true;
+                }
+                let first_slot = lane.partial.map_or(slot, |(_, first)| first);
+                if take == remaining {
+                    plan.releases.push(PlannedRelease {
+                        batch_id: batch.batch_id,
+                        delay_seconds: first_slot,
+                        spread_seconds: slot - first_slot + 1,
+                    });
+                    lane.partial = None;
+                    lane.queue.pop_front();
+                    continue;
+                }
+                if take > 0 {
+                    lane.partial = Some((remaining - take, first_slot));
+                }
+                let reason = answer.reason.unwrap_or(DeferReason::PacingPlan);
+                match answer.next_release_at {
+                    Some(next) if next < horizon_end => lane.wait_until = Some(next),
+                    next => lane.blocked = Some((reason, next)),
+                }
+            }
+            if !progressed {
+                break;
+            }
+        }
+    }
+
+    // What could not go within the horizon waits: due batches get a new due time (the instant the binding
+    // rule relaxes, or the next run when the wait is not bounded by the clock) and the reason.
+    for lane in lanes {
+        let (reason, until) = match lane.blocked {
+            Some((reason, until)) => (reason, until.unwrap_or(horizon_end).max(horizon_end)),
+            None => match lane.wait_until {
+                Some(w) => (DeferReason::PacingPlan, w.max(horizon_end)),
+                None => continue, // not due yet, or the run's batch limit was reached: left as they are
+            },
+        };
+        for batch in lane.queue.iter().filter(|b| b.due_at <= now || lane.partial.is_some()) {
+            plan.deferrals.push(Deferral { batch_id: batch.batch_id, until, reason });
+        }
+    }
+    plan.partners = touched_partners.into_iter().filter_map(|p| partners.remove_entry(&p)).collect();
+    plan
+}
+
+fn cost(cost_per_click: Micros, clicks: u64) -> i64 {
+    i64::try_from(clicks).unwrap_or(i64::MAX).saturating_mul(cost_per_click.0.max(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::CampaignStatus;
+
+    fn campaign(id: &str) -> Campaign {
+        Campaign::unlimited(CampaignId::parse(id).unwrap(), PartnerId::parse("p").unwrap())
+    }
+
+    fn batches(campaign: &str, first_id: i64, n: usize, clicks: u64, due_at: DateTime<Utc>) -> Vec<CandidateBatch> {
+        (0..n)
+            .map(|i| CandidateBatch {
+                batch_id: first_id + i as i64,
+                campaign_id: CampaignId::parse(campaign).unwrap(),
+                clicks,
+                due_at,
+            })
+            .collect()
+    }
+
+    fn input(campaigns: Vec<Campaign>, batches: Vec<CandidateBatch>, now: DateTime<Utc>) -> PlanInput {
+        PlanInput {
+            now,
+            horizon_seconds: 60,
+            max_batches: 10_000,
+            campaigns: campaigns.into_iter().map(|c| (c.campaign_id.clone(), (c, PacingState::default()))).collect(),
+            partners: HashMap::new(),
+            batches,
+        }
+    }
+
+    fn now() -> DateTime<Utc> {
+        "2026-11-28T10:00:00Z".parse().unwrap()
+    }
+
+    #[test]
+    fn asap_releases_everything_due_at_once() {
+        let plan = plan_releases(input(vec![campaign("a")], batches("a", 1, 5, 10, now()), now()));
+        assert_eq!(plan.releases.len(), 5);
+        assert!(plan.releases.iter().all(|r| r.delay_seconds == 0 && r.spread_seconds == 1));
+        assert_eq!(plan.ledger.values().map(|d| d.clicks).sum::<u64>(), 50);
+    }
+
+    #[test]
+    fn a_minute_rate_becomes_a_flow_over_the_minute() {
+        let mut c = campaign("a");
+        c.max_per_minute = Some(60);
+        let plan = plan_releases(input(vec![c], batches("a", 1, 10, 6, now()), now()));
+        assert_eq!(plan.releases.len(), 10);
+        let delays: Vec<u32> = plan.releases.iter().map(|r| r.delay_seconds).collect();
+        assert_eq!(delays, vec![0, 6, 12, 18, 24, 30, 36, 42, 48, 54], "6 clicks every 6 seconds");
+        assert!(plan.releases.iter().all(|r| r.spread_seconds == 6), "one click a second: {:?}", plan.releases);
+    }
+
+    #[test]
+    fn the_daily_cap_defers_the_rest_until_local_midnight() {
+        let mut c = campaign("a");
+        c.daily_cap = Some(25);
+        c.time_zone = chrono_tz::Europe::Berlin;
+        let plan = plan_releases(input(vec![c], batches("a", 1, 5, 10, now()), now()));
+        assert_eq!(plan.releases.len(), 2);
+        assert_eq!(plan.deferrals.len(), 3);
+        let midnight: DateTime<Utc> = "2026-11-28T23:00:00Z".parse().unwrap();
+        assert!(plan.deferrals.iter().all(|d| d.reason == DeferReason::DailyCap && d.until == midnight));
+    }
+
+    #[test]
+    fn a_paused_campaign_releases_nothing() {
+        let mut c = campaign("a");
+        c.status = CampaignStatus::Paused;
+        let plan = plan_releases(input(vec![c], batches("a", 1, 3, 10, now()), now()));
+        assert!(plan.releases.is_empty());
+        assert_eq!(plan.deferrals.len(), 3);
+        assert!(plan.deferrals.iter().all(|d| d.reason == DeferReason::Paused && d.until == now() + Duration::seconds(60)));
+        assert!(plan.states.is_empty() && plan.ledger.is_empty());
+    }
+
+    #[test]
+    fn campaigns_sharing_a_partner_take_turns() {
+        let mut big = batches("big", 1, 500, 1, now());
+        big.extend(batches("small", 1000, 3, 1, now()));
+        let mut inp = input(vec![campaign("big"), campaign("small")], big, now());
+        inp.partners.insert(PartnerId::parse("p").unwrap(), PartnerLimit { rate_per_second: Some(2), ..PartnerLimit::unlimited() });
+        let plan = plan_releases(inp);
+        let small: Vec<u32> =
+            plan.releases.iter().filter(|r| r.batch_id >= 1000).map(|r| r.delay_seconds).collect();
+        assert_eq!(small, vec![0, 1, 2], "one of the two per-second slots goes to the small campaign");
+        assert_eq!(plan.releases.len(), 120, "the partner's 2/s over the minute");
+    }
+
+    #[test]
+    fn a_batch_larger_than_a_second_allows_is_spread() {
+        let mut c = campaign("a");
+        c.max_per_second = Some(4);
+        let plan = plan_releases(input(vec![c], batches("a", 1, 1, 10, now()), now()));
+        assert_eq!(plan.releases, vec![PlannedRelease { batch_id: 1, delay_seconds: 0, spread_seconds: 3 }]);
+    }
+
+    #[test]
+    fn future_batches_wait_for_their_second() {
+        let plan = plan_releases(input(vec![campaign("a")], batches("a", 1, 1, 5, now() + Duration::seconds(42)), now()));
+        assert_eq!(plan.releases[0].delay_seconds, 42);
+    }
+}

@@ -1,0 +1,38 @@
+//! Benchmarks. Each prints its figures as it goes and, last, one JSON object.
+//!
+//!   scripts/bench slicer [--rows N]    ingest N generated clicks from the local S3 (default 1,000,000)
+//!
+//! `scripts/bench` starts (or reuses) PostgreSQL and the local AWS endpoint, as the tests do.
+
+mod slicer_bench;
+
+use anyhow::{Context, bail};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(which) = args.first() else { bail!("usage: bench <slicer> [--rows N]") };
+    let rows = match args.iter().position(|a| a == "--rows") {
+        Some(i) => args.get(i + 1).context("--rows needs a number")?.replace('_', "").parse()?,
+        None => 1_000_000,
+    };
+    match which.as_str() {
+        "slicer" => slicer_bench::run(rows).await,
+        other => bail!("unknown benchmark {other:?}: use slicer"),
+    }
+}
+
+/// Peak resident set size of this process since the last [`reset_peak_rss`], in MiB.
+pub fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+/// Starts a new peak-RSS measurement (Linux: writing 5 to clear_refs resets VmHWM to the current RSS).
+pub fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
