@@ -58,7 +58,7 @@ pub struct SlicerSettings {
 impl Default for SlicerSettings {
     fn default() -> Self {
         Self {
-            chunk_rows: 20_000,
+            chunk_rows: 10_000,
             reserve: Duration::from_secs(20),
             lease_for: Duration::from_secs(16 * 60),
             max_report_rows: 100_000,

@@ -214,6 +214,7 @@ async fn batches_follow_the_campaign_batch_size() {
     let (clicks, _, batches) = w.stored().await;
     assert_eq!((clicks, batches), (95, 10), "batch size 10: nine full batches and one of five");
     assert_eq!(w.scalar("SELECT max(click_count)::bigint FROM batches").await, 10);
+    assert_eq!(w.scalar("SELECT count(*) FROM clicks_default").await, 0, "clicks land in their month's partition");
     assert_eq!(w.scalar("SELECT count(*) FROM batches WHERE state = 'pending' AND due_at <= now()").await, 10);
 }
 

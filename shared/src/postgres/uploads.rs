@@ -42,6 +42,8 @@ pub struct UploadLease {
     pub owner: Uuid,
     /// Counts committed so far (non-zero when resuming).
     pub done: UploadCounts,
+    /// This upload met click ids its campaign already had: look them up before writing.
+    pub expect_duplicates: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,7 +106,7 @@ pub async fn lease(
     };
     let status: String = row.get("status");
     Ok(if row.get("acquired") {
-        LeaseOutcome::Acquired(UploadLease { upload_id, owner, done: counts })
+        LeaseOutcome::Acquired(UploadLease { upload_id, owner, done: counts, expect_duplicates: counts.duplicate > 0 })
     } else if status == "processing" {
         LeaseOutcome::LeasedElsewhere { upload_id }
     } else {
@@ -180,7 +182,8 @@ async fn write_chunk_once(
     due_at: &mut impl FnMut(&PlannedBatch) -> DateTime<Utc>,
 ) -> Result<ChunkResult, ChunkError> {
     let tx = client.transaction().await?;
-    let now: DateTime<Utc> = tx.query_one("SELECT now()", &[]).await?.get(0);
+    // The month's partition of `clicks` exists before the first row of the month arrives (a no-op otherwise).
+    let now: DateTime<Utc> = tx.query_one("SELECT now() FROM ensure_click_partition(now())", &[]).await?.get(0);
 
     // Duplicates: repeats within the chunk (the earliest row wins), then ids the campaigns already have.
     let mut seen = std::collections::HashSet::with_capacity(clicks.len());
@@ -190,22 +193,46 @@ async fn write_chunk_once(
             candidates.push(click);
         }
     }
-    let campaign_col: Vec<&str> = candidates.iter().map(|c| c.campaign_id.as_str()).collect();
-    let click_col: Vec<&str> = candidates.iter().map(|c| c.click_id.as_str()).collect();
-    let existing: std::collections::HashSet<(String, String)> = tx
-        .query(
-            "SELECT k.campaign_id, k.click_id FROM click_ids k
-             JOIN unnest($1::text[], $2::text[]) AS c(campaign_id, click_id) USING (campaign_id, click_id)",
-            &[&campaign_col, &click_col],
-        )
-        .await?
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
-    let fresh: Vec<&ClickRow> = candidates
-        .into_iter()
-        .filter(|c| !existing.contains(&(c.campaign_id.to_string(), c.click_id.to_string())))
-        .collect();
+    // Optimistic first: most chunks hold only new click ids, so they go straight into `click_ids` by COPY.
+    // When the key says otherwise (a re-sent file, overlapping uploads), the savepoint undoes the attempt and
+    // one indexed lookup for the whole chunk sorts the fresh from the duplicates. An upload that met
+    // duplicates once looks them up first from then on.
+    let mut fresh: Vec<&ClickRow> = Vec::new();
+    let mut inserted = false;
+    if !lease.expect_duplicates {
+        tx.batch_execute("SAVEPOINT click_ids").await?;
+        match copy_click_ids(&tx, &candidates, now).await {
+            Ok(()) => {
+                tx.batch_execute("RELEASE SAVEPOINT click_ids").await?;
+                fresh = candidates.clone();
+                inserted = true;
+            }
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
+                tx.batch_execute("ROLLBACK TO SAVEPOINT click_ids").await?;
+                lease.expect_duplicates = true;
+            }
+            Err(e) => return Err(DbError::from(e).into()),
+        }
+    }
+    if !inserted {
+        let campaign_col: Vec<&str> = candidates.iter().map(|c| c.campaign_id.as_str()).collect();
+        let click_col: Vec<&str> = candidates.iter().map(|c| c.click_id.as_str()).collect();
+        let existing: std::collections::HashSet<(String, String)> = tx
+            .query(
+                "SELECT k.campaign_id, k.click_id FROM click_ids k
+                 JOIN unnest($1::text[], $2::text[]) AS c(campaign_id, click_id) USING (campaign_id, click_id)",
+                &[&campaign_col, &click_col],
+            )
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        fresh = candidates
+            .into_iter()
+            .filter(|c| !existing.contains(&(c.campaign_id.to_string(), c.click_id.to_string())))
+            .collect();
+        copy_click_ids(&tx, &fresh, now).await?;
+    }
 
     // Batches: per campaign, fresh clicks in row order fill slots of the campaign's batch size, continuing
     // after the slots this upload already filled (earlier chunks, earlier invocations).
@@ -259,7 +286,6 @@ async fn write_chunk_once(
         .map(|r| ((r.get(0), r.get(1)), r.get(2)))
         .collect();
 
-    copy_click_ids(&tx, &fresh, now).await?;
     let mut writer = std::pin::pin!(BinaryCopyInWriter::new(
         tx.copy_in(
             "COPY clicks (campaign_id, click_id, upload_id, row_number, batch_id, clicked_at, ip, user_agent,
