@@ -7,6 +7,7 @@
 //! - [`testing`] (feature `testing`): the one integration-test harness every crate's tests use.
 
 pub mod config;
+pub mod delivery;
 pub mod domain;
 pub mod ingest;
 pub mod pacing;

@@ -291,7 +291,9 @@ mod tests {
         let plan = plan_releases(input(vec![c], batches("a", 1, 3, 10, now()), now()));
         assert!(plan.releases.is_empty());
         assert_eq!(plan.deferrals.len(), 3);
-        assert!(plan.deferrals.iter().all(|d| d.reason == DeferReason::Paused && d.until == now() + Duration::seconds(60)));
+        assert!(
+            plan.deferrals.iter().all(|d| d.reason == DeferReason::Paused && d.until == now() + Duration::seconds(60))
+        );
         assert!(plan.states.is_empty() && plan.ledger.is_empty());
     }
 
@@ -300,10 +302,12 @@ mod tests {
         let mut big = batches("big", 1, 500, 1, now());
         big.extend(batches("small", 1000, 3, 1, now()));
         let mut inp = input(vec![campaign("big"), campaign("small")], big, now());
-        inp.partners.insert(PartnerId::parse("p").unwrap(), PartnerLimit { rate_per_second: Some(2), ..PartnerLimit::unlimited() });
+        inp.partners.insert(
+            PartnerId::parse("p").unwrap(),
+            PartnerLimit { rate_per_second: Some(2), ..PartnerLimit::unlimited() },
+        );
         let plan = plan_releases(inp);
-        let small: Vec<u32> =
-            plan.releases.iter().filter(|r| r.batch_id >= 1000).map(|r| r.delay_seconds).collect();
+        let small: Vec<u32> = plan.releases.iter().filter(|r| r.batch_id >= 1000).map(|r| r.delay_seconds).collect();
         assert_eq!(small, vec![0, 1, 2], "one of the two per-second slots goes to the small campaign");
         assert_eq!(plan.releases.len(), 120, "the partner's 2/s over the minute");
     }
@@ -318,7 +322,8 @@ mod tests {
 
     #[test]
     fn future_batches_wait_for_their_second() {
-        let plan = plan_releases(input(vec![campaign("a")], batches("a", 1, 1, 5, now() + Duration::seconds(42)), now()));
+        let plan =
+            plan_releases(input(vec![campaign("a")], batches("a", 1, 1, 5, now() + Duration::seconds(42)), now()));
         assert_eq!(plan.releases[0].delay_seconds, 42);
     }
 }

@@ -304,6 +304,7 @@ fn check_dead_letters(t: &Value) -> Vec<String> {
     let mut problems = Vec::new();
     let mut work = BTreeSet::new();
     let mut dead = BTreeSet::new();
+    let mut sends = Vec::new();
     for (id, f) in functions(t) {
         for (event, e) in events(f) {
             let props = at(e, &["Properties"]);
@@ -323,11 +324,8 @@ fn check_dead_letters(t: &Value) -> Vec<String> {
         for policy in at(f, &["Properties", "Policies"]).and_then(Value::as_sequence).into_iter().flatten() {
             if let Some(name) = at(policy, &["SQSSendMessagePolicy", "QueueName"]) {
                 match queue_named(t, name) {
-                    Some(q) => work.insert(q),
-                    None => {
-                        problems.push(format!("{id}: SQSSendMessagePolicy names a queue outside this template"));
-                        false
-                    }
+                    Some(q) => sends.push(q),
+                    None => problems.push(format!("{id}: SQSSendMessagePolicy names a queue outside this template")),
                 };
             }
         }
@@ -337,6 +335,20 @@ fn check_dead_letters(t: &Value) -> Vec<String> {
         }
         if let Some(target) = at(f, &["Properties", "DeadLetterQueue", "TargetArn"]) {
             dead.extend(queue_named(t, target));
+        }
+    }
+    // Sending straight to another queue's dead-letter queue (a malformed message, a dead click) is dead-lettering,
+    // not work; any other queue a function sends to carries work.
+    let redrive_targets: BTreeSet<_> = of_type(t, "AWS::SQS::Queue")
+        .into_iter()
+        .filter_map(|(_, q)| at(q, &["Properties", "RedrivePolicy", "deadLetterTargetArn"]))
+        .filter_map(|arn| queue_named(t, arn))
+        .collect();
+    for queue in sends {
+        if redrive_targets.contains(&queue) {
+            dead.insert(queue);
+        } else {
+            work.insert(queue);
         }
     }
     if work.is_empty() {

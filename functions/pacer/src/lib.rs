@@ -130,9 +130,16 @@ async fn send_chunk<Q: ClickQueue>(
             Ok(failed) => {
                 let failed_ids: Vec<&str> = failed.iter().map(|f| f.id.as_str()).collect();
                 for entry in &failed {
-                    tracing::warn!(batch_id = entry.id, attempt, sender_fault = entry.sender_fault, error = entry.message, "entry not sent");
+                    tracing::warn!(
+                        batch_id = entry.id,
+                        attempt,
+                        sender_fault = entry.sender_fault,
+                        error = entry.message,
+                        "entry not sent"
+                    );
                 }
-                let (retry, ok): (Vec<_>, Vec<_>) = pending.into_iter().partition(|(m, _)| failed_ids.contains(&m.id.as_str()));
+                let (retry, ok): (Vec<_>, Vec<_>) =
+                    pending.into_iter().partition(|(m, _)| failed_ids.contains(&m.id.as_str()));
                 sent.extend(ok.into_iter().map(|(_, key)| *key));
                 pending = retry;
             }

@@ -81,7 +81,10 @@ async fn states(db: &TestDb) -> HashMap<String, i64> {
 
 fn settings() -> PacerSettings {
     // A 1-second horizon keeps SQS delays at zero, so tests can read the queue at once.
-    PacerSettings { claim: ClaimSettings { horizon_seconds: 1, ..ClaimSettings::default() }, ..PacerSettings::default() }
+    PacerSettings {
+        claim: ClaimSettings { horizon_seconds: 1, ..ClaimSettings::default() },
+        ..PacerSettings::default()
+    }
 }
 
 #[tokio::test]
@@ -229,8 +232,15 @@ async fn partial_send_failures_retry_only_the_failed_entries() {
     let (queue, _dlq) = aws.queue_with_dead_letter(30, 5).await;
     seed(&db, &campaign("spring")).await;
     insert_batches(&db, "spring", 23, 1, t0()).await;
-    let ids: Vec<i64> =
-        db.client().await.query("SELECT batch_id FROM batches ORDER BY batch_id", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+    let ids: Vec<i64> = db
+        .client()
+        .await
+        .query("SELECT batch_id FROM batches ORDER BY batch_id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
     let flaky = FlakyQueue {
         inner: queue.clone(),
         fail_once: Mutex::new(vec![ids[2].to_string(), ids[13].to_string(), ids[22].to_string()]),

@@ -100,7 +100,7 @@ pub async fn claim_due_batches(
         });
     }
     // Each campaign's share in due order; campaigns interleaved by that order (the planner rotates turns).
-    batches.sort_by(|a, b| (a.due_at, a.batch_id).cmp(&(b.due_at, b.batch_id)));
+    batches.sort_by_key(|b| (b.due_at, b.batch_id));
 
     let mut campaign_ids: Vec<String> = batches.iter().map(|b| b.campaign_id.to_string()).collect();
     campaign_ids.sort();
@@ -157,7 +157,11 @@ pub async fn claim_due_batches(
         let enabled: bool = row.get("enabled");
         let limit = PartnerLimit {
             // A disabled partner takes nothing: its rate is zero until a person enables it again.
-            rate_per_second: if enabled { row.get::<_, Option<i32>>("rate_per_second").map(|r| r.max(0) as u32) } else { Some(0) },
+            rate_per_second: if enabled {
+                row.get::<_, Option<i32>>("rate_per_second").map(|r| r.max(0) as u32)
+            } else {
+                Some(0)
+            },
             allowance: row.get::<_, Option<f64>>("allowance").unwrap_or(1.0),
             retry_after_until: row.get("retry_after_until"),
             second: WindowCount { start: row.get("second_start"), released: count(row, "second_released") },
@@ -235,10 +239,7 @@ pub async fn claim_due_batches(
 }
 
 /// After a successful send: the bridge owns these batches now. Only the claim holding the same fence may do it.
-pub async fn mark_queued(
-    db: &impl tokio_postgres::GenericClient,
-    sent: &[(i64, i64)],
-) -> Result<u64, DbError> {
+pub async fn mark_queued(db: &impl tokio_postgres::GenericClient, sent: &[(i64, i64)]) -> Result<u64, DbError> {
     let ids: Vec<i64> = sent.iter().map(|s| s.0).collect();
     let fences: Vec<i64> = sent.iter().map(|s| s.1).collect();
     Ok(db
@@ -290,10 +291,7 @@ async fn write_states(
               AS s(campaign_id, day, released_today, reserved_today, reserved_total, second_released,
                    minute_released, hour_released, second_start, minute_start, hour_start)
          WHERE p.campaign_id = s.campaign_id",
-        &[
-            &ids, &days, &cols[0], &cols[1], &cols[2], &cols[3], &cols[4], &cols[5], &starts[0], &starts[1],
-            &starts[2],
-        ],
+        &[&ids, &days, &cols[0], &cols[1], &cols[2], &cols[3], &cols[4], &cols[5], &starts[0], &starts[1], &starts[2]],
     )
     .await?;
     Ok(())

@@ -165,7 +165,11 @@ pub async fn write_chunk(
     loop {
         match write_chunk_once(client, lease, clicks, rejects, rows_read, &mut due_at).await {
             Err(ChunkError::Db(e)) if attempt < 3 && e.is_unique_violation() => {
-                tracing::info!(upload_id = lease.upload_id, attempt, "click ids raced with another upload; rewriting the chunk");
+                tracing::info!(
+                    upload_id = lease.upload_id,
+                    attempt,
+                    "click ids raced with another upload; rewriting the chunk"
+                );
                 attempt += 1;
             }
             result => return result,
@@ -271,7 +275,7 @@ async fn write_chunk_once(
     let ids: Vec<&str> = planned.iter().map(|b| b.campaign_id.as_str()).collect();
     let seqs: Vec<i32> = planned.iter().map(|b| b.seq).collect();
     let counts: Vec<i32> = planned.iter().map(|b| b.clicks as i32).collect();
-    let dues: Vec<DateTime<Utc>> = planned.iter().map(|b| due_at(b)).collect();
+    let dues: Vec<DateTime<Utc>> = planned.iter().map(&mut *due_at).collect();
     let batch_ids: HashMap<(String, i32), i64> = tx
         .query(
             "INSERT INTO batches (campaign_id, partner_id, upload_id, upload_seq, click_count, due_at)

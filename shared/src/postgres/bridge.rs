@@ -1,0 +1,358 @@
+//! What the bridge reads and writes: its lease on a batch, the batch's clicks with their delivery history,
+//! appended delivery results, the batch's end, the day ledger, partner health and the event outbox.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use tokio_postgres::GenericClient;
+
+use super::DbError;
+use crate::delivery::{ClickForDelivery, PartnerHealth, idempotency_key};
+use crate::domain::events::ClickEvent;
+use crate::domain::{CampaignId, ClickId, PartnerId};
+
+/// The bridge's hold on a batch it is delivering.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchLease {
+    pub batch_id: i64,
+    pub fence: i64,
+    pub campaign_id: CampaignId,
+    pub partner_id: PartnerId,
+    pub release_at: Option<DateTime<Utc>>,
+    pub spread_seconds: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BatchClaim {
+    Acquired(BatchLease),
+    /// The message's fence is not the batch's, or the batch is finished or cancelled: acknowledge, do nothing.
+    Stale {
+        state: Option<String>,
+    },
+    /// Another bridge is delivering this batch right now.
+    Busy,
+}
+
+/// Takes the batch for delivery if `fence` is current: the batch becomes (or stays) `queued`, so no pacer can
+/// reclaim it, and the bridge's own lease keeps a redelivered copy of the message from sending in parallel.
+pub async fn take_batch(
+    db: &impl GenericClient,
+    batch_id: i64,
+    fence: i64,
+    now: DateTime<Utc>,
+    hold_until: DateTime<Utc>,
+) -> Result<BatchClaim, DbError> {
+    let row = db
+        .query_opt(
+            "UPDATE batches SET state = 'queued', lease_expires_at = NULL, delivery_lease_until = $4,
+                    released_at = COALESCE(released_at, $3)
+             WHERE batch_id = $1 AND fence = $2 AND state IN ('claimed', 'queued')
+               AND (delivery_lease_until IS NULL OR delivery_lease_until < $3)
+             RETURNING campaign_id, partner_id, release_at, spread_seconds",
+            &[&batch_id, &fence, &now, &hold_until],
+        )
+        .await?;
+    if let Some(row) = row {
+        return Ok(BatchClaim::Acquired(BatchLease {
+            batch_id,
+            fence,
+            campaign_id: parse(row.get("campaign_id"), CampaignId::parse)?,
+            partner_id: parse(row.get("partner_id"), PartnerId::parse)?,
+            release_at: row.get("release_at"),
+            spread_seconds: row.get::<_, i32>("spread_seconds").max(1) as u32,
+        }));
+    }
+    let current = db.query_opt("SELECT state, fence FROM batches WHERE batch_id = $1", &[&batch_id]).await?;
+    Ok(match current {
+        Some(row)
+            if row.get::<_, i64>("fence") == fence && matches!(row.get::<_, &str>("state"), "claimed" | "queued") =>
+        {
+            BatchClaim::Busy
+        }
+        Some(row) => BatchClaim::Stale { state: Some(row.get("state")) },
+        None => BatchClaim::Stale { state: None },
+    })
+}
+
+/// Gives the bridge's lease up (the batch stays queued for the next copy of its message).
+pub async fn release_batch(db: &impl GenericClient, lease: &BatchLease) -> Result<(), DbError> {
+    db.execute(
+        "UPDATE batches SET delivery_lease_until = NULL WHERE batch_id = $1 AND fence = $2",
+        &[&lease.batch_id, &lease.fence],
+    )
+    .await?;
+    Ok(())
+}
+
+/// A click of the batch and where its delivery stands.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingClick {
+    pub click: ClickForDelivery,
+    pub ingested_at: DateTime<Utc>,
+    /// Attempts already recorded for this click.
+    pub attempts: u32,
+    /// Earliest next attempt (from the last retryable failure's backoff).
+    pub not_before: Option<DateTime<Utc>>,
+    /// Final already: delivered (by any batch) or dead-lettered.
+    pub finished: Option<FinalOutcome>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinalOutcome {
+    Delivered,
+    Dead,
+}
+
+/// The batch's clicks in row order, each with its delivery history: check before sending.
+pub async fn batch_clicks(db: &impl GenericClient, lease: &BatchLease) -> Result<Vec<PendingClick>, DbError> {
+    let rows = db
+        .query(
+            "SELECT c.campaign_id, c.click_id, c.clicked_at, c.ip, c.user_agent, c.landing_url, c.sub_id,
+                    c.attributes, c.ingested_at,
+                    COALESCE(h.attempts, 0) AS attempts, h.not_before,
+                    EXISTS (SELECT 1 FROM delivery_results d WHERE d.campaign_id = c.campaign_id
+                            AND d.click_id = c.click_id AND d.outcome = 'delivered') AS delivered,
+                    COALESCE(h.dead, false) AS dead
+             FROM clicks c
+             LEFT JOIN LATERAL (
+                 SELECT max(r.attempt) AS attempts, max(r.next_attempt_at) AS not_before,
+                        bool_or(r.outcome = 'dead') AS dead
+                 FROM delivery_results r
+                 WHERE r.batch_id = c.batch_id AND r.campaign_id = c.campaign_id AND r.click_id = c.click_id
+             ) h ON true
+             WHERE c.batch_id = $1
+             ORDER BY c.row_number",
+            &[&lease.batch_id],
+        )
+        .await?;
+    rows.iter()
+        .map(|row| {
+            let campaign_id = parse(row.get("campaign_id"), CampaignId::parse)?;
+            let click_id = parse(row.get("click_id"), ClickId::parse)?;
+            let attributes = match row.get::<_, serde_json::Value>("attributes") {
+                serde_json::Value::Object(map) => map,
+                _ => serde_json::Map::new(),
+            };
+            let finished = if row.get("delivered") {
+                Some(FinalOutcome::Delivered)
+            } else if row.get("dead") {
+                Some(FinalOutcome::Dead)
+            } else {
+                None
+            };
+            Ok(PendingClick {
+                click: ClickForDelivery {
+                    idempotency_key: idempotency_key(&lease.partner_id, &campaign_id, &click_id),
+                    campaign_id,
+                    click_id,
+                    clicked_at: row.get("clicked_at"),
+                    ip: row.get("ip"),
+                    user_agent: row.get("user_agent"),
+                    landing_url: row.get("landing_url"),
+                    sub_id: row.get("sub_id"),
+                    attributes,
+                    batch_id: lease.batch_id,
+                },
+                ingested_at: row.get("ingested_at"),
+                attempts: row.get::<_, i32>("attempts").max(0) as u32,
+                not_before: row.get("not_before"),
+                finished,
+            })
+        })
+        .collect()
+}
+
+/// One attempt's result, appended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeliveryRecord {
+    pub click_id: ClickId,
+    pub attempt: u32,
+    /// `delivered`, `retrying`, `dead` or `skipped`.
+    pub outcome: &'static str,
+    pub http_status: Option<u16>,
+    pub latency_ms: Option<u32>,
+    pub error: Option<String>,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub ambiguous: bool,
+    pub at: DateTime<Utc>,
+}
+
+/// How the batch stands after this delivery pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct BatchTally {
+    pub clicks: u64,
+    pub delivered: u64,
+    pub dead: u64,
+    /// The batch reached a final state in this pass.
+    pub finished: bool,
+}
+
+/// Appends the results, ends the batch when every click is final (delivered, partially failed or dead) with the
+/// day ledger counting it, saves the partner's health and queues the events: one transaction, fenced.
+pub async fn record_pass(
+    client: &mut tokio_postgres::Client,
+    lease: &BatchLease,
+    records: &[DeliveryRecord],
+    health: &PartnerHealth,
+    events: &[ClickEvent],
+) -> Result<BatchTally, DbError> {
+    let tx = client.transaction().await?;
+    for r in records {
+        // A second `delivered` row for the same click (a race with a redelivered copy) is absorbed by the
+        // partial unique index: the click stays delivered once.
+        tx.execute(
+            "INSERT INTO delivery_results (batch_id, fence, campaign_id, click_id, partner_id, attempt, outcome,
+                                           http_status, latency_ms, error, next_attempt_at, ambiguous, recorded_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+             ON CONFLICT (campaign_id, click_id) WHERE outcome = 'delivered' DO NOTHING",
+            &[
+                &lease.batch_id,
+                &lease.fence,
+                &lease.campaign_id.as_str(),
+                &r.click_id.as_str(),
+                &lease.partner_id.as_str(),
+                &(r.attempt as i32),
+                &r.outcome,
+                &r.http_status.map(i32::from),
+                &r.latency_ms.map(|l| l.min(i32::MAX as u32) as i32),
+                &r.error,
+                &r.next_attempt_at,
+                &r.ambiguous,
+                &r.at,
+            ],
+        )
+        .await?;
+    }
+
+    tx.execute(
+        "INSERT INTO partner_health (partner_id, allowance, retry_after_until, consecutive_failures, updated_at)
+         VALUES ($1, $2, $3, $4, now())
+         ON CONFLICT (partner_id) DO UPDATE SET allowance = EXCLUDED.allowance,
+             retry_after_until = EXCLUDED.retry_after_until,
+             consecutive_failures = EXCLUDED.consecutive_failures, updated_at = now()",
+        &[
+            &lease.partner_id.as_str(),
+            &health.allowance,
+            &health.retry_after_until,
+            &(health.consecutive_failures as i32),
+        ],
+    )
+    .await?;
+
+    if !events.is_empty() {
+        let payloads: Vec<serde_json::Value> =
+            events.iter().map(|e| serde_json::to_value(e).unwrap_or(serde_json::Value::Null)).collect();
+        tx.execute("INSERT INTO event_outbox (event) SELECT unnest($1::jsonb[])", &[&payloads]).await?;
+    }
+
+    let row = tx
+        .query_one(
+            "SELECT count(*) AS clicks,
+                    count(*) FILTER (WHERE EXISTS (SELECT 1 FROM delivery_results d WHERE d.campaign_id = c.campaign_id
+                                     AND d.click_id = c.click_id AND d.outcome = 'delivered')) AS delivered,
+                    count(*) FILTER (WHERE EXISTS (SELECT 1 FROM delivery_results d WHERE d.batch_id = c.batch_id
+                                     AND d.campaign_id = c.campaign_id AND d.click_id = c.click_id
+                                     AND d.outcome = 'dead')) AS dead
+             FROM clicks c WHERE c.batch_id = $1",
+            &[&lease.batch_id],
+        )
+        .await?;
+    let mut tally = BatchTally {
+        clicks: row.get::<_, i64>("clicks") as u64,
+        delivered: row.get::<_, i64>("delivered") as u64,
+        dead: row.get::<_, i64>("dead") as u64,
+        finished: false,
+    };
+    if tally.delivered + tally.dead >= tally.clicks {
+        let state = match (tally.delivered, tally.dead) {
+            (_, 0) => "delivered",
+            (0, _) => "dead",
+            _ => "partially_failed",
+        };
+        let ended = tx
+            .execute(
+                "UPDATE batches SET state = $3, finished_at = now(), delivery_lease_until = NULL
+                 WHERE batch_id = $1 AND fence = $2 AND state = 'queued'",
+                &[&lease.batch_id, &lease.fence, &state],
+            )
+            .await?;
+        if ended == 1 {
+            tally.finished = true;
+            // Delivered clicks and their spend count on the local day they were released (and reserved).
+            tx.execute(
+                "INSERT INTO campaign_day_ledger (campaign_id, local_day, delivered_clicks, failed_clicks, spend_micros)
+                 SELECT c.campaign_id, (COALESCE(b.release_at, now()) AT TIME ZONE c.time_zone)::date, $2, $3,
+                        $2 * c.cost_per_click_micros
+                 FROM batches b JOIN campaigns c USING (campaign_id) WHERE b.batch_id = $1
+                 ON CONFLICT (campaign_id, local_day) DO UPDATE SET
+                     delivered_clicks = campaign_day_ledger.delivered_clicks + EXCLUDED.delivered_clicks,
+                     failed_clicks = campaign_day_ledger.failed_clicks + EXCLUDED.failed_clicks,
+                     spend_micros = campaign_day_ledger.spend_micros + EXCLUDED.spend_micros,
+                     updated_at = now()",
+                &[&lease.batch_id, &(tally.delivered as i64), &(tally.dead as i64)],
+            )
+            .await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(tally)
+}
+
+/// The partner's observed health (defaults for a partner never seen).
+pub async fn partner_health(db: &impl GenericClient, partner_id: &PartnerId) -> Result<PartnerHealth, DbError> {
+    let row = db
+        .query_opt(
+            "SELECT allowance, retry_after_until, consecutive_failures FROM partner_health WHERE partner_id = $1",
+            &[&partner_id.as_str()],
+        )
+        .await?;
+    Ok(match row {
+        Some(r) => PartnerHealth {
+            allowance: r.get("allowance"),
+            retry_after_until: r.get("retry_after_until"),
+            consecutive_failures: r.get::<_, i32>("consecutive_failures").max(0) as u32,
+        }
+        .normalised(),
+        None => PartnerHealth::default(),
+    })
+}
+
+/// Up to `limit` queued events, oldest first, locked so that concurrent flushers take different ones.
+pub async fn take_outbox(tx: &tokio_postgres::Transaction<'_>, limit: i64) -> Result<Vec<(i64, ClickEvent)>, DbError> {
+    let rows = tx
+        .query("SELECT event_id, event FROM event_outbox ORDER BY event_id LIMIT $1 FOR UPDATE SKIP LOCKED", &[&limit])
+        .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        let event: serde_json::Value = row.get("event");
+        match serde_json::from_value(event) {
+            Ok(e) => out.push((row.get("event_id"), e)),
+            Err(e) => {
+                tracing::warn!(event_id = row.get::<_, i64>("event_id"), error = %e, "unreadable outbox event skipped")
+            }
+        }
+    }
+    Ok(out)
+}
+
+pub async fn delete_outbox(tx: &tokio_postgres::Transaction<'_>, ids: &[i64]) -> Result<(), DbError> {
+    tx.execute("DELETE FROM event_outbox WHERE event_id = ANY($1)", &[&ids]).await?;
+    Ok(())
+}
+
+/// Events waiting for the event log.
+pub async fn outbox_depth(db: &impl GenericClient) -> Result<i64, DbError> {
+    Ok(db.query_one("SELECT count(*) FROM event_outbox", &[]).await?.get(0))
+}
+
+/// Per batch: clicks by delivery outcome, for reports.
+pub async fn outcomes_by_batch(db: &impl GenericClient, batch_id: i64) -> Result<HashMap<String, i64>, DbError> {
+    let rows = db
+        .query("SELECT outcome, count(*) FROM delivery_results WHERE batch_id = $1 GROUP BY outcome", &[&batch_id])
+        .await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+fn parse<T, E: std::fmt::Display>(value: String, f: impl Fn(String) -> Result<T, E>) -> Result<T, DbError> {
+    f(value).map_err(|e| DbError::Invalid(e.to_string()))
+}
