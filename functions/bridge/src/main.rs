@@ -1,1 +1,29 @@
-fn main() {}
+//! Lambda entry point (SQS event source with ReportBatchItemFailures): wiring only.
+
+use bridge::{Bridge, BridgeSettings, HttpTransport, SystemClock};
+use clickpacer::aws::dynamodb::DynamoEventLog;
+use clickpacer::aws::sqs::SqsQueue;
+use clickpacer::config::{Config, FunctionKind};
+use lambda_runtime::{LambdaEvent, service_fn};
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_runtime::Error> {
+    clickpacer::telemetry::init();
+    let config = Config::from_process_env(FunctionKind::Bridge)?;
+    let sdk = clickpacer::aws::load_sdk_config().await;
+    let sqs = clickpacer::aws::sqs_client(&sdk);
+    let bridge = Bridge {
+        pool: clickpacer::postgres::build_pool(&config.database)?,
+        transport: HttpTransport::new(config.allow_private_partners)?,
+        clock: SystemClock,
+        click_queue: SqsQueue::new(sqs.clone(), config.click_queue_url()?),
+        dead_letters: SqsQueue::new(sqs, config.dead_letter_queue_url()?),
+        events: DynamoEventLog::new(clickpacer::aws::dynamodb_client(&sdk), config.events_table()?),
+        settings: BridgeSettings::default(),
+    };
+    let bridge = &bridge;
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<aws_lambda_events::event::sqs::SqsEvent>| async move {
+        Ok::<_, lambda_runtime::Error>(bridge::handle_event(bridge, event.payload).await)
+    }))
+    .await
+}

@@ -5,11 +5,13 @@ use std::collections::HashMap;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
-    ProjectionType, ScalarAttributeType, TimeToLiveSpecification,
+    ProjectionType, PutRequest, ScalarAttributeType, TimeToLiveSpecification, WriteRequest,
 };
 
 use super::AwsError;
 use crate::domain::events::ClickEvent;
+
+pub use aws_sdk_dynamodb::types::AttributeValue as ItemValue;
 
 pub const GSI_BY_CAMPAIGN: &str = "by_campaign";
 pub const GSI_BY_PARTNER: &str = "by_partner";
@@ -56,6 +58,48 @@ impl DynamoEventLog {
             }
             Err(e) => Err(AwsError::from_sdk("dynamodb PutItem", e)),
         }
+    }
+
+    /// Writes events with BatchWriteItem (25 per call), sending back UnprocessedItems until none remain or the
+    /// attempts run out. Keys are derived from the event, so writing an event twice leaves one item.
+    pub async fn put_batch(&self, events: &[ClickEvent]) -> Result<(), AwsError> {
+        for chunk in events.chunks(25) {
+            let mut requests: Vec<WriteRequest> = chunk
+                .iter()
+                .map(|e| {
+                    PutRequest::builder()
+                        .set_item(Some(item(e)))
+                        .build()
+                        .map(|put| WriteRequest::builder().put_request(put).build())
+                        .map_err(|e| AwsError { operation: "dynamodb PutRequest", message: e.to_string() })
+                })
+                .collect::<Result<_, _>>()?;
+            let mut attempt = 0u32;
+            while !requests.is_empty() {
+                attempt += 1;
+                let out = self
+                    .client
+                    .batch_write_item()
+                    .request_items(&self.table, requests)
+                    .send()
+                    .await
+                    .map_err(|e| AwsError::from_sdk("dynamodb BatchWriteItem", e))?;
+                requests =
+                    out.unprocessed_items().and_then(|items| items.get(&self.table)).cloned().unwrap_or_default();
+                if requests.is_empty() {
+                    break;
+                }
+                if attempt >= 6 {
+                    return Err(AwsError {
+                        operation: "dynamodb BatchWriteItem",
+                        message: format!("{} items still unprocessed after {attempt} attempts", requests.len()),
+                    });
+                }
+                // Throttled: back off before sending the rest again.
+                tokio::time::sleep(std::time::Duration::from_millis(25 << attempt)).await;
+            }
+        }
+        Ok(())
     }
 
     /// A campaign's events in one UTC hour (`"2026-03-29T01"`), oldest first.

@@ -278,20 +278,23 @@ pub async fn record_pass(
             .await?;
         if ended == 1 {
             tally.finished = true;
-            // Delivered clicks and their spend count on the local day they were released (and reserved).
-            tx.execute(
-                "INSERT INTO campaign_day_ledger (campaign_id, local_day, delivered_clicks, failed_clicks, spend_micros)
-                 SELECT c.campaign_id, (COALESCE(b.release_at, now()) AT TIME ZONE c.time_zone)::date, $2, $3,
-                        $2 * c.cost_per_click_micros
-                 FROM batches b JOIN campaigns c USING (campaign_id) WHERE b.batch_id = $1
-                 ON CONFLICT (campaign_id, local_day) DO UPDATE SET
-                     delivered_clicks = campaign_day_ledger.delivered_clicks + EXCLUDED.delivered_clicks,
-                     failed_clicks = campaign_day_ledger.failed_clicks + EXCLUDED.failed_clicks,
-                     spend_micros = campaign_day_ledger.spend_micros + EXCLUDED.spend_micros,
-                     updated_at = now()",
-                &[&lease.batch_id, &(tally.delivered as i64), &(tally.dead as i64)],
-            )
-            .await?;
+            // Delivered clicks and their spend count on the local day they were released: the row the pacer's
+            // reservation wrote. (An UPDATE, not an upsert: CHECK constraints judge an upsert's proposed row
+            // before the conflict turns it into an update.)
+            let counted = tx
+                .execute(
+                    "UPDATE campaign_day_ledger l SET delivered_clicks = l.delivered_clicks + $2,
+                            failed_clicks = l.failed_clicks + $3,
+                            spend_micros = l.spend_micros + $2 * c.cost_per_click_micros, updated_at = now()
+                     FROM batches b JOIN campaigns c USING (campaign_id)
+                     WHERE b.batch_id = $1 AND l.campaign_id = b.campaign_id
+                       AND l.local_day = (COALESCE(b.release_at, now()) AT TIME ZONE c.time_zone)::date",
+                    &[&lease.batch_id, &(tally.delivered as i64), &(tally.dead as i64)],
+                )
+                .await?;
+            if counted == 0 {
+                tracing::warn!(batch_id = lease.batch_id, "no ledger row for the batch's release day");
+            }
         }
     }
     tx.commit().await?;

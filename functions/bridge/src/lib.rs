@@ -1,0 +1,465 @@
+//! The bridge: SQS messages from the pacer become deliveries to partner endpoints.
+//!
+//! For each message: take the batch if the message's fence is current (a stale or cancelled one is
+//! acknowledged without delivering), skip clicks already confirmed, deliver the rest at the partner's pace with
+//! a stable idempotency key, append every outcome, end the batch when every click is final, and send the
+//! message back with a delay for clicks that must be tried again. Only messages that hit an infrastructure
+//! failure are reported back to SQS (ReportBatchItemFailures), so one bad message does not redeliver the rest.
+
+pub mod transport;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
+use chrono::{DateTime, Utc};
+use clickpacer::aws::dynamodb::DynamoEventLog;
+use clickpacer::aws::sqs::{OutgoingMessage, SqsQueue};
+use clickpacer::delivery::{
+    CompiledPartner, Outcome, PartnerHealth, attempts_exhausted, backoff, classify, classify_transport, next_attempt_at,
+};
+use clickpacer::domain::Partner;
+use clickpacer::domain::events::{ClickEvent, ClickEventKind};
+use clickpacer::postgres::bridge::{self as repo, BatchClaim, BatchLease, BatchTally, DeliveryRecord, PendingClick};
+use clickpacer::postgres::{DbError, PgPool, partners};
+use clickpacer::release::ReleaseMessage;
+use futures::StreamExt;
+use serde::Serialize;
+use tokio::sync::Semaphore;
+
+pub use transport::{HttpTransport, PartnerAnswer, Transport};
+
+/// The time, injected so tests move it by hand.
+pub trait Clock: Send + Sync {
+    fn now(&self) -> DateTime<Utc>;
+}
+
+pub struct SystemClock;
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+}
+
+pub struct Bridge<T, C> {
+    pub pool: PgPool,
+    pub transport: T,
+    pub clock: C,
+    /// The click queue: messages come back here, delayed, for clicks to try again.
+    pub click_queue: SqsQueue,
+    /// Malformed messages and dead clicks, with their reasons, for people to look at and replay.
+    pub dead_letters: SqsQueue,
+    pub events: DynamoEventLog,
+    pub settings: BridgeSettings,
+}
+
+#[derive(Debug, Clone)]
+pub struct BridgeSettings {
+    /// How long the bridge holds a batch it is delivering (beyond the function's timeout, a crashed holder's
+    /// batch is free again for the redelivered message).
+    pub delivery_lease: Duration,
+    /// Longest the bridge waits within one invocation for a spread click's second; later ones go back delayed.
+    pub max_spread_wait: Duration,
+    /// Messages of one event handled at once.
+    pub message_concurrency: usize,
+    /// Events flushed to the event log per invocation, at most.
+    pub outbox_flush_limit: i64,
+}
+
+impl Default for BridgeSettings {
+    fn default() -> Self {
+        Self {
+            delivery_lease: Duration::from_secs(60),
+            max_spread_wait: Duration::from_secs(20),
+            message_concurrency: 4,
+            outbox_flush_limit: 2_000,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BridgeError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Aws(#[from] clickpacer::aws::AwsError),
+    #[error("another delivery of batch {0} is in progress")]
+    Busy(i64),
+}
+
+/// What happened to one message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum MessageOutcome {
+    Delivered {
+        batch_id: i64,
+        tally: BatchTally,
+        sent: u64,
+        requeued: bool,
+    },
+    /// The fence is old or the batch is finished or cancelled: acknowledged without delivering.
+    Stale {
+        batch_id: i64,
+        state: Option<String>,
+    },
+    /// The partner asked for a pause (Retry-After): the message went back with that delay.
+    Paused {
+        batch_id: i64,
+        until: DateTime<Utc>,
+    },
+    /// Not a message the bridge can read: dead-lettered with the reason.
+    Malformed {
+        reason: String,
+    },
+}
+
+/// Handles one SQS event; reports only the messages that must come back.
+pub async fn handle_event<T: Transport, C: Clock>(bridge: &Bridge<T, C>, event: SqsEvent) -> SqsBatchResponse {
+    let results: Vec<(String, Result<MessageOutcome, BridgeError>)> = futures::stream::iter(event.records)
+        .map(|message| async move {
+            let id = message.message_id.clone().unwrap_or_default();
+            (id, handle_message(bridge, &message).await)
+        })
+        .buffer_unordered(bridge.settings.message_concurrency.max(1))
+        .collect()
+        .await;
+    let mut response = SqsBatchResponse::default();
+    for (id, result) in results {
+        match result {
+            Ok(outcome) => tracing::info!(message_id = id, outcome = ?outcome, "message handled"),
+            Err(e) => {
+                tracing::warn!(message_id = id, error = %e, "message returns to the queue");
+                let mut failure = BatchItemFailure::default();
+                failure.item_identifier = id;
+                response.batch_item_failures.push(failure);
+            }
+        }
+    }
+    if let Err(e) = flush_events(bridge).await {
+        // The events stay in the outbox; the next invocation catches up.
+        tracing::warn!(error = %e, "event log not reachable; events kept for later");
+    }
+    response
+}
+
+pub async fn handle_message<T: Transport, C: Clock>(
+    bridge: &Bridge<T, C>,
+    message: &SqsMessage,
+) -> Result<MessageOutcome, BridgeError> {
+    let body = message.body.as_deref().unwrap_or_default();
+    let release: ReleaseMessage = match serde_json::from_str(body) {
+        Ok(release) => release,
+        Err(e) => {
+            let reason = format!("malformed release message: {e}");
+            let dead = serde_json::json!({ "reason": reason, "body": body });
+            send_one(&bridge.dead_letters, "malformed", dead.to_string(), 0).await?;
+            return Ok(MessageOutcome::Malformed { reason });
+        }
+    };
+    deliver(bridge, &release).await
+}
+
+async fn deliver<T: Transport, C: Clock>(
+    bridge: &Bridge<T, C>,
+    release: &ReleaseMessage,
+) -> Result<MessageOutcome, BridgeError> {
+    let now = bridge.clock.now();
+    let hold = now + chrono::Duration::from_std(bridge.settings.delivery_lease).unwrap_or(chrono::Duration::minutes(1));
+    let lease = {
+        let client = bridge.pool.get().await.map_err(DbError::from)?;
+        match repo::take_batch(&**client, release.batch_id, release.fence, now, hold).await? {
+            BatchClaim::Acquired(lease) => lease,
+            BatchClaim::Stale { state } => return Ok(MessageOutcome::Stale { batch_id: release.batch_id, state }),
+            BatchClaim::Busy => return Err(BridgeError::Busy(release.batch_id)),
+        }
+    };
+    let result = deliver_batch(bridge, release, &lease, now).await;
+    // Whatever happened, the next copy of the message may take the batch at once.
+    if let Ok(client) = bridge.pool.get().await {
+        let _ = repo::release_batch(&**client, &lease).await;
+    }
+    result
+}
+
+async fn deliver_batch<T: Transport, C: Clock>(
+    bridge: &Bridge<T, C>,
+    release: &ReleaseMessage,
+    lease: &BatchLease,
+    now: DateTime<Utc>,
+) -> Result<MessageOutcome, BridgeError> {
+    let (partner, mut health, clicks) = {
+        let client = bridge.pool.get().await.map_err(DbError::from)?;
+        let partner = partners::get(&**client, &lease.partner_id).await?.ok_or_else(|| {
+            DbError::Invalid(format!("batch {} names unknown partner {}", lease.batch_id, lease.partner_id))
+        })?;
+        let health = repo::partner_health(&**client, &lease.partner_id).await?;
+        (partner, health, repo::batch_clicks(&**client, lease).await?)
+    };
+    if let Some(until) = health.retry_after_until.filter(|_| health.is_paused(now)) {
+        // No request to this partner before its Retry-After: the whole message waits.
+        requeue(bridge, release, until - now).await?;
+        return Ok(MessageOutcome::Paused { batch_id: lease.batch_id, until });
+    }
+
+    let mut events = Vec::new();
+    for click in clicks.iter().filter(|c| c.attempts == 0 && c.finished.is_none()) {
+        // First sight of these clicks in delivery: log how they got here.
+        events.push(event(lease, click, ClickEventKind::Ingested, 0, click.ingested_at, None));
+        events.push(event(lease, click, ClickEventKind::Released, 0, lease.release_at.unwrap_or(now), None));
+    }
+    let ready: Vec<&PendingClick> =
+        clicks.iter().filter(|c| c.finished.is_none() && c.not_before.is_none_or(|t| t <= now)).collect();
+
+    let (records, sent) = match CompiledPartner::compile(&partner) {
+        Ok(compiled) if partner.enabled => send_clicks(bridge, &partner, &compiled, lease, &ready, &mut health).await,
+        Ok(_) => (Vec::new(), 0), // disabled: the clicks wait, nothing is sent
+        Err(errors) => {
+            let reason = format!("partner {} is misconfigured: {}", partner.partner_id, errors.join("; "));
+            let records = ready
+                .iter()
+                .map(|c| record(c, c.attempts + 1, "dead", None, None, Some(reason.clone()), None, now))
+                .collect();
+            (records, 0)
+        }
+    };
+    for r in &records {
+        if let Some(click) = clicks.iter().find(|c| c.click.click_id == r.click_id) {
+            let kind = match r.outcome {
+                "delivered" => ClickEventKind::Delivered,
+                "dead" => ClickEventKind::Dead,
+                _ => ClickEventKind::Failed,
+            };
+            events.push(event(lease, click, kind, r.attempt, r.at, r.error.clone()));
+        }
+    }
+
+    let tally = {
+        let mut client = bridge.pool.get().await.map_err(DbError::from)?;
+        repo::record_pass(&mut client, lease, &records, &health, &events).await?
+    };
+    let dead: Vec<&DeliveryRecord> = records.iter().filter(|r| r.outcome == "dead").collect();
+    if !dead.is_empty() {
+        let body = serde_json::json!({
+            "batch_id": lease.batch_id,
+            "campaign_id": lease.campaign_id,
+            "partner_id": lease.partner_id,
+            "dead_clicks": dead.iter().map(|r| serde_json::json!({ "click_id": r.click_id, "attempts": r.attempt, "last_error": r.error })).collect::<Vec<_>>(),
+        });
+        send_one(&bridge.dead_letters, "dead-clicks", body.to_string(), 0).await?;
+    }
+
+    // Clicks not final yet come back with the message, when the earliest of them may be tried again.
+    let mut requeued = false;
+    if !tally.finished {
+        let delivered_now: Vec<&str> =
+            records.iter().filter(|r| r.outcome != "retrying").map(|r| r.click_id.as_str()).collect();
+        let next = records
+            .iter()
+            .filter_map(|r| r.next_attempt_at)
+            .chain(
+                clicks
+                    .iter()
+                    .filter(|c| c.finished.is_none() && !delivered_now.contains(&c.click.click_id.as_str()))
+                    .map(|c| c.not_before.unwrap_or(now)),
+            )
+            .chain(health.retry_after_until)
+            .min()
+            .unwrap_or(now)
+            .max(now);
+        requeue(bridge, release, next - now).await?;
+        requeued = true;
+    }
+    Ok(MessageOutcome::Delivered { batch_id: lease.batch_id, tally, sent, requeued })
+}
+
+/// Delivers the ready clicks with bounded concurrency, spread over the batch's seconds; stops sending to a
+/// partner that throttles (the rest wait for its Retry-After).
+async fn send_clicks<T: Transport, C: Clock>(
+    bridge: &Bridge<T, C>,
+    partner: &Partner,
+    compiled: &CompiledPartner,
+    lease: &BatchLease,
+    ready: &[&PendingClick],
+    health: &mut PartnerHealth,
+) -> (Vec<DeliveryRecord>, u64) {
+    let start = bridge.clock.now();
+    let release_at = lease.release_at.unwrap_or(start);
+    let spread_ms = i64::from(lease.spread_seconds.max(1)) * 1000;
+    let n = ready.len().max(1) as i64;
+    let semaphore = Arc::new(Semaphore::new(partner.max_concurrency.max(1) as usize));
+    let throttled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let timeout = Duration::from_millis(u64::from(partner.timeout_ms));
+    let max_wait = chrono::Duration::from_std(bridge.settings.max_spread_wait).unwrap_or_default();
+
+    let outcomes: Vec<Option<(DeliveryRecord, Outcome)>> = futures::stream::iter(ready.iter().enumerate())
+        .map(|(i, click)| {
+            let semaphore = semaphore.clone();
+            let throttled = throttled.clone();
+            async move {
+                // Click i of n goes at its share of the batch's spread: the pacer reserved the partner's
+                // capacity second by second, so the partner sees the same flow.
+                let slot = release_at + chrono::Duration::milliseconds(spread_ms * i as i64 / n);
+                let wait = slot - bridge.clock.now();
+                if wait > max_wait {
+                    return None;
+                }
+                if let Ok(wait) = wait.to_std() {
+                    tokio::time::sleep(wait).await;
+                }
+                let _permit = semaphore.acquire().await.ok()?;
+                if throttled.load(std::sync::atomic::Ordering::SeqCst) {
+                    return None;
+                }
+                let at = bridge.clock.now();
+                let attempt = click.attempts + 1;
+                let (outcome, status, latency) = match compiled.render(&click.click, at) {
+                    Err(e) => (Outcome::Permanent(format!("cannot render the request: {e}")), None, None),
+                    Ok(request) => match bridge.transport.send(&request, timeout).await {
+                        Ok(answer) => (
+                            classify(
+                                answer.status,
+                                &answer.body,
+                                answer.retry_after.as_deref(),
+                                partner.success_body_match.as_deref(),
+                                bridge.clock.now(),
+                            ),
+                            Some(answer.status),
+                            Some(answer.latency),
+                        ),
+                        Err((error, latency)) => (classify_transport(&error), None, Some(latency)),
+                    },
+                };
+                if matches!(outcome, Outcome::Retry { throttled: true, .. }) {
+                    throttled.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+                let latency_ms = latency.map(|l| l.as_millis().min(u128::from(u32::MAX)) as u32);
+                let record = match &outcome {
+                    Outcome::Delivered => record(click, attempt, "delivered", status, latency_ms, None, None, at),
+                    Outcome::Permanent(reason) => {
+                        record(click, attempt, "dead", status, latency_ms, Some(reason.clone()), None, at)
+                    }
+                    Outcome::Retry { after, reason, ambiguous, .. } => {
+                        if attempts_exhausted(attempt, partner.max_attempts) {
+                            let reason = format!("{reason} (attempt {attempt} of {})", partner.max_attempts);
+                            record(click, attempt, "dead", status, latency_ms, Some(reason), None, at)
+                        } else {
+                            let wait = backoff(attempt, partner.retry_base_ms, partner.retry_max_ms, fastrand::f64());
+                            let mut r = record(
+                                click,
+                                attempt,
+                                "retrying",
+                                status,
+                                latency_ms,
+                                Some(reason.clone()),
+                                Some(next_attempt_at(at, wait, *after)),
+                                at,
+                            );
+                            r.ambiguous = *ambiguous;
+                            r
+                        }
+                    }
+                };
+                Some((record, outcome))
+            }
+        })
+        .buffer_unordered(partner.max_concurrency.max(1) as usize)
+        .collect()
+        .await;
+    let mut records = Vec::with_capacity(outcomes.len());
+    let mut sent = 0;
+    for (record, outcome) in outcomes.into_iter().flatten() {
+        if record.http_status.is_some() || record.latency_ms.is_some() {
+            sent += 1;
+        }
+        health.observe(&outcome, record.at);
+        records.push(record);
+    }
+    (records, sent)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn record(
+    click: &PendingClick,
+    attempt: u32,
+    outcome: &'static str,
+    http_status: Option<u16>,
+    latency_ms: Option<u32>,
+    error: Option<String>,
+    next_attempt_at: Option<DateTime<Utc>>,
+    at: DateTime<Utc>,
+) -> DeliveryRecord {
+    DeliveryRecord {
+        click_id: click.click.click_id.clone(),
+        attempt,
+        outcome,
+        http_status,
+        latency_ms,
+        error,
+        next_attempt_at,
+        ambiguous: false,
+        at,
+    }
+}
+
+fn event(
+    lease: &BatchLease,
+    click: &PendingClick,
+    kind: ClickEventKind,
+    attempt: u32,
+    at: DateTime<Utc>,
+    detail: Option<String>,
+) -> ClickEvent {
+    ClickEvent {
+        campaign_id: lease.campaign_id.clone(),
+        partner_id: lease.partner_id.clone(),
+        click_id: click.click.click_id.clone(),
+        batch_id: lease.batch_id,
+        kind,
+        attempt,
+        at,
+        detail,
+    }
+}
+
+/// Sends the release message back to the click queue with a delay (SQS allows up to 15 minutes; a longer wait
+/// comes back and is delayed again).
+async fn requeue<T, C>(
+    bridge: &Bridge<T, C>,
+    release: &ReleaseMessage,
+    delay: chrono::Duration,
+) -> Result<(), BridgeError> {
+    let seconds = delay.num_seconds().clamp(0, 900) as i32;
+    let body = serde_json::to_string(release).unwrap_or_default();
+    send_one(&bridge.click_queue, &release.batch_id.to_string(), body, seconds).await
+}
+
+async fn send_one(queue: &SqsQueue, id: &str, body: String, delay_seconds: i32) -> Result<(), BridgeError> {
+    let id: String = id.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_').take(80).collect();
+    let failed = queue.send_batch(&[OutgoingMessage { id, body, delay_seconds }]).await?;
+    match failed.first() {
+        None => Ok(()),
+        Some(f) => {
+            Err(clickpacer::aws::AwsError { operation: "sqs SendMessageBatch", message: f.message.clone() }.into())
+        }
+    }
+}
+
+/// Moves queued events from the outbox to the event log; what fails stays for the next invocation.
+pub async fn flush_events<T, C>(bridge: &Bridge<T, C>) -> Result<u64, BridgeError> {
+    let mut flushed = 0u64;
+    while flushed < bridge.settings.outbox_flush_limit as u64 {
+        let mut client = bridge.pool.get().await.map_err(DbError::from)?;
+        let tx = client.transaction().await.map_err(DbError::from)?;
+        let batch = repo::take_outbox(&tx, 500).await?;
+        if batch.is_empty() {
+            return Ok(flushed);
+        }
+        let events: Vec<ClickEvent> = batch.iter().map(|(_, e)| e.clone()).collect();
+        bridge.events.put_batch(&events).await?;
+        let ids: Vec<i64> = batch.iter().map(|(id, _)| *id).collect();
+        repo::delete_outbox(&tx, &ids).await?;
+        tx.commit().await.map_err(DbError::from)?;
+        flushed += ids.len() as u64;
+    }
+    Ok(flushed)
+}

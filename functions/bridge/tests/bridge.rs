@@ -1,0 +1,459 @@
+//! The bridge against real PostgreSQL, the local SQS and DynamoDB, and the partner simulator over HTTP.
+
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
+use bridge::{Bridge, BridgeSettings, Clock, HttpTransport, MessageOutcome, PartnerAnswer, Transport};
+use chrono::{DateTime, Utc};
+use clickpacer::aws::sqs::SqsQueue;
+use clickpacer::delivery::{RenderedRequest, TransportError};
+use clickpacer::domain::{Campaign, CampaignId, DeliveryFormat, Partner, PartnerId};
+use clickpacer::postgres::pacer::ClaimSettings;
+use clickpacer::postgres::{campaigns, partners};
+use clickpacer::release::ReleaseMessage;
+use clickpacer::testing::{TestAws, TestDb};
+use pacer::{Pacer, PacerSettings};
+use partner_sim::{Behaviour, Running};
+
+/// A clock tests move by hand (milliseconds since the epoch).
+struct TestClock(AtomicI64);
+impl Clock for TestClock {
+    fn now(&self) -> DateTime<Utc> {
+        DateTime::from_timestamp_millis(self.0.load(Ordering::SeqCst)).unwrap_or_default()
+    }
+}
+impl TestClock {
+    fn advance(&self, seconds: i64) {
+        self.0.fetch_add(seconds * 1000, Ordering::SeqCst);
+    }
+}
+
+struct World<T: Transport> {
+    db: TestDb,
+    bridge: Bridge<T, TestClock>,
+    queue: SqsQueue,
+    dead: SqsQueue,
+    sim: Running,
+}
+
+async fn world() -> World<HttpTransport> {
+    world_with(HttpTransport::new(true).unwrap()).await
+}
+
+async fn world_with<T: Transport>(transport: T) -> World<T> {
+    clickpacer::telemetry::init();
+    let db = TestDb::new().await;
+    let aws = TestAws::new().await;
+    let (queue, dead) = aws.queue_with_dead_letter(30, 5).await;
+    let events = aws.events_table().await;
+    let sim = partner_sim::spawn(partner_sim::Config::default()).await.unwrap();
+    let bridge = Bridge {
+        pool: db.pool.clone(),
+        transport,
+        clock: TestClock(AtomicI64::new(Utc::now().timestamp_millis())),
+        click_queue: queue.clone(),
+        dead_letters: dead.clone(),
+        events,
+        settings: BridgeSettings::default(),
+    };
+    World { db, bridge, queue, dead, sim }
+}
+
+fn partner(w_sim: &Running, id: &str) -> Partner {
+    let mut p = Partner::get(
+        PartnerId::parse(id).unwrap(),
+        format!("{}/click?id={{click_id}}&ua={{user_agent}}&c={{campaign_id}}", w_sim.partner_url(id)),
+    );
+    p.retry_base_ms = 10;
+    p.retry_max_ms = 20;
+    p.max_attempts = 3;
+    p
+}
+
+impl<T: Transport> World<T> {
+    async fn seed(&self, partner: &Partner, clicks: usize) -> CampaignId {
+        let client = self.db.client().await;
+        partners::upsert(&**client, partner).await.unwrap();
+        let mut c = Campaign::unlimited(
+            CampaignId::parse(format!("c-{}", partner.partner_id)).unwrap(),
+            partner.partner_id.clone(),
+        );
+        c.batch_size = clicks as u32;
+        c.cost_per_click = clickpacer::domain::Micros(1_000);
+        campaigns::upsert(&**client, &c).await.unwrap();
+        client.execute("SELECT ensure_click_partition(now())", &[]).await.unwrap();
+        let upload: i64 = client
+            .query_one(
+                "INSERT INTO uploads (bucket, object_key, object_version) VALUES ('b', $1, 'v') RETURNING upload_id",
+                &[&format!("incoming/{}", clickpacer::testing::unique_suffix())],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        let batch: i64 = client
+            .query_one(
+                "INSERT INTO batches (campaign_id, partner_id, upload_id, upload_seq, click_count, due_at)
+                 VALUES ($1, $2, $3, 0, $4, now() - interval '1 minute') RETURNING batch_id",
+                &[&c.campaign_id.as_str(), &partner.partner_id.as_str(), &upload, &(clicks as i32)],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        client
+            .execute(
+                "WITH ids AS (
+                     INSERT INTO click_ids (campaign_id, click_id, ingested_at)
+                     SELECT $1, 'click ' || g, now() FROM generate_series(1, $3) g RETURNING click_id, ingested_at)
+                 INSERT INTO clicks (campaign_id, click_id, upload_id, row_number, batch_id, clicked_at, ip,
+                                     user_agent, sub_id, attributes, ingested_at)
+                 SELECT $1, click_id, $2, substr(click_id, 7)::bigint, $4, now(), '203.0.113.9', 'Mozilla/5.0 (X11)',
+                        's1', '{\"tier\": \"gold\"}', ingested_at FROM ids",
+                &[&c.campaign_id.as_str(), &upload, &(clicks as i32), &batch],
+            )
+            .await
+            .unwrap();
+        c.campaign_id
+    }
+
+    /// Runs the real pacer once so the release message is exactly what production sends.
+    async fn release(&self) -> Vec<SqsMessage> {
+        let pacer = Pacer {
+            pool: self.db.pool.clone(),
+            queue: self.queue.clone(),
+            settings: PacerSettings {
+                claim: ClaimSettings { horizon_seconds: 1, ..ClaimSettings::default() },
+                ..PacerSettings::default()
+            },
+        };
+        pacer::run_once(&pacer, Utc::now()).await.unwrap();
+        self.receive().await
+    }
+
+    async fn receive(&self) -> Vec<SqsMessage> {
+        let mut out = Vec::new();
+        for _ in 0..3 {
+            let got = self.queue.receive(10, 1).await.unwrap();
+            if got.is_empty() && !out.is_empty() {
+                break;
+            }
+            for m in got {
+                self.queue.delete(&m.receipt_handle).await.unwrap();
+                let mut message = SqsMessage::default();
+                message.message_id = Some(m.message_id);
+                message.body = Some(m.body);
+                out.push(message);
+            }
+        }
+        out
+    }
+
+    async fn handle(&self, messages: Vec<SqsMessage>) -> Vec<String> {
+        let mut event = SqsEvent::default();
+        event.records = messages;
+        let response = bridge::handle_event(&self.bridge, event).await;
+        response.batch_item_failures.into_iter().map(|f| f.item_identifier).collect()
+    }
+
+    async fn batch_state(&self) -> String {
+        self.db.client().await.query_one("SELECT state FROM batches", &[]).await.unwrap().get(0)
+    }
+
+    async fn outcomes(&self) -> Vec<(String, i64)> {
+        self.db
+            .client()
+            .await
+            .query("SELECT outcome, count(*) FROM delivery_results GROUP BY outcome ORDER BY outcome", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect()
+    }
+}
+
+fn body(messages: &[SqsMessage]) -> ReleaseMessage {
+    serde_json::from_str(messages[0].body.as_deref().unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn get_template_delivers_each_click_once_and_logs_every_event() {
+    let w = world().await;
+    let p = partner(&w.sim, "acme");
+    let campaign = w.seed(&p, 5).await;
+    let messages = w.release().await;
+    assert_eq!(messages.len(), 1);
+    assert!(w.handle(messages).await.is_empty());
+
+    let report = w.sim.sim.report();
+    assert_eq!((report.total_requests, report.accepted, report.distinct_idempotency_keys), (5, 5, 5));
+    let first = &report.recent[0];
+    assert!(first.uri.starts_with("/p/acme/click?id=click%20"), "{}", first.uri);
+    assert!(first.uri.contains("&ua=Mozilla%2F5.0%20%28X11%29&c=c-acme"), "{}", first.uri);
+    assert!(first.idempotency_key.as_deref().is_some_and(|k| k.starts_with("cp1-")));
+    assert_eq!(w.batch_state().await, "delivered");
+    assert_eq!(w.outcomes().await, vec![("delivered".into(), 5)]);
+    let ledger: (i64, i64) = {
+        let row =
+            w.db.client()
+                .await
+                .query_one("SELECT delivered_clicks, spend_micros FROM campaign_day_ledger", &[])
+                .await
+                .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert_eq!(ledger, (5, 5_000));
+
+    // Event log: ingested, released and delivered for each click, through each index; the outbox is empty.
+    let hour = Utc::now().format("%Y-%m-%dT%H").to_string();
+    let by_campaign = w.bridge.events.campaign_hour(campaign.as_str(), &hour).await.unwrap();
+    let by_partner = w.bridge.events.partner_hour("acme", &hour).await.unwrap();
+    let delivered = |items: &Vec<std::collections::HashMap<String, clickpacer::aws::dynamodb::ItemValue>>| {
+        items.iter().filter(|i| i["event"].as_s().unwrap() == "delivered").count()
+    };
+    assert_eq!(delivered(&by_partner), 5);
+    assert!(by_campaign.len() >= 10, "released and delivered at least: {}", by_campaign.len());
+    let outbox: i64 = w.db.client().await.query_one("SELECT count(*) FROM event_outbox", &[]).await.unwrap().get(0);
+    assert_eq!(outbox, 0);
+}
+
+#[tokio::test]
+async fn post_json_and_form_bodies() {
+    let w = world().await;
+    let mut json = partner(&w.sim, "jsonp");
+    json.delivery_format = DeliveryFormat::PostJson;
+    json.endpoint_template = format!("{}/in", w.sim.partner_url("jsonp"));
+    json.body_template = Some(r#"{"click": "{click_id}", "ip": "{ip}", "tier": "{attr.tier}"}"#.into());
+    json.headers = vec![("X-Account".into(), "42".into())];
+    json.signing_secret = Some("0123456789abcdef0123".into());
+    w.seed(&json, 2).await;
+    assert!(w.handle(w.release().await).await.is_empty());
+    let report = w.sim.sim.partner_report("jsonp").unwrap();
+    let request = report.recent.iter().find(|r| r.method == "POST").unwrap();
+    let parsed: serde_json::Value = serde_json::from_str(&request.body).unwrap();
+    assert_eq!(parsed["ip"], "203.0.113.9");
+    assert_eq!(parsed["tier"], "gold");
+    assert_eq!(request.headers.get("x-account").map(String::as_str), Some("42"));
+    assert!(request.headers.get("x-clickpacer-signature").is_some_and(|s| s.contains("v1=")));
+
+    let mut form = partner(&w.sim, "formp");
+    form.delivery_format = DeliveryFormat::PostForm;
+    form.endpoint_template = format!("{}/in", w.sim.partner_url("formp"));
+    form.body_template = Some("id={click_id}&ua={user_agent}".into());
+    w.seed(&form, 1).await;
+    assert!(w.handle(w.release().await).await.is_empty());
+    let report = w.sim.sim.partner_report("formp").unwrap();
+    assert_eq!(report.recent[0].body, "id=click+1&ua=Mozilla%2F5.0+%28X11%29");
+}
+
+#[tokio::test]
+async fn retry_then_success_with_the_same_idempotency_key() {
+    let w = world().await;
+    let p = partner(&w.sim, "flaky");
+    w.seed(&p, 3).await;
+    w.sim.sim.set_behaviour("flaky", Behaviour { status_override: Some(500), ..Behaviour::default() }).unwrap();
+    assert!(w.handle(w.release().await).await.is_empty());
+    assert_eq!(w.outcomes().await, vec![("retrying".into(), 3)]);
+    assert_eq!(w.batch_state().await, "queued");
+
+    // The message came back (delayed by the short backoff); the partner has recovered.
+    w.sim.sim.clear_behaviour("flaky");
+    w.bridge.clock.advance(1);
+    let again = w.receive().await;
+    assert_eq!(again.len(), 1, "the message was sent back for the retry");
+    assert!(w.handle(again).await.is_empty());
+    assert_eq!(w.batch_state().await, "delivered");
+    let report = w.sim.sim.report();
+    assert_eq!((report.total_requests, report.accepted, report.distinct_idempotency_keys), (6, 3, 3));
+    assert_eq!(report.repeated_idempotency_keys, 3, "each retry carried its click's key");
+    assert_eq!(report.duplicate_accepted_keys, 0);
+}
+
+#[tokio::test]
+async fn permanent_client_errors_are_dead_lettered_with_the_reason() {
+    let w = world().await;
+    let p = partner(&w.sim, "strict");
+    w.seed(&p, 2).await;
+    w.sim.sim.set_behaviour("strict", Behaviour { status_override: Some(400), ..Behaviour::default() }).unwrap();
+    assert!(w.handle(w.release().await).await.is_empty());
+    assert_eq!(w.outcomes().await, vec![("dead".into(), 2)]);
+    assert_eq!(w.batch_state().await, "dead");
+    let dead = w.dead.receive(10, 1).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert!(dead[0].body.contains("HTTP 400"), "{}", dead[0].body);
+    assert_eq!(w.sim.sim.report().total_requests, 2, "no retry of a permanent failure");
+    let failures = w.bridge.events.failures_on(&Utc::now().format("%Y-%m-%d").to_string()).await.unwrap();
+    assert_eq!(failures.len(), 2, "the sparse failures index holds the dead events");
+}
+
+#[tokio::test]
+async fn retries_exhausted_end_in_the_dead_letter_queue() {
+    let w = world().await;
+    let p = partner(&w.sim, "down");
+    w.seed(&p, 1).await;
+    w.sim.sim.set_behaviour("down", Behaviour { status_override: Some(502), ..Behaviour::default() }).unwrap();
+    let mut messages = w.release().await;
+    for _ in 0..3 {
+        assert!(w.handle(messages).await.is_empty());
+        w.bridge.clock.advance(1);
+        messages = w.receive().await;
+    }
+    assert!(messages.is_empty(), "no message after the last attempt");
+    assert_eq!(w.outcomes().await, vec![("dead".into(), 1), ("retrying".into(), 2)]);
+    assert_eq!(w.batch_state().await, "dead");
+    let dead = w.dead.receive(10, 1).await.unwrap();
+    assert!(dead[0].body.contains("attempt 3 of 3"), "{}", dead[0].body);
+}
+
+#[tokio::test]
+async fn retry_after_is_respected_before_any_new_request() {
+    let w = world().await;
+    let p = partner(&w.sim, "busy");
+    w.seed(&p, 4).await;
+    w.sim
+        .sim
+        .set_behaviour("busy", Behaviour { status_override: Some(429), retry_after_s: 30, ..Behaviour::default() })
+        .unwrap();
+    let messages = w.release().await;
+    let copy = messages.clone();
+    assert!(w.handle(messages).await.is_empty());
+    let after_first = w.sim.sim.report().total_requests;
+    assert!(after_first >= 1, "the first request was answered 429");
+    let (allowance, until): (f64, Option<DateTime<Utc>>) = {
+        let row =
+            w.db.client()
+                .await
+                .query_one("SELECT allowance, retry_after_until FROM partner_health", &[])
+                .await
+                .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert!(allowance < 1.0, "AIMD cut the allowance: {allowance}");
+    assert!(until.is_some_and(|u| u > w.bridge.clock.now() + chrono::Duration::seconds(25)));
+
+    // Before Retry-After elapses: the redelivered message sends nothing.
+    w.sim.sim.clear_behaviour("busy");
+    w.bridge.clock.advance(10);
+    let outcome = bridge::handle_message(&w.bridge, &copy[0]).await.unwrap();
+    assert!(matches!(outcome, MessageOutcome::Paused { .. }), "{outcome:?}");
+    assert_eq!(w.sim.sim.report().total_requests, after_first);
+
+    w.bridge.clock.advance(25);
+    bridge::handle_message(&w.bridge, &copy[0]).await.unwrap();
+    assert_eq!(w.batch_state().await, "delivered");
+    assert_eq!(w.sim.sim.report().duplicate_accepted_keys, 0);
+}
+
+#[tokio::test]
+async fn redelivered_and_stale_messages_send_nothing_again() {
+    let w = world().await;
+    let p = partner(&w.sim, "acme");
+    w.seed(&p, 3).await;
+    let messages = w.release().await;
+    let release = body(&messages);
+    assert!(w.handle(messages.clone()).await.is_empty());
+    // SQS delivers the same message again: the batch is finished, nothing is sent.
+    assert!(w.handle(messages).await.is_empty());
+    assert_eq!(w.sim.sim.report().total_requests, 3);
+
+    // An older claim's message (stale fence) is acknowledged without delivering.
+    let mut stale = release.clone();
+    stale.fence -= 1;
+    let mut message = SqsMessage::default();
+    message.message_id = Some("stale".into());
+    message.body = Some(serde_json::to_string(&stale).unwrap());
+    let outcome = bridge::handle_message(&w.bridge, &message).await.unwrap();
+    assert!(matches!(outcome, MessageOutcome::Stale { .. }), "{outcome:?}");
+    assert_eq!(w.sim.sim.report().total_requests, 3);
+}
+
+#[tokio::test]
+async fn malformed_messages_are_dead_lettered_and_do_not_fail_the_others() {
+    let w = world().await;
+    let p = partner(&w.sim, "acme");
+    w.seed(&p, 2).await;
+    let mut messages = w.release().await;
+    let mut junk = SqsMessage::default();
+    junk.message_id = Some("junk".into());
+    junk.body = Some("{not json".into());
+    messages.push(junk);
+    assert!(w.handle(messages).await.is_empty(), "nothing goes back to the queue");
+    assert_eq!(w.batch_state().await, "delivered");
+    let dead = w.dead.receive(10, 1).await.unwrap();
+    assert!(dead.iter().any(|m| m.body.contains("malformed release message")));
+}
+
+/// A fault injector around the real transport: the connection dies after `ok` requests (a bridge killed
+/// mid-batch: what it sent was sent, the rest never left).
+struct DiesAfter {
+    inner: HttpTransport,
+    ok: AtomicUsize,
+    sent: AtomicUsize,
+}
+
+impl Transport for DiesAfter {
+    async fn send(
+        &self,
+        request: &RenderedRequest,
+        timeout: Duration,
+    ) -> Result<PartnerAnswer, (TransportError, Duration)> {
+        if self.sent.fetch_add(1, Ordering::SeqCst) >= self.ok.load(Ordering::SeqCst) {
+            return Err((TransportError::Connect("killed".into()), Duration::ZERO));
+        }
+        self.inner.send(request, timeout).await
+    }
+}
+
+#[tokio::test]
+async fn a_batch_killed_midway_resumes_without_resending_delivered_clicks() {
+    let w = world_with(DiesAfter {
+        inner: HttpTransport::new(true).unwrap(),
+        ok: AtomicUsize::new(4),
+        sent: AtomicUsize::new(0),
+    })
+    .await;
+    let mut p = partner(&w.sim, "acme");
+    p.max_concurrency = 1;
+    w.seed(&p, 10).await;
+    let messages = w.release().await;
+    assert!(w.handle(messages.clone()).await.is_empty());
+    assert_eq!(w.sim.sim.report().accepted, 4);
+    w.bridge.transport.ok.store(usize::MAX, Ordering::SeqCst);
+    w.bridge.clock.advance(1);
+    let again = w.receive().await;
+    assert!(w.handle(again).await.is_empty());
+    let report = w.sim.sim.report();
+    assert_eq!((report.accepted, report.duplicate_accepted_keys), (10, 0));
+    assert_eq!(w.batch_state().await, "delivered");
+}
+
+#[tokio::test]
+async fn partner_urls_reaching_private_addresses_are_refused_when_sending() {
+    let w = world_with(HttpTransport::new(false).unwrap()).await;
+    for (id, url) in [
+        ("loopback", "http://127.0.0.1:9/c?id={click_id}"),
+        ("metadata", "http://169.254.169.254/latest/meta-data?id={click_id}"),
+        ("private", "http://10.1.2.3/c?id={click_id}"),
+        ("mapped", "http://[::ffff:127.0.0.1]/c?id={click_id}"),
+        ("decimal", "http://2130706433/c?id={click_id}"),
+        ("localname", "http://localhost:9/c?id={click_id}"),
+    ] {
+        let mut p = partner(&w.sim, id);
+        p.endpoint_template = url.into();
+        w.seed(&p, 1).await;
+    }
+    assert!(w.handle(w.release().await).await.is_empty());
+    let rows =
+        w.db.client()
+            .await
+            .query("SELECT partner_id, outcome, error FROM delivery_results ORDER BY partner_id", &[])
+            .await
+            .unwrap();
+    assert_eq!(rows.len(), 6);
+    for row in rows {
+        let (partner, outcome, error): (String, String, Option<String>) = (row.get(0), row.get(1), row.get(2));
+        assert_eq!(outcome, "dead", "{partner}");
+        assert!(error.as_deref().is_some_and(|e| e.contains("refused")), "{partner}: {error:?}");
+    }
+    assert_eq!(w.sim.sim.report().total_requests, 0);
+}
