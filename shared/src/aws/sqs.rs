@@ -129,6 +129,30 @@ impl SqsQueue {
         Ok(())
     }
 
+    /// The queue's ARN (for redrive policies and bucket notifications).
+    pub async fn arn(&self) -> Result<String, AwsError> {
+        queue_arn(&self.client, &self.url).await
+    }
+
+    /// Messages in the queue: visible, in flight and delayed.
+    pub async fn depth(&self) -> Result<u64, AwsError> {
+        let names = [
+            QueueAttributeName::ApproximateNumberOfMessages,
+            QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
+            QueueAttributeName::ApproximateNumberOfMessagesDelayed,
+        ];
+        let out = self
+            .client
+            .get_queue_attributes()
+            .queue_url(&self.url)
+            .set_attribute_names(Some(names.to_vec()))
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk("sqs GetQueueAttributes", e))?;
+        let attributes = out.attributes().cloned().unwrap_or_default();
+        Ok(names.iter().filter_map(|n| attributes.get(n)).filter_map(|v| v.parse::<u64>().ok()).sum())
+    }
+
     /// Creates (or finds) a queue; with `dead_letter` set, messages received `max_receives` times move there.
     pub async fn create(
         client: &Client,
@@ -141,20 +165,24 @@ impl SqsQueue {
             .queue_name(name)
             .attributes(QueueAttributeName::VisibilityTimeout, visibility_timeout_s.to_string());
         if let Some((dlq_url, max_receives)) = dead_letter {
-            let arn = client
-                .get_queue_attributes()
-                .queue_url(dlq_url)
-                .attribute_names(QueueAttributeName::QueueArn)
-                .send()
-                .await
-                .map_err(|e| AwsError::from_sdk("sqs GetQueueAttributes", e))?
-                .attributes()
-                .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
-                .unwrap_or_default();
+            let arn = queue_arn(client, dlq_url).await?;
             let policy = serde_json::json!({ "deadLetterTargetArn": arn, "maxReceiveCount": max_receives });
             request = request.attributes(QueueAttributeName::RedrivePolicy, policy.to_string());
         }
         let out = request.send().await.map_err(|e| AwsError::from_sdk("sqs CreateQueue", e))?;
         Ok(Self::new(client.clone(), out.queue_url().unwrap_or_default()))
     }
+}
+
+async fn queue_arn(client: &Client, url: &str) -> Result<String, AwsError> {
+    Ok(client
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .map_err(|e| AwsError::from_sdk("sqs GetQueueAttributes", e))?
+        .attributes()
+        .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
+        .unwrap_or_default())
 }

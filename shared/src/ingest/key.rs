@@ -11,6 +11,19 @@ pub fn decode_event_key(raw: &str) -> Option<String> {
     percent_decode_str(&spaced).decode_utf8().ok().map(|k| k.into_owned())
 }
 
+/// Encodes a key the way S3 event notifications carry it (the inverse of [`decode_event_key`]).
+pub fn encode_event_key(key: &str) -> String {
+    key.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' | b'*' => {
+                (b as char).to_string()
+            }
+            b' ' => "+".into(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// The campaign an upload key names: `incoming/<campaign_id>/...`. `None` when the key names none (rows must
 /// then carry `campaign_id`); an error when the segment is present but is not a valid campaign id.
 pub fn campaign_from_key(key: &str) -> Result<Option<CampaignId>, crate::domain::InvalidId> {
@@ -45,6 +58,14 @@ mod tests {
         assert_eq!(decode_event_key("incoming/spring/my+clicks%2B1.csv").unwrap(), "incoming/spring/my clicks+1.csv");
         assert_eq!(decode_event_key("incoming/spring/caf%C3%A9+%E2%82%AC.csv").unwrap(), "incoming/spring/café €.csv");
         assert_eq!(decode_event_key("incoming/%FF.csv"), None);
+    }
+
+    #[test]
+    fn encoding_round_trips() {
+        for key in ["incoming/spring/a b+c%.csv", "incoming/café/€ 1.csv.gz"] {
+            assert_eq!(decode_event_key(&encode_event_key(key)).unwrap(), key);
+        }
+        assert_eq!(encode_event_key("incoming/a b+c.csv"), "incoming/a+b%2Bc.csv");
     }
 
     #[test]

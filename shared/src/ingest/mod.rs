@@ -8,7 +8,7 @@ pub mod row;
 pub mod schedule;
 
 pub use columns::{Columns, Field, FileError, KnownField};
-pub use key::{UploadKey, campaign_from_key, decode_event_key};
+pub use key::{UploadKey, campaign_from_key, decode_event_key, encode_event_key};
 pub use rejects::{RejectReason, RejectedRow};
 pub use row::{CampaignFacts, ClickRow, FileFormat, RowContext, is_gzip, validate_csv_record, validate_json_line};
 

@@ -5,6 +5,7 @@ pub mod bridge;
 pub mod campaigns;
 pub mod pacer;
 pub mod partners;
+pub mod reports;
 pub mod uploads;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};

@@ -1,0 +1,156 @@
+//! Reconciliation: every accepted click is delivered, dead-lettered, cancelled or still pending, per upload and
+//! per campaign, and every row read is accepted, rejected with a reason, or a duplicate.
+
+use serde::Serialize;
+use tokio_postgres::GenericClient;
+
+use super::DbError;
+
+/// One campaign's (or upload's) clicks by fate.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ClickFates {
+    pub accepted: i64,
+    pub delivered: i64,
+    pub dead: i64,
+    pub cancelled: i64,
+    /// Waiting, claimed, queued or being retried.
+    pub pending: i64,
+    /// Clicks of a finished batch that are neither delivered nor dead: must be 0.
+    pub unaccounted: i64,
+}
+
+impl ClickFates {
+    pub fn holds(&self) -> bool {
+        self.unaccounted == 0 && self.accepted == self.delivered + self.dead + self.cancelled + self.pending
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CampaignReconciliation {
+    pub campaign_id: String,
+    #[serde(flatten)]
+    pub fates: ClickFates,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct UploadReconciliation {
+    pub upload_id: i64,
+    pub object_key: String,
+    pub status: String,
+    pub status_detail: Option<String>,
+    pub rows: i64,
+    pub accepted_rows: i64,
+    pub rejected_rows: i64,
+    pub duplicate_rows: i64,
+    /// Clicks stored for this upload: must equal `accepted_rows`.
+    pub stored_clicks: i64,
+    /// Rejected rows by reason.
+    pub rejects: Vec<(String, i64)>,
+    #[serde(flatten)]
+    pub fates: ClickFates,
+}
+
+impl UploadReconciliation {
+    pub fn holds(&self) -> bool {
+        self.rows == self.accepted_rows + self.rejected_rows + self.duplicate_rows
+            && self.stored_clicks == self.accepted_rows
+            && self.fates.holds()
+    }
+}
+
+const FATES: &str = "
+    WITH per_click AS (
+        SELECT c.campaign_id, c.upload_id, b.state AS batch_state,
+               EXISTS (SELECT 1 FROM delivery_results d WHERE d.campaign_id = c.campaign_id
+                       AND d.click_id = c.click_id AND d.outcome = 'delivered') AS delivered,
+               EXISTS (SELECT 1 FROM delivery_results d WHERE d.batch_id = c.batch_id
+                       AND d.campaign_id = c.campaign_id AND d.click_id = c.click_id AND d.outcome = 'dead') AS dead
+        FROM clicks c JOIN batches b USING (batch_id)
+    )
+    SELECT {key} AS key,
+           count(*) AS accepted,
+           count(*) FILTER (WHERE delivered) AS delivered,
+           count(*) FILTER (WHERE NOT delivered AND dead) AS dead,
+           count(*) FILTER (WHERE NOT delivered AND NOT dead AND batch_state = 'cancelled') AS cancelled,
+           count(*) FILTER (WHERE NOT delivered AND NOT dead AND batch_state IN ('pending', 'claimed', 'queued'))
+               AS pending,
+           count(*) FILTER (WHERE NOT delivered AND NOT dead
+                            AND batch_state IN ('delivered', 'partially_failed', 'dead')) AS unaccounted
+    FROM per_click GROUP BY 1";
+
+fn fates(row: &tokio_postgres::Row) -> ClickFates {
+    ClickFates {
+        accepted: row.get("accepted"),
+        delivered: row.get("delivered"),
+        dead: row.get("dead"),
+        cancelled: row.get("cancelled"),
+        pending: row.get("pending"),
+        unaccounted: row.get("unaccounted"),
+    }
+}
+
+pub async fn campaigns(db: &impl GenericClient) -> Result<Vec<CampaignReconciliation>, DbError> {
+    let sql = format!("{} ORDER BY 1", FATES.replace("{key}", "campaign_id"));
+    let rows = db.query(&sql, &[]).await?;
+    Ok(rows.iter().map(|r| CampaignReconciliation { campaign_id: r.get("key"), fates: fates(r) }).collect())
+}
+
+pub async fn uploads(db: &impl GenericClient) -> Result<Vec<UploadReconciliation>, DbError> {
+    let sql = FATES.replace("{key}", "upload_id");
+    let by_upload: std::collections::HashMap<i64, ClickFates> =
+        db.query(&sql, &[]).await?.iter().map(|r| (r.get("key"), fates(r))).collect();
+    let rows = db
+        .query(
+            "SELECT u.upload_id, u.object_key, u.status, u.status_detail, u.rows_done, u.accepted_rows,
+                    u.rejected_rows, u.duplicate_rows,
+                    (SELECT count(*) FROM clicks c WHERE c.upload_id = u.upload_id) AS stored
+             FROM uploads u ORDER BY u.upload_id",
+            &[],
+        )
+        .await?;
+    let reasons = db
+        .query(
+            "SELECT upload_id, regexp_replace(reason, '\"[^\"]*\"', '\"…\"', 'g') AS reason, count(*)
+             FROM upload_rejects GROUP BY 1, 2 ORDER BY 1, 3 DESC",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let upload_id: i64 = r.get("upload_id");
+            UploadReconciliation {
+                upload_id,
+                object_key: r.get("object_key"),
+                status: r.get("status"),
+                status_detail: r.get("status_detail"),
+                rows: r.get("rows_done"),
+                accepted_rows: r.get("accepted_rows"),
+                rejected_rows: r.get("rejected_rows"),
+                duplicate_rows: r.get("duplicate_rows"),
+                stored_clicks: r.get("stored"),
+                rejects: reasons
+                    .iter()
+                    .filter(|x| x.get::<_, i64>(0) == upload_id)
+                    .map(|x| (x.get(1), x.get(2)))
+                    .collect(),
+                fates: by_upload.get(&upload_id).cloned().unwrap_or_default(),
+            }
+        })
+        .collect())
+}
+
+/// Work the pipeline still has to do now: uploads being read, batches claimed or on the queue, and batches
+/// due within `horizon_s` seconds. Zero means drained (what remains waits for a later day, cap or budget).
+pub async fn work_in_progress(db: &impl GenericClient, horizon_s: i64) -> Result<i64, DbError> {
+    Ok(db
+        .query_one(
+            "SELECT (SELECT count(*) FROM uploads WHERE status = 'processing')
+                  + (SELECT count(*) FROM batches WHERE state IN ('claimed', 'queued'))
+                  + (SELECT count(*) FROM batches WHERE state = 'pending'
+                     AND due_at <= now() + make_interval(secs => $1::bigint))",
+            &[&horizon_s],
+        )
+        .await?
+        .get(0))
+}

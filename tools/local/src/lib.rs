@@ -1,0 +1,480 @@
+//! ClickPacer on one machine. The real function handlers run behind the same triggers as in AWS, reached
+//! through the real SDK at the local endpoint:
+//!
+//! - an object put under `incoming/` in the local bucket becomes an S3 notification (on a queue, as S3 sends
+//!   it, URL-encoded key and all) that reaches the slicer as an S3 event; an unfinished upload's event comes
+//!   back after the queue's visibility timeout, as Lambda retries an event;
+//! - the pacer runs on a schedule (every minute, as in AWS, or faster for demos);
+//! - click queue messages reach the bridge as SQS events; only the failures it reports return to the queue,
+//!   and the queue's redrive policy moves a message received too often to the dead-letter queue.
+//!
+//! Nothing here implements a function's logic: the runner only wires events to the handlers the Lambdas run.
+
+pub mod demo;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use anyhow::Context;
+use aws_lambda_events::event::s3::S3Event;
+use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
+use aws_sdk_s3::types::{
+    Event as S3EventType, FilterRule, FilterRuleName, NotificationConfiguration, NotificationConfigurationFilter,
+    QueueConfiguration, S3KeyFilter,
+};
+use bridge::{Bridge, BridgeSettings, HttpTransport, SystemClock};
+use chrono::Utc;
+use clickpacer::aws::SdkConfig;
+use clickpacer::aws::dynamodb::DynamoEventLog;
+use clickpacer::aws::s3::S3Objects;
+use clickpacer::aws::sqs::{OutgoingMessage, SqsQueue};
+use clickpacer::config::DatabaseConfig;
+use clickpacer::ingest::encode_event_key;
+use clickpacer::postgres::pacer::ClaimSettings;
+use clickpacer::postgres::reports::{self, CampaignReconciliation, UploadReconciliation};
+use clickpacer::postgres::{self, PgPool};
+use clickpacer::release::ReleaseMessage;
+use pacer::{Pacer, PacerSettings};
+use slicer::{Deadline, Slicer, SlicerSettings};
+use tokio::sync::watch;
+
+/// The local resources' names.
+#[derive(Debug, Clone)]
+pub struct Names {
+    pub bucket: String,
+    pub upload_events: String,
+    pub click_queue: String,
+    pub dead_letter_queue: String,
+    pub events_table: String,
+}
+
+impl Names {
+    pub fn local() -> Self {
+        Self::with_prefix("clickpacer")
+    }
+
+    pub fn with_prefix(prefix: &str) -> Self {
+        Self {
+            bucket: format!("{prefix}-uploads"),
+            upload_events: format!("{prefix}-upload-events"),
+            click_queue: format!("{prefix}-clicks"),
+            dead_letter_queue: format!("{prefix}-clicks-dlq"),
+            events_table: format!("{prefix}-events"),
+        }
+    }
+}
+
+/// How often things happen locally.
+#[derive(Debug, Clone)]
+pub struct Timing {
+    /// The pacer's schedule (60 s in AWS).
+    pub pacer_every: Duration,
+    /// How long a received message stays invisible before it comes back (a failed or unfinished one).
+    pub visibility: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Self { pacer_every: Duration::from_secs(60), visibility: Duration::from_secs(30) }
+    }
+}
+
+pub struct Pipeline {
+    pub pool: PgPool,
+    pub objects: S3Objects,
+    pub names: Names,
+    pub upload_events: SqsQueue,
+    pub click_queue: SqsQueue,
+    pub dead_letters: SqsQueue,
+    pub slicer: Slicer,
+    pub pacer: Pacer<SqsQueue>,
+    pub bridge: Bridge<HttpTransport, SystemClock>,
+    pub timing: Timing,
+}
+
+impl Pipeline {
+    /// Applies the migrations and creates (or finds) the bucket with its notification, the queues and the table.
+    pub async fn start(
+        sdk: &SdkConfig,
+        database: &DatabaseConfig,
+        names: Names,
+        timing: Timing,
+    ) -> anyhow::Result<Self> {
+        let pool = postgres::build_pool(database)?;
+        postgres::migrate(&pool).await.context("applying migrations")?;
+        let objects = S3Objects::new(clickpacer::aws::s3_client(sdk));
+        objects.create_bucket(&names.bucket).await?;
+        let sqs = clickpacer::aws::sqs_client(sdk);
+        let visibility = timing.visibility.as_secs() as u32;
+        let upload_events = SqsQueue::create(&sqs, &names.upload_events, visibility, None).await?;
+        let dead_letters = SqsQueue::create(&sqs, &names.dead_letter_queue, 30, None).await?;
+        let click_queue = SqsQueue::create(&sqs, &names.click_queue, visibility, Some((dead_letters.url(), 5))).await?;
+        let events = DynamoEventLog::create_table(&clickpacer::aws::dynamodb_client(sdk), &names.events_table).await?;
+
+        // S3 → queue notifications for uploads, as the SAM template wires S3 → the slicer.
+        let filter = NotificationConfigurationFilter::builder()
+            .key(
+                S3KeyFilter::builder()
+                    .filter_rules(FilterRule::builder().name(FilterRuleName::Prefix).value("incoming/").build())
+                    .build(),
+            )
+            .build();
+        let queue_config = QueueConfiguration::builder()
+            .queue_arn(upload_events.arn().await?)
+            .events(S3EventType::from("s3:ObjectCreated:*"))
+            .filter(filter)
+            .build()
+            .context("queue notification")?;
+        objects
+            .client()
+            .put_bucket_notification_configuration()
+            .bucket(&names.bucket)
+            .notification_configuration(NotificationConfiguration::builder().queue_configurations(queue_config).build())
+            .send()
+            .await
+            .context("bucket notification")?;
+
+        let horizon = timing.pacer_every.as_secs().clamp(1, 60) as u32;
+        Ok(Self {
+            slicer: Slicer { pool: pool.clone(), objects: objects.clone(), settings: SlicerSettings::default() },
+            pacer: Pacer {
+                pool: pool.clone(),
+                queue: click_queue.clone(),
+                settings: PacerSettings {
+                    claim: ClaimSettings { horizon_seconds: horizon, ..ClaimSettings::default() },
+                    ..PacerSettings::default()
+                },
+            },
+            bridge: Bridge {
+                pool: pool.clone(),
+                // Local partners (the simulator) live on loopback: allowed here, never in AWS.
+                transport: HttpTransport::new(true)?,
+                clock: SystemClock,
+                click_queue: click_queue.clone(),
+                dead_letters: dead_letters.clone(),
+                events,
+                settings: BridgeSettings::default(),
+            },
+            pool,
+            objects,
+            names,
+            upload_events,
+            click_queue,
+            dead_letters,
+            timing,
+        })
+    }
+
+    /// After a restart: messages of queued batches and events of unfinished uploads may have been lost with the
+    /// old local endpoint. Sending them again is safe: stale or repeated ones are absorbed (fences, upload
+    /// identity, delivered clicks are never sent again).
+    pub async fn resume(&self) -> anyhow::Result<(usize, usize)> {
+        let client = self.pool.get().await?;
+        let queued = client
+            .query(
+                "SELECT batch_id, fence, campaign_id, partner_id, click_count, spread_seconds,
+                        COALESCE(release_at, now()) AS release_at
+                 FROM batches WHERE state = 'queued'",
+                &[],
+            )
+            .await?;
+        let mut messages = Vec::new();
+        for row in &queued {
+            let release = ReleaseMessage {
+                batch_id: row.get("batch_id"),
+                fence: row.get("fence"),
+                campaign_id: clickpacer::domain::CampaignId::parse(row.get::<_, String>("campaign_id"))?,
+                partner_id: clickpacer::domain::PartnerId::parse(row.get::<_, String>("partner_id"))?,
+                clicks: row.get::<_, i32>("click_count") as u32,
+                spread_seconds: row.get::<_, i32>("spread_seconds") as u32,
+                release_at: row.get("release_at"),
+            };
+            messages.push(OutgoingMessage {
+                id: release.batch_id.to_string(),
+                body: serde_json::to_string(&release)?,
+                delay_seconds: 0,
+            });
+        }
+        for chunk in messages.chunks(10) {
+            self.click_queue.send_batch(chunk).await?;
+        }
+        let uploads = client
+            .query(
+                "SELECT object_key, object_version FROM uploads WHERE status = 'processing' AND bucket = $1",
+                &[&self.names.bucket],
+            )
+            .await?;
+        for row in &uploads {
+            let key: String = row.get(0);
+            let version: String = row.get(1);
+            let event = s3_event_json(&self.names.bucket, &key, &version);
+            self.upload_events
+                .send_batch(&[OutgoingMessage { id: "resume".into(), body: event.to_string(), delay_seconds: 0 }])
+                .await?;
+        }
+        Ok((queued.len(), uploads.len()))
+    }
+
+    /// Runs the three triggers until `stop` turns true.
+    pub async fn run(&self, mut stop: watch::Receiver<bool>) {
+        let stopped = async {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        tokio::select! {
+            _ = stopped => {}
+            _ = self.upload_loop() => {}
+            _ = self.pacer_loop() => {}
+            _ = self.bridge_loop() => {}
+        }
+    }
+
+    async fn upload_loop(&self) {
+        loop {
+            let messages = match self.upload_events.receive(10, 1).await {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(error = %e, "upload events not reachable");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            for message in messages {
+                let mut value: serde_json::Value = serde_json::from_str(&message.body).unwrap_or_default();
+                fill_omitted_fields(&mut value);
+                if value.get("Event").and_then(|e| e.as_str()) == Some("s3:TestEvent") {
+                    let _ = self.upload_events.delete(&message.receipt_handle).await;
+                    continue;
+                }
+                let Ok(event) = serde_json::from_value::<S3Event>(value) else {
+                    tracing::warn!(body = message.body, "not an S3 event; dropped");
+                    let _ = self.upload_events.delete(&message.receipt_handle).await;
+                    continue;
+                };
+                // The budget of a 15-minute Lambda invocation.
+                let budget = Deadline(std::time::SystemTime::now() + Duration::from_secs(15 * 60));
+                match slicer::handle_event(&self.slicer, event, &budget).await {
+                    Ok(reports) => {
+                        for report in reports {
+                            tracing::info!(key = report.key, outcome = ?report.outcome, "upload");
+                        }
+                        let _ = self.upload_events.delete(&message.receipt_handle).await;
+                    }
+                    // Left on the queue: it comes back after the visibility timeout, as Lambda retries.
+                    Err(e) => tracing::warn!(error = %e, "upload not finished; its event will come back"),
+                }
+            }
+        }
+    }
+
+    async fn pacer_loop(&self) {
+        let mut tick = tokio::time::interval(self.timing.pacer_every);
+        loop {
+            tick.tick().await;
+            match pacer::run_once(&self.pacer, Utc::now()).await {
+                Ok(summary) if summary.examined > 0 => tracing::info!(summary = ?summary, "pacer"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "pacer run failed"),
+            }
+        }
+    }
+
+    async fn bridge_loop(&self) {
+        loop {
+            let received = match self.click_queue.receive(10, 1).await {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(error = %e, "click queue not reachable");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            if received.is_empty() {
+                continue;
+            }
+            let mut handles = HashMap::new();
+            let mut event = SqsEvent::default();
+            for m in received {
+                let mut message = SqsMessage::default();
+                message.message_id = Some(m.message_id.clone());
+                message.receipt_handle = Some(m.receipt_handle.clone());
+                message.body = Some(m.body);
+                message.event_source = Some("aws:sqs".into());
+                message.attributes.insert("ApproximateReceiveCount".into(), m.receive_count.to_string());
+                handles.insert(m.message_id, m.receipt_handle);
+                event.records.push(message);
+            }
+            let response = bridge::handle_event(&self.bridge, event).await;
+            // Partial batch response: only the reported failures stay on the queue.
+            for failure in &response.batch_item_failures {
+                handles.remove(&failure.item_identifier);
+            }
+            for handle in handles.values() {
+                let _ = self.click_queue.delete(handle).await;
+            }
+        }
+    }
+
+    /// Nothing left to do now: no upload event waiting, no upload being read, nothing claimed or queued, and
+    /// nothing due before the next pacer runs twice (what remains waits for a later day, cap or budget).
+    pub async fn drained(&self) -> anyhow::Result<bool> {
+        let horizon = (2 * self.timing.pacer_every.as_secs() + 5) as i64;
+        let client = self.pool.get().await?;
+        Ok(self.upload_events.depth().await? == 0 && reports::work_in_progress(&**client, horizon).await? == 0)
+    }
+
+    /// Runs until drained (checked three times in a row) or `limit` passes; returns whether it drained.
+    pub async fn run_until_drained(&self, limit: Duration, on_tick: impl Fn(&Progress)) -> anyhow::Result<bool> {
+        let (tx, rx) = watch::channel(false);
+        let watcher = async {
+            let started = std::time::Instant::now();
+            let mut quiet = 0;
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if let Ok(progress) = self.progress().await {
+                    on_tick(&progress);
+                }
+                quiet = if self.drained().await.unwrap_or(false) { quiet + 1 } else { 0 };
+                if quiet >= 3 || started.elapsed() > limit {
+                    let _ = tx.send(true);
+                    return quiet >= 3;
+                }
+            }
+        };
+        let (_, drained) = tokio::join!(self.run(rx), watcher);
+        Ok(drained)
+    }
+
+    pub async fn progress(&self) -> anyhow::Result<Progress> {
+        let client = self.pool.get().await?;
+        let campaigns = reports::campaigns(&**client).await?;
+        let retrying: HashMap<String, i64> = client
+            .query(
+                "SELECT b.campaign_id, count(DISTINCT (r.click_id)) FROM delivery_results r
+                 JOIN batches b USING (batch_id) WHERE b.state = 'queued' AND r.outcome = 'retrying'
+                 GROUP BY 1",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let released: HashMap<String, i64> = client
+            .query(
+                "SELECT campaign_id, sum(click_count)::bigint FROM batches
+                 WHERE state IN ('queued', 'delivered', 'partially_failed', 'dead') GROUP BY 1",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        Ok(Progress { campaigns, retrying, released })
+    }
+
+    pub async fn reconciliation(&self) -> anyhow::Result<(Vec<UploadReconciliation>, Vec<CampaignReconciliation>)> {
+        let client = self.pool.get().await?;
+        Ok((reports::uploads(&**client).await?, reports::campaigns(&**client).await?))
+    }
+}
+
+/// Live counts per campaign.
+pub struct Progress {
+    pub campaigns: Vec<CampaignReconciliation>,
+    pub retrying: HashMap<String, i64>,
+    pub released: HashMap<String, i64>,
+}
+
+impl Progress {
+    pub fn render(&self) -> String {
+        let mut out = format!(
+            "{:<18} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}\n",
+            "campaign", "ingested", "released", "delivered", "retrying", "dead", "pending"
+        );
+        for c in &self.campaigns {
+            out.push_str(&format!(
+                "{:<18} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}\n",
+                c.campaign_id,
+                c.fates.accepted,
+                self.released.get(&c.campaign_id).copied().unwrap_or(0),
+                c.fates.delivered,
+                self.retrying.get(&c.campaign_id).copied().unwrap_or(0),
+                c.fates.dead,
+                c.fates.pending,
+            ));
+        }
+        out
+    }
+}
+
+/// The reconciliation, printed; returns whether every line holds.
+pub fn render_reconciliation(uploads: &[UploadReconciliation], campaigns: &[CampaignReconciliation]) -> (String, bool) {
+    let mut ok = true;
+    let mut out = String::from(
+        "Uploads: rows = accepted + rejected + duplicate; accepted = delivered + dead + cancelled + pending\n",
+    );
+    for u in uploads {
+        let holds = u.holds();
+        ok &= holds;
+        out.push_str(&format!(
+            "  {} {:<46} {:>10}: rows {} = {} + {} + {}; {} = {} + {} + {} + {}  [{}]\n",
+            if holds { "ok " } else { "BAD" },
+            u.object_key,
+            u.status,
+            u.rows,
+            u.accepted_rows,
+            u.rejected_rows,
+            u.duplicate_rows,
+            u.fates.accepted,
+            u.fates.delivered,
+            u.fates.dead,
+            u.fates.cancelled,
+            u.fates.pending,
+            u.status_detail.as_deref().unwrap_or(""),
+        ));
+        for (reason, n) in &u.rejects {
+            out.push_str(&format!("        rejected {n:>6} × {reason}\n"));
+        }
+    }
+    out.push_str("Campaigns: accepted = delivered + dead + cancelled + pending\n");
+    for c in campaigns {
+        let holds = c.fates.holds();
+        ok &= holds;
+        out.push_str(&format!(
+            "  {} {:<18} {} = {} + {} + {} + {}{}\n",
+            if holds { "ok " } else { "BAD" },
+            c.campaign_id,
+            c.fates.accepted,
+            c.fates.delivered,
+            c.fates.dead,
+            c.fates.cancelled,
+            c.fates.pending,
+            if c.fates.unaccounted > 0 { format!("  ({} unaccounted)", c.fates.unaccounted) } else { String::new() },
+        ));
+    }
+    (out, ok)
+}
+
+/// The local endpoint leaves out record fields S3 always sends (who made the request and from where); they carry
+/// nothing the slicer uses, so empty ones are filled in rather than making the handler lenient.
+fn fill_omitted_fields(event: &mut serde_json::Value) {
+    if let Some(records) = event.get_mut("Records").and_then(|r| r.as_array_mut()) {
+        for record in records.iter_mut().filter_map(|r| r.as_object_mut()) {
+            for field in ["userIdentity", "requestParameters", "responseElements"] {
+                record.entry(field).or_insert_with(|| serde_json::json!({}));
+            }
+        }
+    }
+}
+
+/// An S3 notification as S3 sends it, for one object.
+pub fn s3_event_json(bucket: &str, key: &str, etag: &str) -> serde_json::Value {
+    serde_json::json!({"Records": [{
+        "eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": "us-east-1",
+        "eventTime": Utc::now().to_rfc3339(), "eventName": "ObjectCreated:Put",
+        "userIdentity": {"principalId": "local"}, "requestParameters": {"sourceIPAddress": "127.0.0.1"},
+        "responseElements": {},
+        "s3": {"s3SchemaVersion": "1.0", "configurationId": "incoming",
+               "bucket": {"name": bucket, "ownerIdentity": {"principalId": "local"}, "arn": format!("arn:aws:s3:::{bucket}")},
+               "object": {"key": encode_event_key(key), "eTag": etag}}
+    }]})
+}

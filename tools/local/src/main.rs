@@ -1,0 +1,142 @@
+//! `clickpacer-local`: ClickPacer on one machine (see the README's "Run it locally").
+//!
+//!   clickpacer-local demo [--clicks N] [--fast] [--until-drained]   seed the demo and run the pipeline
+//!   clickpacer-local run [--fast]                                   run the pipeline (upload your own files)
+//!   clickpacer-local reconcile                                      print the reconciliation and exit
+//!
+//! Reads DATABASE_URL and the AWS SDK's AWS_ENDPOINT_URL / AWS_REGION, as the functions do.
+
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use clickpacer::config::{DatabaseConfig, Env};
+use local::{Names, Pipeline, Timing, demo, render_reconciliation};
+use tokio::sync::watch;
+
+#[derive(Parser)]
+#[command(about = "ClickPacer on one machine: the real handlers behind local S3, SQS, schedule and partners")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Seed partners, campaigns and click files, then run the pipeline.
+    Demo {
+        /// Rows per generated click file.
+        #[arg(long, default_value_t = 1000)]
+        clicks: u32,
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// Run the pipeline: drop files with `aws s3 cp ... s3://clickpacer-uploads/incoming/<campaign>/`.
+    Run {
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// Print the reconciliation per upload and per campaign.
+    Reconcile,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Run the pacer every 5 seconds instead of every minute.
+    #[arg(long)]
+    fast: bool,
+    /// Exit when nothing is left to do now, with a non-zero status if the reconciliation does not hold.
+    #[arg(long)]
+    until_drained: bool,
+    /// Give up waiting for the drain after this many seconds.
+    #[arg(long, default_value_t = 900)]
+    timeout: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    clickpacer::telemetry::init();
+    let cli = Cli::parse();
+    let database = DatabaseConfig::from_env(&Env::from_process())?;
+    let sdk = clickpacer::aws::load_sdk_config().await;
+    let (run, clicks) = match cli.command {
+        Command::Demo { clicks, run } => (run, Some(clicks)),
+        Command::Run { run } => (run, None),
+        Command::Reconcile => {
+            let pipeline = Pipeline::start(&sdk, &database, Names::local(), Timing::default()).await?;
+            let (uploads, campaigns) = pipeline.reconciliation().await?;
+            let (text, ok) = render_reconciliation(&uploads, &campaigns);
+            print!("{text}");
+            std::process::exit(if ok { 0 } else { 1 });
+        }
+    };
+    let timing =
+        Timing { pacer_every: Duration::from_secs(if run.fast { 5 } else { 60 }), visibility: Duration::from_secs(30) };
+    let pipeline = Pipeline::start(&sdk, &database, Names::local(), timing).await?;
+    let sim = partner_sim::spawn(partner_sim::Config::default()).await?;
+    demo::seed_partners(&pipeline.pool, &sim).await?;
+    let (requeued, resumed) = pipeline.resume().await?;
+    if requeued + resumed > 0 {
+        println!("resuming: {requeued} queued batches sent again, {resumed} unfinished uploads restarted");
+    }
+    if let Some(clicks) = clicks {
+        let campaigns = demo::seed_campaigns(&pipeline.pool, clicks).await?;
+        let files = demo::generate_files(std::path::Path::new(".local/demo"), &campaigns, clicks)?;
+        let put = demo::upload(&pipeline.objects, &pipeline.upload_events, &pipeline.names.bucket, &files).await?;
+        println!(
+            "demo: {} campaigns, {put} click files put into s3://{}/incoming/",
+            campaigns.len(),
+            pipeline.names.bucket
+        );
+    }
+    println!(
+        "partners: simulator at {}; pacer every {} s; bucket s3://{}/incoming/<campaign>/",
+        sim.url(),
+        pipeline.timing.pacer_every.as_secs(),
+        pipeline.names.bucket
+    );
+
+    let last = std::sync::Mutex::new(String::new());
+    let show = |progress: &local::Progress| {
+        let table = progress.render();
+        let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
+        if *last != table {
+            println!("{}\n{table}", chrono::Utc::now().format("%H:%M:%S"));
+            *last = table;
+        }
+    };
+    if run.until_drained {
+        let drained = tokio::select! {
+            drained = pipeline.run_until_drained(Duration::from_secs(run.timeout), show) => drained?,
+            _ = tokio::signal::ctrl_c() => false,
+        };
+        let (uploads, campaigns) = pipeline.reconciliation().await?;
+        let (text, ok) = render_reconciliation(&uploads, &campaigns);
+        print!("{text}");
+        let report = sim.sim.report();
+        println!(
+            "partners received {} requests: {} accepted, {} throttled (429), {} clicks accepted twice",
+            report.total_requests, report.accepted, report.throttled, report.duplicate_accepted_keys
+        );
+        if !drained {
+            println!("stopped before the pipeline drained");
+        }
+        std::process::exit(if ok && report.duplicate_accepted_keys == 0 { 0 } else { 1 });
+    }
+    let (stop, stopped) = watch::channel(false);
+    let ticker = async {
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            if let Ok(progress) = pipeline.progress().await {
+                show(&progress);
+            }
+        }
+    };
+    tokio::select! {
+        _ = pipeline.run(stopped) => {}
+        _ = ticker => {}
+        _ = tokio::signal::ctrl_c() => { let _ = stop.send(true); }
+    }
+    let (uploads, campaigns) = pipeline.reconciliation().await?;
+    print!("{}", render_reconciliation(&uploads, &campaigns).0);
+    Ok(())
+}
