@@ -101,15 +101,25 @@ ensure_postgres() {
   export CLICKPACER_OWN_PG=1
 }
 
-# Python tools live in .venv, installed from scripts/requirements.txt and reinstalled when it changes.
-ensure_venv() {
-  local req="$ROOT/scripts/requirements.txt" stamp="$VENV/.requirements.sha"
-  local want; want="$(sha256sum "$req" | cut -d' ' -f1)"
-  if [ -x "$VENV/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then return; fi
-  log "installing Python tools into .venv"
-  [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q -r "$req"
+# Python tools live in project venvs, (re)installed when their requirements file changes: .venv for moto and
+# the AWS CLI, .venv-deploy for cargo-lambda, the SAM CLI and cfn-lint (kept apart: their pins of the AWS Python
+# libraries differ).
+install_requirements() {
+  local venv="$1" req="$2" stamp want
+  stamp="$venv/.requirements.sha"
+  want="$(sha256sum "$req" | cut -d' ' -f1)"
+  if [ -x "$venv/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then return; fi
+  log "installing Python tools from $(basename "$req") into $(basename "$venv")"
+  [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+  "$venv/bin/pip" install -q -r "$req"
   echo "$want" >"$stamp"
+}
+
+ensure_venv() { install_requirements "$VENV" "$ROOT/scripts/requirements.txt"; }
+
+ensure_deploy_venv() {
+  install_requirements "$ROOT/.venv-deploy" "$ROOT/scripts/requirements-deploy.txt"
+  export SAM_CLI_TELEMETRY=0
 }
 
 moto_ready() { curl -sf "http://127.0.0.1:$1/moto-api/" >/dev/null 2>&1; }
@@ -134,6 +144,15 @@ ensure_moto() {
   export AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1
   export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test
   export AWS_EC2_METADATA_DISABLED=true
+}
+
+# wrk (Debian package): the plain HTTP load generator the bridge benchmark compares against.
+ensure_wrk() {
+  command -v wrk >/dev/null && return
+  log "installing wrk (apt-get)"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq wrk >/dev/null
+  command -v wrk >/dev/null || die "wrk not found after install"
 }
 
 ensure_services() {

@@ -154,3 +154,36 @@ pub async fn work_in_progress(db: &impl GenericClient, horizon_s: i64) -> Result
         .await?
         .get(0))
 }
+
+/// A campaign's pacing by local day: released against the cap, delivered, failed, reserved and spent.
+#[derive(Debug, Clone, Serialize)]
+pub struct PacingDay {
+    pub local_day: chrono::NaiveDate,
+    pub released_clicks: i64,
+    pub delivered_clicks: i64,
+    pub failed_clicks: i64,
+    pub reserved_micros: i64,
+    pub spend_micros: i64,
+}
+
+/// The last `days` local days of a campaign, newest first.
+pub async fn pacing_days(db: &impl GenericClient, campaign_id: &str, days: i64) -> Result<Vec<PacingDay>, DbError> {
+    let rows = db
+        .query(
+            "SELECT local_day, released_clicks, delivered_clicks, failed_clicks, reserved_micros, spend_micros
+             FROM campaign_day_ledger WHERE campaign_id = $1 ORDER BY local_day DESC LIMIT $2",
+            &[&campaign_id, &days],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| PacingDay {
+            local_day: r.get(0),
+            released_clicks: r.get(1),
+            delivered_clicks: r.get(2),
+            failed_clicks: r.get(3),
+            reserved_micros: r.get(4),
+            spend_micros: r.get(5),
+        })
+        .collect())
+}
