@@ -64,6 +64,9 @@ pub struct RunSummary {
     pub released_clicks: u64,
     /// Claimed but not sent (SQS refused them): they return when their lease expires.
     pub unsent: u64,
+    /// Seconds between the earliest due time among the examined batches and now (0 when on time); deferred
+    /// batches carry the time their rule relaxes, so only real backlog counts.
+    pub lag_seconds: i64,
     pub deferred: BTreeMap<String, u64>,
 }
 
@@ -82,13 +85,14 @@ pub async fn run_once<Q: ClickQueue>(pacer: &Pacer<Q>, now: DateTime<Utc>) -> Re
     let sent = send_all(pacer, now, &messages).await;
     let client = pacer.pool.get().await.map_err(DbError::from)?;
     mark_queued(&**client, &sent).await?;
-    let summary = summarise(claim, messages.len() as u64, sent.len() as u64);
+    let summary = summarise(claim, now, messages.len() as u64, sent.len() as u64);
     tracing::info!(summary = ?summary, "pacer run");
     Ok(summary)
 }
 
-fn summarise(claim: ClaimSummary, claimed: u64, sent: u64) -> RunSummary {
+fn summarise(claim: ClaimSummary, now: DateTime<Utc>, claimed: u64, sent: u64) -> RunSummary {
     RunSummary {
+        lag_seconds: claim.oldest_due_at.map_or(0, |due| (now - due).num_seconds().max(0)),
         examined: claim.examined,
         reclaimed: claim.reclaimed,
         claimed,
@@ -150,4 +154,37 @@ async fn send_chunk<Q: ClickQueue>(
         }
     }
     sent
+}
+
+/// The run's lag as a CloudWatch metric in Embedded Metric Format: one JSON log line that CloudWatch turns into
+/// `ClickPacer/PacerLagSeconds` (dimension `FunctionName`), which the template's pacer-lag alarm watches.
+pub fn lag_metric_line(summary: &RunSummary, function_name: &str, now: DateTime<Utc>) -> String {
+    serde_json::json!({
+        "_aws": {
+            "Timestamp": now.timestamp_millis(),
+            "CloudWatchMetrics": [{
+                "Namespace": "ClickPacer",
+                "Dimensions": [["FunctionName"]],
+                "Metrics": [{ "Name": "PacerLagSeconds", "Unit": "Seconds" }]
+            }]
+        },
+        "FunctionName": function_name,
+        "PacerLagSeconds": summary.lag_seconds,
+    })
+    .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lag_metric_is_embedded_metric_format() {
+        let summary = RunSummary { lag_seconds: 42, ..RunSummary::default() };
+        let line: serde_json::Value =
+            serde_json::from_str(&lag_metric_line(&summary, "clickpacer-pacer", Utc::now())).unwrap();
+        assert_eq!(line["PacerLagSeconds"], 42);
+        assert_eq!(line["_aws"]["CloudWatchMetrics"][0]["Metrics"][0]["Name"], "PacerLagSeconds");
+        assert_eq!(line["FunctionName"], "clickpacer-pacer");
+    }
 }

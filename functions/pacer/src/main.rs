@@ -16,8 +16,14 @@ async fn main() -> Result<(), lambda_runtime::Error> {
         settings: PacerSettings::default(),
     };
     let pacer = &pacer;
+    let function_name = std::env::var("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|_| "pacer".into());
+    let function_name = &function_name;
     lambda_runtime::run(service_fn(move |_: LambdaEvent<serde_json::Value>| async move {
-        pacer::run_once(pacer, chrono::Utc::now()).await.map_err(lambda_runtime::Error::from)
+        let now = chrono::Utc::now();
+        let summary = pacer::run_once(pacer, now).await.map_err(lambda_runtime::Error::from)?;
+        // Lambda forwards stdout to CloudWatch Logs, where the EMF line becomes the lag metric.
+        println!("{}", pacer::lag_metric_line(&summary, function_name, now));
+        Ok::<_, lambda_runtime::Error>(summary)
     }))
     .await
 }

@@ -42,6 +42,8 @@ pub struct ClaimSummary {
     pub released_clicks: u64,
     /// Batches held back, by reason.
     pub deferred: BTreeMap<String, u64>,
+    /// The earliest due time among the batches examined: how far behind the pacer runs.
+    pub oldest_due_at: Option<DateTime<Utc>>,
 }
 
 /// Claims and reserves; returns the messages to send (in release order) and a summary.
@@ -99,6 +101,7 @@ pub async fn claim_due_batches(
             due_at: row.get("due_at"),
         });
     }
+    summary.oldest_due_at = batches.iter().map(|b| b.due_at).min();
     // Each campaign's share in due order; campaigns interleaved by that order (the planner rotates turns).
     batches.sort_by_key(|b| (b.due_at, b.batch_id));
 
