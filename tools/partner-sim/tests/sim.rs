@@ -51,20 +51,30 @@ async fn at_start_of_second() {
 async fn the_hidden_rate_limit_answers_429_with_retry_after() {
     let sim = start(Config::default()).await;
     assert_eq!(control(&sim, "throttle", serde_json::json!({"rate_limit": 5, "retry_after_s": 2})).await, 200);
-    at_start_of_second().await;
-    let began = Instant::now();
+    // The burst must land within one wall-clock second; on a loaded machine it may not, and then it is sent
+    // again (after a reset) rather than judged.
     let mut statuses = Vec::new();
-    for i in 0..20 {
-        let r = deliver(&sim, "throttle", &format!("k{i}")).await;
-        if r.status() == 429 {
-            assert_eq!(r.headers()["retry-after"], "2");
+    for _ in 0..5 {
+        assert_eq!(client().post(format!("{}/reset", sim.url())).send().await.unwrap().status(), 204);
+        at_start_of_second().await;
+        let keys: Vec<String> = (0..20).map(|i| format!("k{i}")).collect();
+        let began = Instant::now();
+        let responses = futures::future::join_all(keys.iter().map(|k| deliver(&sim, "throttle", k))).await;
+        if began.elapsed() >= Duration::from_millis(900) {
+            continue;
         }
-        statuses.push(r.status().as_u16());
+        statuses.clear();
+        for r in responses {
+            if r.status() == 429 {
+                assert_eq!(r.headers()["retry-after"], "2");
+            }
+            statuses.push(r.status().as_u16());
+        }
+        break;
     }
-    assert!(began.elapsed() < Duration::from_millis(900), "the burst must fit in one second");
+    assert_eq!(statuses.len(), 20, "no burst fitted in one second in five tries");
     assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 5, "{statuses:?}");
     assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 15);
-    assert!(statuses[..5].iter().all(|s| *s == 200), "the first five are admitted");
 
     // Another partner has no limit; the limit starts again in the next second.
     assert_eq!(deliver(&sim, "healthy", "h1").await.status(), 200);
