@@ -1,12 +1,18 @@
 //! The slicer: an S3 upload of a click file becomes validated clicks and paced batches in PostgreSQL.
 //!
 //! Every row is taken exactly once or rejected with a reason. Uploads are idempotent per (bucket, key, version
-//! or ETag); a file too large for one invocation stops at a chunk boundary and the next invocation resumes
-//! from the checkpoint.
+//! or ETag); a file too large for one invocation stops between chunks and the next invocation resumes, reading
+//! past every committed chunk.
+//!
+//! A blocking thread streams and validates the file into chunks; up to `writers` connections write chunks at
+//! the same time, each chunk in one transaction, so chunks commit in any order (see
+//! [`clickpacer::postgres::uploads`]). At most one chunk waits between the reader and the writers: memory stays
+//! flat whatever the file's size.
 
 mod reader;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use aws_lambda_events::event::s3::{S3Event, S3EventRecord};
@@ -14,10 +20,13 @@ use chrono::Utc;
 use clickpacer::aws::s3::S3Objects;
 use clickpacer::domain::{Campaign, CampaignId};
 use clickpacer::ingest::{UploadKey, campaign_from_key, decode_event_key, rejects};
-use clickpacer::postgres::uploads::{self, ChunkError, LeaseOutcome, UploadCounts, UploadIdentity, UploadLease};
+use clickpacer::postgres::uploads::{
+    self, BatchTerms, ChunkError, ChunkResult, LeaseOutcome, UploadCounts, UploadIdentity, UploadLease,
+};
 use clickpacer::postgres::{DbError, PgPool, campaigns};
 use serde::Serialize;
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tokio_util::io::SyncIoBridge;
 
 pub use reader::{Chunk, ReadError};
@@ -47,6 +56,8 @@ pub struct Slicer {
 pub struct SlicerSettings {
     /// Rows validated and committed together.
     pub chunk_rows: usize,
+    /// Connections writing chunks of one upload at the same time (at most the pool's size).
+    pub writers: usize,
     /// Stop taking new chunks when less than this is left: enough to commit one chunk and write the report.
     pub reserve: Duration,
     /// Longest a lease lasts without renewal; a crashed invocation's upload is free again after it.
@@ -59,6 +70,7 @@ impl Default for SlicerSettings {
     fn default() -> Self {
         Self {
             chunk_rows: 10_000,
+            writers: 2,
             reserve: Duration::from_secs(20),
             lease_for: Duration::from_secs(16 * 60),
             max_report_rows: 100_000,
@@ -220,6 +232,7 @@ async fn slice_object(
             return Ok(UploadOutcome::AlreadyFinished { upload_id, status });
         }
     };
+    uploads::prepare_click_partitions(&**client).await?;
     drop(client);
 
     let upload_key = UploadKey { bucket: bucket.clone(), key: key.clone() };
@@ -235,55 +248,160 @@ async fn slice_object(
     let campaigns_by_id: HashMap<CampaignId, Campaign> =
         campaign_list.into_iter().map(|c| (c.campaign_id.clone(), c)).collect();
 
-    let (tx, mut rx) = mpsc::channel(2);
+    // The reader runs ahead of the writers by at most one waiting chunk: with one chunk being read and one being
+    // written per writer, memory stays flat whatever the file's size.
+    let (tx, mut rx) = mpsc::channel(1);
     let plan = reader::ReadPlan {
         key: key.clone(),
         content_encoding: info.content_encoding.clone(),
         key_campaign,
         campaigns: statuses,
-        skip_rows: lease.done.rows,
+        committed: std::mem::take(&mut lease.committed),
         chunk_rows: slicer.settings.chunk_rows,
     };
     let reading = tokio::task::spawn_blocking(move || reader::read_file(SyncIoBridge::new(body), plan, tx));
 
-    let mut client = slicer.pool.get().await.map_err(DbError::from)?;
-    let mut failure = None;
+    // Chunks are written on up to `writers` connections at once, each chunk in its own transaction; they commit
+    // in any order (the committed row ranges, not a prefix, are the checkpoint).
+    let writers = slicer.settings.writers.clamp(1, slicer.pool.status().max_size.max(1));
+    let upload = Arc::new(lease.writer());
+    let campaigns_by_id = Arc::new(campaigns_by_id);
+    let mut idle: Vec<PgClient> = Vec::with_capacity(writers);
+    let mut running: JoinSet<(PgClient, Result<ChunkResult, ChunkError>)> = JoinSet::new();
+    let mut stop = None;
     while let Some(message) = rx.recv().await {
         let chunk = match message {
             Ok(chunk) => chunk,
             Err(ReadError::File(e)) => {
-                failure = Some(e.to_string());
+                stop = Some(Stop::Unreadable(e.to_string()));
                 break;
             }
             Err(ReadError::Transient(e)) => {
-                drop(rx);
-                uploads::release(&**client, &lease).await?;
-                return Err(SlicerError::Transient(e));
+                stop = Some(Stop::Error(SlicerError::Transient(e)));
+                break;
             }
         };
         if budget.remaining() < slicer.settings.reserve {
             // Stop between chunks: everything committed so far stays, the rest is read again next time.
-            drop(rx);
-            uploads::release(&**client, &lease).await?;
-            let _ = reading.await;
-            return Ok(UploadOutcome::Suspended { upload_id: lease.upload_id, counts: lease.done });
+            stop = Some(Stop::Suspend);
+            break;
         }
-        let now = Utc::now();
-        uploads::write_chunk(&mut client, &mut lease, &chunk.clicks, &chunk.rejects, chunk.rows, |batch| {
-            campaigns_by_id.get(&batch.campaign_id).map_or(now, |c| clickpacer::ingest::schedule::first_due_at(c, now))
-        })
-        .await?;
+        // A connection for the chunk: a new one while fewer than `writers` are busy, else the first to be done.
+        while let Some(joined) = running.try_join_next() {
+            if let Some(e) = take_back(joined, &mut lease.done, &mut idle) {
+                stop = Some(Stop::Error(e));
+                break;
+            }
+        }
+        if stop.is_some() {
+            break;
+        }
+        let client = match idle.pop() {
+            Some(client) => client,
+            None if running.len() < writers => match slicer.pool.get().await {
+                Ok(client) => client,
+                Err(e) => {
+                    stop = Some(Stop::Error(DbError::from(e).into()));
+                    break;
+                }
+            },
+            None => {
+                let joined = running.join_next().await.expect("a writer is running");
+                if let Some(e) = take_back(joined, &mut lease.done, &mut idle) {
+                    stop = Some(Stop::Error(e));
+                    break;
+                }
+                idle.pop().expect("the writer gave its connection back")
+            }
+        };
+        let upload = Arc::clone(&upload);
+        let campaigns_by_id = Arc::clone(&campaigns_by_id);
+        running.spawn(async move {
+            let mut client = client;
+            let now = Utc::now();
+            let result = uploads::write_chunk(&mut client, &upload, &chunk.as_rows(), |campaign| {
+                let campaign = campaigns_by_id.get(campaign)?;
+                Some(BatchTerms {
+                    size: campaign.batch_size as usize,
+                    due_at: clickpacer::ingest::schedule::first_due_at(campaign, now),
+                })
+            })
+            .await;
+            (client, result)
+        });
+    }
+    // Whatever stopped the loop, the chunks already handed to writers finish (each commits whole or not at all)
+    // and are counted.
+    drop(rx);
+    while let Some(joined) = running.join_next().await {
+        if let Some(e) = take_back(joined, &mut lease.done, &mut idle)
+            && !matches!(stop, Some(Stop::Error(_)))
+        {
+            stop = Some(Stop::Error(e));
+        }
     }
     let _ = reading.await;
-    drop(client);
-    match failure {
-        Some(reason) => fail(slicer, &lease, &upload_key, reason).await,
+    let release = async |idle: &mut Vec<PgClient>, lease: &UploadLease| -> Result<(), SlicerError> {
+        let client = match idle.pop() {
+            Some(client) => client,
+            None => slicer.pool.get().await.map_err(DbError::from)?,
+        };
+        uploads::release(&**client, lease).await?;
+        Ok(())
+    };
+    match stop {
+        Some(Stop::Error(SlicerError::LeaseLost)) => Err(SlicerError::LeaseLost),
+        Some(Stop::Error(e)) => {
+            // Give the upload up at once, so that the retry resumes it instead of waiting for the lease to expire.
+            if let Err(release_error) = release(&mut idle, &lease).await {
+                tracing::warn!(upload_id = lease.upload_id, error = %release_error, "releasing the lease failed");
+            }
+            Err(e)
+        }
+        Some(Stop::Suspend) => {
+            release(&mut idle, &lease).await?;
+            Ok(UploadOutcome::Suspended { upload_id: lease.upload_id, counts: lease.done })
+        }
+        Some(Stop::Unreadable(reason)) => {
+            drop(idle);
+            fail(slicer, &lease, &upload_key, reason).await
+        }
         None => {
+            drop(idle);
             let rejects_key = write_rejects_report(slicer, &lease, &upload_key).await?;
             let client = slicer.pool.get().await.map_err(DbError::from)?;
             uploads::finish(&**client, &lease, None, rejects_key.as_deref()).await?;
             Ok(UploadOutcome::Completed { upload_id: lease.upload_id, counts: lease.done, rejects_key })
         }
+    }
+}
+
+type PgClient = uploads::PooledClient;
+
+/// Why the chunk loop stopped before the end of the file.
+enum Stop {
+    /// The file cannot be read on: the upload fails with this reason.
+    Unreadable(String),
+    /// Time is running out.
+    Suspend,
+    Error(SlicerError),
+}
+
+/// Counts a finished chunk writer's chunk and takes its connection back; returns its error.
+fn take_back(
+    joined: Result<(PgClient, Result<ChunkResult, ChunkError>), tokio::task::JoinError>,
+    done: &mut UploadCounts,
+    idle: &mut Vec<PgClient>,
+) -> Option<SlicerError> {
+    match joined {
+        Ok((client, Ok(result))) => {
+            done.add(&result);
+            idle.push(client);
+            None
+        }
+        // A writer whose chunk failed hands its connection back to the pool, which checks it before reuse.
+        Ok((_, Err(e))) => Some(e.into()),
+        Err(e) => Some(SlicerError::Transient(format!("a chunk writer stopped: {e}"))),
     }
 }
 

@@ -13,10 +13,15 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     clickpacer::telemetry::init();
     let config = Config::from_process_env(FunctionKind::Slicer)?;
     let sdk = clickpacer::aws::load_sdk_config().await;
+    let mut settings = SlicerSettings { reserve: LAMBDA_RESERVE, ..SlicerSettings::default() };
+    // Connections writing one upload's chunks at once (at most DATABASE_POOL_SIZE).
+    if let Ok(writers) = std::env::var("SLICER_WRITERS") {
+        settings.writers = writers.parse().map_err(|e| format!("SLICER_WRITERS={writers:?}: {e}"))?;
+    }
     let slicer = Slicer {
         pool: clickpacer::postgres::build_pool(&config.database)?,
         objects: S3Objects::new(clickpacer::aws::s3_client(&sdk)),
-        settings: SlicerSettings { reserve: LAMBDA_RESERVE, ..SlicerSettings::default() },
+        settings,
     };
     let slicer = &slicer;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<aws_lambda_events::event::s3::S3Event>| async move {

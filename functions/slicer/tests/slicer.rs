@@ -39,6 +39,10 @@ struct World {
 }
 
 async fn world(chunk_rows: usize) -> World {
+    world_with(SlicerSettings { chunk_rows, reserve: Duration::from_secs(1), ..SlicerSettings::default() }).await
+}
+
+async fn world_with(settings: SlicerSettings) -> World {
     let db = TestDb::new().await;
     let aws = TestAws::new().await;
     let (objects, bucket) = aws.bucket().await;
@@ -57,11 +61,7 @@ async fn world(chunk_rows: usize) -> World {
             campaigns::upsert(&**client, &c).await.unwrap();
         }
     }
-    let slicer = Slicer {
-        pool: db.pool.clone(),
-        objects: objects.clone(),
-        settings: SlicerSettings { chunk_rows, reserve: Duration::from_secs(1), ..SlicerSettings::default() },
-    };
+    let slicer = Slicer { pool: db.pool.clone(), objects: objects.clone(), settings };
     World { db, slicer, objects, bucket }
 }
 
@@ -379,4 +379,314 @@ async fn one_bad_file_does_not_lose_the_others() {
     assert_eq!(reports.unfinished, 1, "{reports:?}");
     assert_eq!(reports.reports.len(), 3);
     assert_eq!(w.stored().await.0, 15);
+}
+
+/// Rows with a campaign column: every seventh row is rejected (bad IP address), every eleventh repeats the click
+/// id of a row 150 rows earlier (same campaign, usually another chunk). Returns the file and the counts a correct
+/// ingestion ends with: (rows, accepted, rejected, duplicate).
+fn mixed_rows(rows: u32) -> (String, (u64, u64, u64, u64)) {
+    let mut body = String::from("click_id,campaign,clicked_at,ip\n");
+    let mut seen = std::collections::HashSet::new();
+    let (mut accepted, mut rejected, mut duplicate) = (0, 0, 0);
+    for i in 1..=rows {
+        let campaign = if i % 3 == 0 { "summer" } else { "spring" };
+        let id = if i % 11 == 0 && i > 150 { format!("k{}", i - 150) } else { format!("k{i}") };
+        let ip = if i % 7 == 0 { "999.0.0.1" } else { "10.0.0.1" };
+        body.push_str(&format!("{id},{campaign},1764324000,{ip}\n"));
+        if i % 7 == 0 {
+            rejected += 1;
+        } else if seen.insert((campaign, id)) {
+            accepted += 1;
+        } else {
+            duplicate += 1;
+        }
+    }
+    (body, (rows as u64, accepted, rejected, duplicate))
+}
+
+/// A fake clock with plenty of time that fires `signal` when the `chunks`th chunk is handed to a writer (to kill
+/// the invocation there, or to start another).
+struct SignalAfter {
+    chunks: AtomicU32,
+    signal: std::sync::Arc<tokio::sync::Notify>,
+}
+impl TimeBudget for SignalAfter {
+    fn remaining(&self) -> Duration {
+        if self.chunks.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.signal.notify_one();
+        }
+        Duration::from_secs(3600)
+    }
+}
+
+impl World {
+    /// A slicer with a pool of its own, to be dropped (its connections closed) as a crashed process's would be.
+    fn own_slicer(&self) -> Slicer {
+        Slicer {
+            pool: clickpacer::postgres::build_pool(&self.db.config).unwrap(),
+            objects: self.objects.clone(),
+            settings: self.slicer.settings.clone(),
+        }
+    }
+
+    /// Time passes: the leases of crashed invocations expire.
+    async fn expire_leases(&self) {
+        self.db
+            .client()
+            .await
+            .execute(
+                "UPDATE uploads SET lease_expires_at = now() - interval '1 second' WHERE lease_owner IS NOT NULL",
+                &[],
+            )
+            .await
+            .unwrap();
+    }
+
+    /// What must hold for the single upload in the database at any time, finished or not: its committed chunks
+    /// are disjoint and account for every counted row; every stored click and rejected row lies in one of them,
+    /// once; batches hold the clicks they count, within one chunk and the campaign's batch size.
+    async fn check_upload(&self) -> (u64, u64, u64, u64) {
+        let client = self.db.client().await;
+        let upload = client
+            .query_one("SELECT upload_id, rows_done, accepted_rows, rejected_rows, duplicate_rows FROM uploads", &[])
+            .await
+            .unwrap();
+        let upload_id: i64 = upload.get(0);
+        let counts: Vec<u64> = (1..5).map(|i| upload.get::<_, i64>(i) as u64).collect();
+        let ranges: Vec<(i64, i64)> = client
+            .query(
+                "SELECT first_row, last_row FROM upload_chunks WHERE upload_id = $1 ORDER BY first_row",
+                &[&upload_id],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        for pair in ranges.windows(2) {
+            assert!(pair[0].1 < pair[1].0, "committed chunks are disjoint: {ranges:?}");
+        }
+        let covered: i64 = ranges.iter().map(|(first, last)| last - first + 1).sum();
+        assert_eq!(covered as u64, counts[0], "chunk ranges account for rows_done");
+        let scalar = async |sql: &str| -> i64 { client.query_one(sql, &[]).await.unwrap().get(0) };
+        assert_eq!(scalar("SELECT count(*) FROM clicks").await as u64, counts[1], "a stored click per accepted row");
+        assert_eq!(scalar("SELECT count(DISTINCT (campaign_id, click_id)) FROM clicks").await as u64, counts[1]);
+        assert_eq!(scalar("SELECT count(*) FROM click_ids").await as u64, counts[1]);
+        assert_eq!(scalar("SELECT count(*) FROM upload_rejects").await as u64, counts[2]);
+        let outside = "SELECT count(*) FROM (
+                           SELECT row_number FROM clicks UNION ALL SELECT row_number FROM upload_rejects) r
+                       WHERE NOT EXISTS (SELECT 1 FROM upload_chunks k
+                                         WHERE r.row_number BETWEEN k.first_row AND k.last_row)";
+        assert_eq!(scalar(outside).await, 0, "every stored row is in a committed chunk");
+        let rows_twice = "SELECT count(*) FROM (
+                              SELECT row_number FROM clicks UNION ALL SELECT row_number FROM upload_rejects) r
+                          GROUP BY row_number HAVING count(*) > 1";
+        assert!(client.query(rows_twice, &[]).await.unwrap().is_empty(), "no row stored twice");
+        self.stored().await;
+        let miscounted = "SELECT count(*) FROM batches b
+                          WHERE click_count <> (SELECT count(*) FROM clicks c WHERE c.batch_id = b.batch_id)";
+        assert_eq!(scalar(miscounted).await, 0, "a batch counts the clicks it holds");
+        let oversized =
+            "SELECT count(*) FROM batches b JOIN campaigns c USING (campaign_id) WHERE b.click_count > c.batch_size";
+        assert_eq!(scalar(oversized).await, 0);
+        let straddling = "SELECT count(*) FROM batches b WHERE NOT EXISTS (
+                              SELECT 1 FROM upload_chunks k
+                              WHERE k.upload_id = b.upload_id AND b.upload_seq BETWEEN k.first_row - 1 AND k.last_row - 1
+                                AND NOT EXISTS (SELECT 1 FROM clicks c WHERE c.batch_id = b.batch_id
+                                                AND c.row_number NOT BETWEEN k.first_row AND k.last_row))";
+        assert_eq!(scalar(straddling).await, 0, "a batch's slot and clicks lie in one chunk");
+        (counts[0], counts[1], counts[2], counts[3])
+    }
+
+    /// Undoes a committed chunk as if its transaction had never committed (while later chunks did). For files
+    /// without rejected or duplicate rows.
+    async fn uncommit_chunk(&self, first: i64, last: i64) {
+        let client = self.db.client().await;
+        let rows = last - first + 1;
+        client
+            .batch_execute(&format!(
+                "BEGIN;
+                 DELETE FROM click_ids k USING clicks c
+                  WHERE c.row_number BETWEEN {first} AND {last}
+                    AND k.campaign_id = c.campaign_id AND k.click_id = c.click_id;
+                 DELETE FROM clicks WHERE row_number BETWEEN {first} AND {last};
+                 DELETE FROM batches b WHERE NOT EXISTS (SELECT 1 FROM clicks c WHERE c.batch_id = b.batch_id);
+                 DELETE FROM upload_chunks WHERE first_row = {first} AND last_row = {last};
+                 UPDATE uploads SET rows_done = rows_done - {rows}, accepted_rows = accepted_rows - {rows};
+                 COMMIT;"
+            ))
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_resume_after_a_forced_stop() {
+    let w = world_with(SlicerSettings {
+        chunk_rows: 100,
+        writers: 3,
+        reserve: Duration::from_secs(1),
+        ..SlicerSettings::default()
+    })
+    .await;
+    let etag = w.put("incoming/spring/big.csv", csv_rows(0..1050)).await;
+    let ev = || event(&[(&w.bucket, "incoming/spring/big.csv", &etag)]);
+
+    // Every chunk handed to a writer before time ran out is committed before the invocation gives up.
+    let stopped = slicer::handle_event(&w.slicer, ev(), &ChunksLeft(AtomicU32::new(4))).await.unwrap_err();
+    assert_eq!(counts(&stopped.reports[0].outcome), (400, 400, 0, 0), "{stopped:?}");
+    assert_eq!(w.check_upload().await, (400, 400, 0, 0));
+    let again = slicer::handle_event(&w.slicer, ev(), &ChunksLeft(AtomicU32::new(5))).await.unwrap_err();
+    assert_eq!(counts(&again.reports[0].outcome), (900, 900, 0, 0));
+
+    let done = slicer::handle_event(&w.slicer, ev(), &Unlimited).await.unwrap();
+    assert_eq!(counts(&done[0].outcome), (1050, 1050, 0, 0));
+    assert_eq!(w.check_upload().await, (1050, 1050, 0, 0));
+    let chunks = w.scalar("SELECT count(*) FROM upload_chunks").await;
+    assert_eq!(chunks, 11, "ten chunks of 100 rows and one of 50");
+    let (_, _, batches) = w.stored().await;
+    assert_eq!(batches, 105, "batch size 10, no batch spans two chunks");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_at_any_point_resumes_without_loss_or_duplicates() {
+    let w = world_with(SlicerSettings {
+        chunk_rows: 50,
+        writers: 3,
+        reserve: Duration::from_secs(1),
+        ..SlicerSettings::default()
+    })
+    .await;
+    let (body, expected) = mixed_rows(1500);
+    let etag = w.put("incoming/mixed.csv", body).await;
+    let ev = || event(&[(&w.bucket, "incoming/mixed.csv", &etag)]);
+
+    // Killed while chunks are being written, four times: connections closed mid-transaction, the lease left
+    // behind until it expires.
+    for chunks in [2, 3, 7, 12] {
+        let slicer = w.own_slicer();
+        let kill = std::sync::Arc::new(tokio::sync::Notify::new());
+        let budget = SignalAfter { chunks: AtomicU32::new(chunks), signal: kill.clone() };
+        tokio::select! {
+            biased;
+            () = kill.notified() => {}
+            finished = slicer::handle_event(&slicer, ev(), &budget) => panic!("not killed: {finished:?}"),
+        }
+        drop(slicer);
+        w.expire_leases().await;
+        let (rows, accepted, rejected, duplicate) = w.check_upload().await;
+        assert_eq!(rows, accepted + rejected + duplicate);
+        assert!(rows < expected.0, "killed before the end");
+    }
+    let done = slicer::handle_event(&w.slicer, ev(), &Unlimited).await.unwrap();
+    assert_eq!(counts(&done[0].outcome), expected, "{done:?}");
+    assert_eq!(w.check_upload().await, expected);
+    assert_eq!(
+        w.scalar("SELECT count(*) FROM upload_chunks WHERE first_row = 1 AND last_row = 1500").await
+            + w.scalar("SELECT (sum(last_row - first_row + 1) = 1500 AND min(first_row) = 1 AND max(last_row) = 1500)::int::bigint FROM upload_chunks").await,
+        1,
+        "the committed chunks cover the file"
+    );
+    let report = w.objects.get_bytes(&w.bucket, "rejects/mixed.csv.csv").await.unwrap();
+    let lines = String::from_utf8(report).unwrap().lines().count() as u64;
+    assert_eq!(lines, expected.2 + 1, "every rejected row in the report, once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_chunks_make_consistent_batches_and_count_repeats_once() {
+    let w = world_with(SlicerSettings {
+        chunk_rows: 7,
+        writers: 4,
+        reserve: Duration::from_secs(1),
+        ..SlicerSettings::default()
+    })
+    .await;
+    let (body, expected) = mixed_rows(700);
+    let etag = w.put("incoming/mixed.csv", body).await;
+    let done = w.slice("incoming/mixed.csv", &etag).await;
+    assert_eq!(counts(&done), expected);
+    assert_eq!(w.check_upload().await, expected);
+    // Per chunk and campaign: the fresh clicks fill batches of the campaign's size in row order.
+    let wrong = w
+        .scalar(
+            "SELECT count(*) FROM (
+                 SELECT k.first_row, c.campaign_id, count(*) AS clicks, count(DISTINCT c.batch_id) AS batches,
+                        max(m.batch_size) AS size
+                 FROM clicks c JOIN upload_chunks k ON c.row_number BETWEEN k.first_row AND k.last_row
+                 JOIN campaigns m USING (campaign_id)
+                 GROUP BY k.first_row, c.campaign_id) per_chunk
+             WHERE batches <> (clicks + size - 1) / size",
+        )
+        .await;
+    assert_eq!(wrong, 0);
+    // The same file again, as another object: every click a duplicate, counted once per row.
+    let etag = w.put("incoming/mixed-again.csv", mixed_rows(700).0).await;
+    let again = w.slice("incoming/mixed-again.csv", &etag).await;
+    assert_eq!(counts(&again), (expected.0, 0, expected.2, expected.1 + expected.3));
+}
+
+#[tokio::test]
+async fn a_chunk_lost_between_committed_ones_is_written_on_resume() {
+    let w = world(100).await;
+    let etag = w.put("incoming/spring/big.csv", csv_rows(0..1050)).await;
+    let ev = || event(&[(&w.bucket, "incoming/spring/big.csv", &etag)]);
+    let stopped = slicer::handle_event(&w.slicer, ev(), &ChunksLeft(AtomicU32::new(5))).await.unwrap_err();
+    assert_eq!(counts(&stopped.reports[0].outcome), (500, 500, 0, 0));
+    // As if the chunk of rows 201 to 300 had not committed while the ones after it had.
+    w.uncommit_chunk(201, 300).await;
+    assert_eq!(w.check_upload().await, (400, 400, 0, 0));
+
+    let done = slicer::handle_event(&w.slicer, ev(), &Unlimited).await.unwrap();
+    assert_eq!(counts(&done[0].outcome), (1050, 1050, 0, 0));
+    assert_eq!(w.check_upload().await, (1050, 1050, 0, 0));
+    assert_eq!(w.scalar("SELECT count(*) FROM upload_chunks WHERE first_row = 201 AND last_row = 300").await, 1);
+    assert_eq!(w.scalar("SELECT count(DISTINCT row_number) FROM clicks").await, 1050);
+}
+
+#[tokio::test]
+async fn progress_checkpointed_as_a_prefix_resumes_after_it() {
+    let w = world(100).await;
+    let etag = w.put("incoming/spring/big.csv", csv_rows(0..1050)).await;
+    let ev = || event(&[(&w.bucket, "incoming/spring/big.csv", &etag)]);
+    let stopped = slicer::handle_event(&w.slicer, ev(), &ChunksLeft(AtomicU32::new(3))).await.unwrap_err();
+    assert_eq!(counts(&stopped.reports[0].outcome), (300, 300, 0, 0));
+    // A slicer from before chunk ranges committed rows 101 to 300: counted in rows_done, without ranges.
+    w.db.client().await.execute("DELETE FROM upload_chunks WHERE first_row > 100", &[]).await.unwrap();
+
+    let done = slicer::handle_event(&w.slicer, ev(), &Unlimited).await.unwrap();
+    assert_eq!(counts(&done[0].outcome), (1050, 1050, 0, 0));
+    assert_eq!(w.check_upload().await, (1050, 1050, 0, 0));
+    assert_eq!(w.scalar("SELECT count(*) FROM upload_chunks WHERE first_row = 101 AND last_row = 300").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_fences_the_previous_invocations_writes() {
+    let w = world_with(SlicerSettings {
+        chunk_rows: 50,
+        writers: 3,
+        reserve: Duration::from_secs(1),
+        ..SlicerSettings::default()
+    })
+    .await;
+    let (body, expected) = mixed_rows(20_000);
+    let etag = w.put("incoming/mixed.csv", body).await;
+    let ev = || event(&[(&w.bucket, "incoming/mixed.csv", &etag)]);
+
+    // The first invocation is still writing when its lease expires and a second one takes the upload over.
+    let first = w.own_slicer();
+    let second = w.own_slicer();
+    let takeover = std::sync::Arc::new(tokio::sync::Notify::new());
+    let budget = SignalAfter { chunks: AtomicU32::new(3), signal: takeover.clone() };
+    let (first_run, second_run) = tokio::join!(slicer::handle_event(&first, ev(), &budget), async {
+        takeover.notified().await;
+        w.expire_leases().await;
+        slicer::handle_event(&second, ev(), &Unlimited).await
+    });
+    let second_run = second_run.unwrap();
+    assert_eq!(counts(&second_run[0].outcome), expected, "the second invocation finishes the file: {second_run:?}");
+    match first_run {
+        Err(e) => assert!(e.details.contains("lease was lost"), "{e:?}"),
+        Ok(reports) => panic!("the first invocation cannot finish an upload taken over: {reports:?}"),
+    }
+    assert_eq!(w.check_upload().await, expected);
 }

@@ -1,9 +1,14 @@
 //! Benchmarks. Each prints its figures as it goes and, last, one JSON object.
 //!
 //!   scripts/bench slicer [--rows N]    ingest N generated clicks from the local S3 (default 1,000,000)
+//!   scripts/bench pacer [--batches N]  claim + reserve + mark throughput with 1, 2, 4 and 8 pacers over N due
+//!                                      batches (default 200,000), one run through the local SQS, pacing accuracy
+//!                                      over a simulated day, release latency (see pacer_bench.rs)
 //!
 //! `scripts/bench` starts (or reuses) PostgreSQL and the local AWS endpoint, as the tests do.
 
+mod bridge_bench;
+mod pacer_bench;
 mod slicer_bench;
 
 use anyhow::{Context, bail};
@@ -11,14 +16,20 @@ use anyhow::{Context, bail};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let Some(which) = args.first() else { bail!("usage: bench <slicer> [--rows N]") };
+    let Some(which) = args.first() else { bail!("usage: bench slicer [--rows N] | bench pacer [--batches N]") };
     let rows = match args.iter().position(|a| a == "--rows") {
         Some(i) => args.get(i + 1).context("--rows needs a number")?.replace('_', "").parse()?,
         None => 1_000_000,
     };
+    let batches = match args.iter().position(|a| a == "--batches") {
+        Some(i) => args.get(i + 1).context("--batches needs a number")?.replace('_', "").parse()?,
+        None => 200_000,
+    };
     match which.as_str() {
         "slicer" => slicer_bench::run(rows).await,
-        other => bail!("unknown benchmark {other:?}: use slicer"),
+        "pacer" => pacer_bench::run(batches).await,
+        "bridge" => bridge_bench::run(&args).await,
+        other => bail!("unknown benchmark {other:?}: use slicer or pacer"),
     }
 }
 

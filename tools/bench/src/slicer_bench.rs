@@ -70,9 +70,12 @@ pub async fn run(rows: u64) -> anyhow::Result<()> {
         .await?;
     std::fs::remove_file(&path)?;
     let (info, _) = objects.open(&bucket, key).await?;
+    eprintln!("database {}", db.name);
     eprintln!("generated {rows} rows, {:.1} MiB, in the local S3", size as f64 / 1048576.0);
 
-    let slicer = Slicer { pool: db.pool.clone(), objects: objects.clone(), settings: SlicerSettings::default() };
+    let settings = settings_from_env()?;
+    eprintln!("slicer: {} rows a chunk, {} writers", settings.chunk_rows, settings.writers);
+    let slicer = Slicer { pool: db.pool.clone(), objects: objects.clone(), settings };
     let event: S3Event = serde_json::from_value(json!({"Records": [{
         "eventName": "ObjectCreated:Put", "eventTime": "2026-11-28T10:00:00Z",
         "userIdentity": {}, "requestParameters": {}, "responseElements": {},
@@ -106,9 +109,23 @@ pub async fn run(rows: u64) -> anyhow::Result<()> {
             "copy_rows_per_s": copy_rps.round(),
             "copy_ratio": (ours_rps / copy_rps * 1000.0).round() / 1000.0,
             "peak_rss_mib": (peak * 10.0).round() / 10.0,
+            "chunk_rows": slicer.settings.chunk_rows,
+            "writers": slicer.settings.writers,
         })
     );
     Ok(())
+}
+
+/// The slicer's own defaults, unless `SLICER_CHUNK_ROWS` or `SLICER_WRITERS` say otherwise (for comparing).
+fn settings_from_env() -> anyhow::Result<SlicerSettings> {
+    let mut settings = SlicerSettings::default();
+    if let Ok(rows) = std::env::var("SLICER_CHUNK_ROWS") {
+        settings.chunk_rows = rows.parse()?;
+    }
+    if let Ok(writers) = std::env::var("SLICER_WRITERS") {
+        settings.writers = writers.parse()?;
+    }
+    Ok(settings)
 }
 
 /// The same rows, already parsed, binary-COPYed into a table shaped like `clicks`: the same columns, defaults,

@@ -1,0 +1,581 @@
+//! Pacer benchmark, four measurements in one run, each on its own fresh database:
+//!
+//! 1. **Claim + reserve + mark throughput** with 1, 2, 4 and 8 concurrent pacers on the same PostgreSQL and a
+//!    sender that accepts everything, so only PostgreSQL (and the planning between its statements) costs. Each
+//!    worker count gets an identical seed: `--batches` batches (default 200,000) of 10 clicks over 50 campaigns
+//!    of 5 partners, no limits, due over the hour before the (fixed, injected) clock. Every pacer calls
+//!    `pacer::run_once` in a loop until a run finds nothing; `batches_per_s` = batches released / wall time.
+//!    Claims use a 1-second horizon (no SQS delays, the planner walks one slot) and the production `max_batches`.
+//! 2. The same with **the real SQS sender** (`SqsQueue`, the local moto endpoint through the AWS SDK), one pacer.
+//! 3. **Pacing accuracy over a simulated day**: one even-mode campaign in Europe/Berlin with a daily cap of 86,400
+//!    clicks (and a 90-per-minute rate), 9,000 batches of 10 clicks (more than the cap) due at local midnight;
+//!    the injected clock steps one minute per `run_once` (1,440 runs, production settings: 60-second horizon),
+//!    messages recorded in memory. Clicks per local hour are counted by each message's `release_at` and compared
+//!    with the plan (cap / 24): `even_error_pct` is the largest hourly |actual - plan| / plan. `over_cap` counts
+//!    the clicks released on the day above the cap plus the clicks above the per-minute rate in any UTC minute
+//!    (a message's clicks spread evenly over its `spread_seconds`, as the bridge delivers them).
+//! 4. **Release latency**: batches due at every second of the coming minute; at the first of those seconds one
+//!    pacer runs with the wall clock and the real SQS sender, as the schedule would invoke it; receivers poll the
+//!    queue without long polling (every 20 ms when empty). A batch's latency is the instant it was first received
+//!    minus its due second. Reported alongside: the instant SQS made it visible (its `SentTimestamp` plus its
+//!    `DelaySeconds`) minus the due second, which excludes the receivers' polling. Not included: how late the
+//!    scheduler itself invokes the pacer.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Barrier, Mutex};
+use std::time::Instant;
+
+use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, MessageSystemAttributeName};
+use chrono::{DateTime, Duration, DurationRound, TimeZone, Utc};
+use clickpacer::aws::AwsError;
+use clickpacer::aws::sqs::{FailedEntry, OutgoingMessage, SqsQueue};
+use clickpacer::config::DatabaseConfig;
+use clickpacer::domain::{Campaign, CampaignId, PacingMode, Partner, PartnerId};
+use clickpacer::postgres::pacer::ClaimSettings;
+use clickpacer::postgres::{build_pool, campaigns, partners};
+use clickpacer::release::ReleaseMessage;
+use clickpacer::testing::{TestAws, TestDb};
+use pacer::{ClickQueue, Pacer, PacerSettings};
+use serde_json::json;
+
+const CLICKS_PER_BATCH: i32 = 10;
+const CAMPAIGNS: usize = 50;
+const PARTNERS: usize = 5;
+const WORKER_COUNTS: [usize; 4] = [1, 2, 4, 8];
+/// Batches for the run through the local SQS (moto is far slower than SQS, so fewer).
+const SQS_BATCHES: i64 = 20_000;
+const DAY_CAP: u64 = 86_400;
+const DAY_RATE_PER_MINUTE: u32 = 90;
+/// Batches due in each second of the latency minute.
+const LATENCY_PER_SECOND: i64 = 10;
+
+/// Accepts every message: PostgreSQL's cost alone.
+struct NoopQueue;
+
+impl ClickQueue for NoopQueue {
+    async fn send_batch(&self, _messages: &[OutgoingMessage]) -> Result<Vec<FailedEntry>, AwsError> {
+        Ok(Vec::new())
+    }
+}
+
+/// Accepts every message and keeps it, for the simulated day.
+#[derive(Default)]
+struct RecordingQueue(Mutex<Vec<ReleaseMessage>>);
+
+impl ClickQueue for RecordingQueue {
+    async fn send_batch(&self, messages: &[OutgoingMessage]) -> Result<Vec<FailedEntry>, AwsError> {
+        let parsed = messages.iter().map(|m| serde_json::from_str(&m.body)).collect::<Result<Vec<_>, _>>();
+        let parsed = parsed.map_err(|e| AwsError { operation: "record", message: e.to_string() })?;
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).extend(parsed);
+        Ok(Vec::new())
+    }
+}
+
+fn t0() -> DateTime<Utc> {
+    "2026-11-28T10:00:00Z".parse().unwrap_or_default()
+}
+
+fn round(x: f64, decimals: i32) -> f64 {
+    let f = 10f64.powi(decimals);
+    (x * f).round() / f
+}
+
+pub async fn run(batches: i64) -> anyhow::Result<()> {
+    let aws = TestAws::new().await;
+    let max_batches = ClaimSettings::default().max_batches;
+    // DEV-ONLY-BEGIN
+    if let Ok(part) = std::env::var("PACER_BENCH_DEV") {
+        match part.as_str() {
+            "sqs" => {
+                let q = aws.queue_with_dead_letter(30, 5).await.0;
+                let n: i64 = std::env::var("N").ok().and_then(|v| v.parse().ok()).unwrap_or(SQS_BATCHES);
+                let sqs = throughput(1, n, max_batches, |_| q.clone()).await?;
+                eprintln!("sqs {} in {:.2}s = {:.0}/s", sqs.released, sqs.seconds, sqs.batches_per_s());
+            }
+            "day" => {
+                let cap: u64 = std::env::var("CAP").ok().and_then(|v| v.parse().ok()).unwrap_or(DAY_CAP);
+                let day = simulated_day(cap, DAY_RATE_PER_MINUTE).await?;
+                eprintln!(
+                    "day {} err {:.3} min {:.1} cap {} rate {} {:.1}s",
+                    day.released, day.error_pct, day.max_minute_deviation, day.over_cap, day.over_rate, day.seconds
+                );
+            }
+            "latency" => {
+                let ps: i64 = std::env::var("N").ok().and_then(|v| v.parse().ok()).unwrap_or(LATENCY_PER_SECOND);
+                let l = release_latency(&aws, ps).await?;
+                eprintln!(
+                    "latency recv {:?} vis {:?} offset {} run {}",
+                    l.received, l.visible, l.start_offset_ms, l.run_ms
+                );
+            }
+            w => {
+                let w: usize = w.parse()?;
+                let r = throughput(w, batches, max_batches, |_| NoopQueue).await?;
+                eprintln!("{w}: {} in {:.2}s = {:.0}/s runs {}", r.released, r.seconds, r.batches_per_s(), r.runs);
+            }
+        }
+        return Ok(());
+    }
+    // DEV-ONLY-END
+    eprintln!(
+        "throughput: {batches} batches of {CLICKS_PER_BATCH} clicks, {CAMPAIGNS} campaigns, {PARTNERS} partners, \
+         no limits; claims with horizon 1 s, max_batches {max_batches}; no-op sender"
+    );
+    let mut by_workers = BTreeMap::new();
+    for workers in WORKER_COUNTS {
+        let r = throughput(workers, batches, max_batches, |_| NoopQueue).await?;
+        eprintln!(
+            "  {workers} pacer(s): {} batches in {:.2} s = {:.0} batches/s ({} runs, {:.0} ms per run)",
+            r.released,
+            r.seconds,
+            r.batches_per_s(),
+            r.runs,
+            r.seconds * 1000.0 * workers as f64 / r.runs as f64
+        );
+        by_workers.insert(workers, r);
+    }
+    let (best_workers, best) = by_workers
+        .iter()
+        .max_by(|a, b| a.1.batches_per_s().total_cmp(&b.1.batches_per_s()))
+        .map(|(w, r)| (*w, r.batches_per_s()))
+        .unwrap_or_default();
+    let scaling = by_workers[&2].batches_per_s() / by_workers[&1].batches_per_s();
+
+    let sqs_queue = aws.queue_with_dead_letter(30, 5).await.0;
+    let sqs = throughput(1, SQS_BATCHES, max_batches, |_| sqs_queue.clone()).await?;
+    eprintln!(
+        "local SQS sender, 1 pacer: {} batches in {:.2} s = {:.0} batches/s",
+        sqs.released,
+        sqs.seconds,
+        sqs.batches_per_s()
+    );
+
+    let day = simulated_day(DAY_CAP, DAY_RATE_PER_MINUTE).await?;
+    eprintln!(
+        "simulated day (even, cap {DAY_CAP}, {DAY_RATE_PER_MINUTE}/min, Europe/Berlin): released {} clicks, \
+         hourly error max {:.3} %, minute deviation max {:.1} clicks, over cap {}, over rate {}; 1,440 runs in {:.1} s",
+        day.released, day.error_pct, day.max_minute_deviation, day.over_cap, day.over_rate, day.seconds
+    );
+
+    let latency = release_latency(&aws, LATENCY_PER_SECOND).await?;
+    eprintln!(
+        "release latency ({} batches over a minute, real SQS sender): received p50 {} ms, p99 {} ms, max {} ms; \
+         visible p50 {} ms, p99 {} ms, max {} ms; run started {} ms after the first due second, took {} ms",
+        latency.count,
+        latency.received.0,
+        latency.received.1,
+        latency.received.2,
+        latency.visible.0,
+        latency.visible.1,
+        latency.visible.2,
+        latency.start_offset_ms,
+        latency.run_ms
+    );
+
+    let per_workers: serde_json::Map<String, serde_json::Value> = by_workers
+        .iter()
+        .map(|(w, r)| {
+            (
+                w.to_string(),
+                json!({
+                    "batches_per_s": r.batches_per_s().round(),
+                    "seconds": round(r.seconds, 2),
+                    "runs": r.runs,
+                    "ms_per_run": round(r.seconds * 1000.0 * *w as f64 / r.runs as f64, 1),
+                }),
+            )
+        })
+        .collect();
+    println!(
+        "{}",
+        json!({
+            "benchmark": "pacer",
+            "batches": batches,
+            "clicks_per_batch": CLICKS_PER_BATCH,
+            "campaigns": CAMPAIGNS,
+            "horizon_seconds": 1,
+            "max_batches": max_batches,
+            "batches_per_s": best.round(),
+            "clicks_per_s": (best * f64::from(CLICKS_PER_BATCH)).round(),
+            "best_workers": best_workers,
+            "scaling": round(scaling, 3),
+            "workers": per_workers,
+            "sqs_batches_per_s": sqs.batches_per_s().round(),
+            "over_cap": day.over_cap + day.over_rate,
+            "even_error_pct": round(day.error_pct, 3),
+            "even_max_minute_deviation_clicks": round(day.max_minute_deviation, 1),
+            "day_released_clicks": day.released,
+            "day_seconds": round(day.seconds, 1),
+            "p50_release_latency_ms": latency.received.0,
+            "p99_release_latency_ms": latency.received.1,
+            "max_release_latency_ms": latency.received.2,
+            "p99_visible_latency_ms": latency.visible.1,
+        })
+    );
+    Ok(())
+}
+
+/// A fresh database with `PARTNERS` partners and the given campaigns.
+async fn seeded_db(campaign_list: &[Campaign]) -> anyhow::Result<TestDb> {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    let mut seen = Vec::new();
+    for c in campaign_list {
+        if !seen.contains(&c.partner_id) {
+            let partner = Partner::get(c.partner_id.clone(), "https://partner.example/c?id={click_id}");
+            partners::upsert(&**client, &partner).await?;
+            seen.push(c.partner_id.clone());
+        }
+        campaigns::upsert(&**client, c).await?;
+    }
+    Ok(db)
+}
+
+fn bench_campaigns() -> anyhow::Result<Vec<Campaign>> {
+    (0..CAMPAIGNS)
+        .map(|i| {
+            let partner = PartnerId::parse(format!("partner-{}", i % PARTNERS))?;
+            let mut c = Campaign::unlimited(CampaignId::parse(format!("campaign-{i:02}"))?, partner);
+            c.batch_size = CLICKS_PER_BATCH as u32;
+            Ok(c)
+        })
+        .collect()
+}
+
+/// `n` batches of one campaign, as the slicer writes them; batch `s` is due at `base + (s % spread)` seconds.
+async fn insert_batches(
+    db: &TestDb,
+    campaign_id: &str,
+    n: i64,
+    base: DateTime<Utc>,
+    spread_seconds: i64,
+) -> anyhow::Result<()> {
+    let client = db.client().await;
+    let upload: i64 = client
+        .query_one(
+            "INSERT INTO uploads (bucket, object_key, object_version) VALUES ('bench', $1, 'v') RETURNING upload_id",
+            &[&format!("incoming/{campaign_id}/bench.csv")],
+        )
+        .await?
+        .get(0);
+    client
+        .execute(
+            "INSERT INTO batches (campaign_id, partner_id, upload_id, upload_seq, click_count, due_at)
+             SELECT c.campaign_id, c.partner_id, $2, s, $4,
+                    $5::timestamptz + make_interval(secs => (s % $6::bigint)::double precision)
+             FROM campaigns c, generate_series(0::bigint, $3::bigint - 1) s
+             WHERE c.campaign_id = $1",
+            &[&campaign_id, &upload, &n, &CLICKS_PER_BATCH, &base, &spread_seconds],
+        )
+        .await?;
+    client.batch_execute("VACUUM ANALYZE batches").await?;
+    Ok(())
+}
+
+async fn drop_db(db: TestDb) -> anyhow::Result<()> {
+    let TestDb { pool, name, .. } = db;
+    pool.close();
+    drop(pool);
+    let admin = build_pool(&DatabaseConfig { url: std::env::var("DATABASE_URL")?, pool_size: 1 })?;
+    admin.get().await?.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await?;
+    Ok(())
+}
+
+struct Throughput {
+    released: u64,
+    runs: u64,
+    seconds: f64,
+}
+
+impl Throughput {
+    fn batches_per_s(&self) -> f64 {
+        self.released as f64 / self.seconds
+    }
+}
+
+/// `workers` pacers, each with its own connections (as separate Lambda invocations would have), releasing `n`
+/// due batches until none is left.
+async fn throughput<Q, F>(workers: usize, n: i64, max_batches: usize, queue: F) -> anyhow::Result<Throughput>
+where
+    Q: ClickQueue + Send + 'static,
+    F: Fn(usize) -> Q,
+{
+    let campaign_list = bench_campaigns()?;
+    let db = seeded_db(&campaign_list).await?;
+    let per_campaign = n / CAMPAIGNS as i64;
+    for (i, c) in campaign_list.iter().enumerate() {
+        let count = per_campaign + i64::from((i as i64) < n % CAMPAIGNS as i64);
+        insert_batches(&db, c.campaign_id.as_str(), count, t0() - Duration::hours(1), 3600).await?;
+    }
+    // DEV-ONLY-BEGIN
+    if std::env::var("LOGSQL").is_ok() {
+        db.client().await.batch_execute(&format!("ALTER DATABASE {0} SET log_min_duration_statement = 0; ALTER DATABASE {0} SET log_lock_waits = on; ALTER DATABASE {0} SET session_preload_libraries = 'auto_explain'; ALTER DATABASE {0} SET auto_explain.log_min_duration = 1000; ALTER DATABASE {0} SET auto_explain.log_analyze = on", db.name)).await?;
+    }
+    if let Ok(sets) = std::env::var("DBSET") {
+        for set in sets.split(';').filter(|s| !s.is_empty()) {
+            db.client().await.batch_execute(&format!("ALTER DATABASE {} SET {set}", db.name)).await?;
+        }
+    }
+    // DEV-ONLY-END
+    let settings = PacerSettings {
+        claim: ClaimSettings { horizon_seconds: 1, max_batches, ..ClaimSettings::default() },
+        ..PacerSettings::default()
+    };
+    // One thread and runtime per pacer: `run_once`'s future is not `Send` (its send stream borrows), and separate
+    // Lambda invocations share nothing but the database anyway.
+    let barrier = Arc::new(Barrier::new(workers + 1));
+    let handles: Vec<_> = (0..workers)
+        .map(|w| {
+            let (url, queue, settings, barrier) = (db.config.url.clone(), queue(w), settings.clone(), barrier.clone());
+            std::thread::spawn(move || -> anyhow::Result<(u64, u64, Instant)> {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                runtime.block_on(async move {
+                    let pool = build_pool(&DatabaseConfig { url, pool_size: 2 })?;
+                    drop(pool.get().await?); // connect before the clock starts
+                    let p = Pacer { pool, queue, settings };
+                    barrier.wait();
+                    let (mut released, mut runs) = (0u64, 0u64);
+                    loop {
+                        let summary = pacer::run_once(&p, t0()).await?;
+                        runs += 1;
+                        released += summary.released;
+                        anyhow::ensure!(summary.unsent == 0, "unsent batches: {summary:?}");
+                        if summary.examined == 0 {
+                            return Ok((released, runs, Instant::now()));
+                        }
+                    }
+                })
+            })
+        })
+        .collect();
+    let waiting = barrier.clone();
+    tokio::task::spawn_blocking(move || waiting.wait()).await?;
+    let started = Instant::now();
+    let results =
+        tokio::task::spawn_blocking(move || handles.into_iter().map(|h| h.join()).collect::<Vec<_>>()).await?;
+    let mut total = Throughput { released: 0, runs: 0, seconds: 0.0 };
+    for result in results {
+        let (released, runs, finished) = result.map_err(|_| anyhow::anyhow!("a pacer thread panicked"))??;
+        total.released += released;
+        total.runs += runs;
+        total.seconds = total.seconds.max((finished - started).as_secs_f64());
+    }
+
+    // Every batch released exactly once: all queued, none twice, and the ledger holds every click.
+    let client = db.client().await;
+    let queued: i64 = client.query_one("SELECT count(*) FROM batches WHERE state = 'queued'", &[]).await?.get(0);
+    let ledger: i64 = client
+        .query_one("SELECT coalesce(sum(released_clicks), 0)::bigint FROM campaign_day_ledger", &[])
+        .await?
+        .get(0);
+    anyhow::ensure!(
+        queued == n && total.released == n as u64 && ledger == n * i64::from(CLICKS_PER_BATCH),
+        "{workers} pacers: {n} batches seeded, {queued} queued, {} released, {ledger} clicks in the ledger",
+        total.released
+    );
+    drop(client);
+    drop_db(db).await?;
+    Ok(total)
+}
+
+struct Day {
+    released: u64,
+    error_pct: f64,
+    max_minute_deviation: f64,
+    over_cap: u64,
+    over_rate: u64,
+    seconds: f64,
+}
+
+async fn simulated_day(cap: u64, rate_per_minute: u32) -> anyhow::Result<Day> {
+    let tz = chrono_tz::Europe::Berlin;
+    let midnight = tz
+        .with_ymd_and_hms(2026, 3, 10, 0, 0, 0)
+        .single()
+        .ok_or_else(|| anyhow::anyhow!("no single local midnight"))?
+        .with_timezone(&Utc);
+    let mut c = Campaign::unlimited(CampaignId::parse("even-day")?, PartnerId::parse("partner-0")?);
+    c.pacing = PacingMode::Even;
+    c.time_zone = tz;
+    c.daily_cap = Some(cap);
+    c.max_per_minute = Some(rate_per_minute);
+    c.batch_size = CLICKS_PER_BATCH as u32;
+    let db = seeded_db(std::slice::from_ref(&c)).await?;
+    // About 4 % more clicks than the cap, so the cap has something to hold back.
+    let batches = (cap * 26 / 25).div_ceil(CLICKS_PER_BATCH as u64) as i64;
+    insert_batches(&db, "even-day", batches, midnight, 1).await?;
+
+    let pacer = Pacer { pool: db.pool.clone(), queue: RecordingQueue::default(), settings: PacerSettings::default() };
+    let started = Instant::now();
+    for minute in 0..1440 {
+        pacer::run_once(&pacer, midnight + Duration::minutes(minute)).await?;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let messages = std::mem::take(&mut *pacer.queue.0.lock().unwrap_or_else(|e| e.into_inner()));
+
+    let day_end = midnight + Duration::days(1);
+    let mut hours = [0u64; 24];
+    let mut minutes = vec![0u64; 1440];
+    let mut per_utc_minute: HashMap<i64, u64> = HashMap::new();
+    let mut released = 0;
+    for m in &messages {
+        anyhow::ensure!(m.release_at >= midnight && m.release_at < day_end, "released outside the day: {m:?}");
+        let offset = (m.release_at - midnight).num_seconds();
+        released += u64::from(m.clicks);
+        hours[(offset / 3600) as usize] += u64::from(m.clicks);
+        minutes[(offset / 60) as usize] += u64::from(m.clicks);
+        // The bridge delivers a message's clicks evenly over its spread, from its release second.
+        let spread = m.spread_seconds.max(1);
+        for i in 0..spread {
+            let clicks = m.clicks / spread + u32::from(i < m.clicks % spread);
+            *per_utc_minute.entry((m.release_at.timestamp() + i64::from(i)).div_euclid(60)).or_default() +=
+                u64::from(clicks);
+        }
+    }
+    let hour_plan = cap as f64 / 24.0;
+    let error_pct = hours.iter().map(|&h| (h as f64 - hour_plan).abs() / hour_plan * 100.0).fold(0.0, f64::max);
+    let minute_plan = cap as f64 / 1440.0;
+    let max_minute_deviation = minutes.iter().map(|&m| (m as f64 - minute_plan).abs()).fold(0.0, f64::max);
+    let over_rate = per_utc_minute.values().map(|&n| n.saturating_sub(u64::from(rate_per_minute))).sum();
+    eprintln!("  clicks per local hour: {hours:?}");
+    let ledger: i64 = db
+        .client()
+        .await
+        .query_one("SELECT coalesce(sum(released_clicks), 0)::bigint FROM campaign_day_ledger", &[])
+        .await?
+        .get(0);
+    anyhow::ensure!(ledger as u64 == released, "ledger {ledger} vs messages {released}");
+    drop_db(db).await?;
+    Ok(Day { released, error_pct, max_minute_deviation, over_cap: released.saturating_sub(cap), over_rate, seconds })
+}
+
+struct Latency {
+    count: usize,
+    /// p50, p99, max in ms: first receive minus due second.
+    received: (i64, i64, i64),
+    /// p50, p99, max in ms: SentTimestamp + DelaySeconds minus due second.
+    visible: (i64, i64, i64),
+    start_offset_ms: i64,
+    run_ms: i64,
+}
+
+/// One received message: when this process got it, SQS's SentTimestamp (ms), and the message.
+type Received = (DateTime<Utc>, i64, ReleaseMessage);
+
+async fn release_latency(aws: &TestAws, per_second: i64) -> anyhow::Result<Latency> {
+    let mut c = Campaign::unlimited(CampaignId::parse("latency")?, PartnerId::parse("partner-0")?);
+    c.batch_size = CLICKS_PER_BATCH as u32;
+    let db = seeded_db(std::slice::from_ref(&c)).await?;
+    let (queue, _dlq) = aws.queue_with_dead_letter(60, 5).await;
+    // The minute starts at a whole second a few seconds from now (time to seed and start the receivers).
+    let first_due = (Utc::now() + Duration::seconds(4)).duration_trunc(Duration::seconds(1))?;
+    let n = per_second * 60;
+    insert_batches(&db, "latency", n, first_due, 60).await?;
+    let due: HashMap<i64, DateTime<Utc>> = db
+        .client()
+        .await
+        .query("SELECT batch_id, due_at FROM batches", &[])
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+
+    let pacer = Pacer { pool: db.pool.clone(), queue: queue.clone(), settings: PacerSettings::default() };
+    drop(pacer.pool.get().await?);
+    let received: Arc<Mutex<Vec<Received>>> = Arc::default();
+    let done = Arc::new(AtomicBool::new(false));
+    let receivers: Vec<_> =
+        (0..4).map(|_| tokio::spawn(receive_loop(queue.clone(), received.clone(), done.clone()))).collect();
+
+    tokio::time::sleep((first_due - Utc::now()).to_std().unwrap_or_default()).await;
+    let now = Utc::now();
+    let started = Instant::now();
+    let summary = pacer::run_once(&pacer, now).await?;
+    let run_ms = started.elapsed().as_millis() as i64;
+    anyhow::ensure!(summary.released == n as u64, "latency run released {summary:?}");
+
+    let deadline = Instant::now() + std::time::Duration::from_secs(90);
+    while received.lock().unwrap_or_else(|e| e.into_inner()).len() < n as usize && Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    done.store(true, Ordering::Relaxed);
+    for r in receivers {
+        r.await??;
+    }
+    let got = std::mem::take(&mut *received.lock().unwrap_or_else(|e| e.into_inner()));
+    let mut first: HashMap<i64, &Received> = HashMap::new();
+    for r in &got {
+        first
+            .entry(r.2.batch_id)
+            .and_modify(|f| {
+                if r.0 < f.0 {
+                    *f = r
+                }
+            })
+            .or_insert(r);
+    }
+    anyhow::ensure!(first.len() == n as usize, "received {} of {n} batches", first.len());
+    let mut recv_ms = Vec::new();
+    let mut visible_ms = Vec::new();
+    for (id, (at, sent_ms, m)) in &first {
+        let due_at = due[id];
+        recv_ms.push((*at - due_at).num_milliseconds());
+        let delay = (m.release_at - now).num_seconds().clamp(0, 900);
+        visible_ms.push(sent_ms + delay * 1000 - due_at.timestamp_millis());
+    }
+    drop_db(db).await?;
+    Ok(Latency {
+        count: first.len(),
+        received: percentiles(&mut recv_ms),
+        visible: percentiles(&mut visible_ms),
+        start_offset_ms: (now - first_due).num_milliseconds(),
+        run_ms,
+    })
+}
+
+/// Polls without long polling (moto's long poll does not wake for delayed messages), deleting what it gets.
+async fn receive_loop(queue: SqsQueue, out: Arc<Mutex<Vec<Received>>>, done: Arc<AtomicBool>) -> anyhow::Result<()> {
+    while !done.load(Ordering::Relaxed) {
+        let reply = queue
+            .client()
+            .receive_message()
+            .queue_url(queue.url())
+            .max_number_of_messages(10)
+            .wait_time_seconds(0)
+            .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
+            .send()
+            .await?;
+        let at = Utc::now();
+        let messages = reply.messages();
+        if messages.is_empty() {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            continue;
+        }
+        let mut deletes = Vec::new();
+        for (i, m) in messages.iter().enumerate() {
+            let sent: i64 = m
+                .attributes()
+                .and_then(|a| a.get(&MessageSystemAttributeName::SentTimestamp))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_default();
+            let message: ReleaseMessage = serde_json::from_str(m.body().unwrap_or_default())?;
+            out.lock().unwrap_or_else(|e| e.into_inner()).push((at, sent, message));
+            deletes.push(
+                DeleteMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(m.receipt_handle().unwrap_or_default())
+                    .build()?,
+            );
+        }
+        queue.client().delete_message_batch().queue_url(queue.url()).set_entries(Some(deletes)).send().await?;
+    }
+    Ok(())
+}
+
+/// p50, p99 and max (nearest rank).
+fn percentiles(values: &mut [i64]) -> (i64, i64, i64) {
+    values.sort_unstable();
+    let rank = |p: f64| values[((p * values.len() as f64).ceil() as usize).clamp(1, values.len()) - 1];
+    (rank(0.50), rank(0.99), values[values.len() - 1])
+}
