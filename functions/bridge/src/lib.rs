@@ -72,7 +72,8 @@ impl Default for BridgeSettings {
             delivery_lease: Duration::from_secs(60),
             max_spread_wait: Duration::from_secs(20),
             message_concurrency: 4,
-            outbox_flush_limit: 2_000,
+            // At least the events one full SQS event produces (10 messages x 100 clicks x 3 events).
+            outbox_flush_limit: 5_000,
         }
     }
 }
@@ -428,7 +429,8 @@ async fn requeue<T, C>(
     release: &ReleaseMessage,
     delay: chrono::Duration,
 ) -> Result<(), BridgeError> {
-    let seconds = delay.num_seconds().clamp(0, 900) as i32;
+    // Rounded up: a pause of 0.4 s must not come back at once and spin through the queue until it ends.
+    let seconds = ((delay.num_milliseconds() + 999) / 1000).clamp(0, 900) as i32;
     let body = serde_json::to_string(release).unwrap_or_default();
     send_one(&bridge.click_queue, &release.batch_id.to_string(), body, seconds).await
 }

@@ -197,28 +197,43 @@ pub async fn record_pass(
     events: &[ClickEvent],
 ) -> Result<BatchTally, DbError> {
     let tx = client.transaction().await?;
-    for r in records {
-        // A second `delivered` row for the same click (a race with a redelivered copy) is absorbed by the
-        // partial unique index: the click stays delivered once.
+    // One statement for the whole pass (a statement per click costs a prepare and an execute round trip each).
+    // A second `delivered` row for the same click (a race with a redelivered copy) is absorbed by the partial
+    // unique index: the click stays delivered once.
+    if !records.is_empty() {
+        let click_ids: Vec<&str> = records.iter().map(|r| r.click_id.as_str()).collect();
+        let attempts: Vec<i32> = records.iter().map(|r| r.attempt as i32).collect();
+        let outcomes: Vec<&str> = records.iter().map(|r| r.outcome).collect();
+        let statuses: Vec<Option<i32>> = records.iter().map(|r| r.http_status.map(i32::from)).collect();
+        let latencies: Vec<Option<i32>> =
+            records.iter().map(|r| r.latency_ms.map(|l| l.min(i32::MAX as u32) as i32)).collect();
+        let errors: Vec<Option<&str>> = records.iter().map(|r| r.error.as_deref()).collect();
+        let next: Vec<Option<DateTime<Utc>>> = records.iter().map(|r| r.next_attempt_at).collect();
+        let ambiguous: Vec<bool> = records.iter().map(|r| r.ambiguous).collect();
+        let at: Vec<DateTime<Utc>> = records.iter().map(|r| r.at).collect();
         tx.execute(
             "INSERT INTO delivery_results (batch_id, fence, campaign_id, click_id, partner_id, attempt, outcome,
                                            http_status, latency_ms, error, next_attempt_at, ambiguous, recorded_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+             SELECT $1, $2, $3, r.click_id, $4, r.attempt, r.outcome, r.status, r.latency, r.error, r.next,
+                    r.ambiguous, r.at
+             FROM unnest($5::text[], $6::int[], $7::text[], $8::int[], $9::int[], $10::text[], $11::timestamptz[],
+                         $12::bool[], $13::timestamptz[])
+                  AS r(click_id, attempt, outcome, status, latency, error, next, ambiguous, at)
              ON CONFLICT (campaign_id, click_id) WHERE outcome = 'delivered' DO NOTHING",
             &[
                 &lease.batch_id,
                 &lease.fence,
                 &lease.campaign_id.as_str(),
-                &r.click_id.as_str(),
                 &lease.partner_id.as_str(),
-                &(r.attempt as i32),
-                &r.outcome,
-                &r.http_status.map(i32::from),
-                &r.latency_ms.map(|l| l.min(i32::MAX as u32) as i32),
-                &r.error,
-                &r.next_attempt_at,
-                &r.ambiguous,
-                &r.at,
+                &click_ids,
+                &attempts,
+                &outcomes,
+                &statuses,
+                &latencies,
+                &errors,
+                &next,
+                &ambiguous,
+                &at,
             ],
         )
         .await?;
