@@ -4,33 +4,41 @@
 //!    (default 20,000) in batches of 100 for one partner with `max_concurrency` `--concurrency` (default 64) and
 //!    no rate, released by the real pacer (`pacer::run_once`, 1-second horizon) to the local SQS queue; the
 //!    release messages are received, grouped into SQS-sized events of 10 and handed to `bridge::handle_event`
-//!    by `--invocations` concurrent simulated Lambda invocations (default 1, 2, 4 and 8; each its own `Bridge` with
-//!    the production pool size of 4 and its own HTTP client, as separate execution environments would have). The
+//!    by `--invocations` concurrent simulated Lambda invocations (default 1, 2, 4 and 8). Each invocation is a
+//!    separate execution environment: its own thread and current-thread runtime, its own pool (the production
+//!    size, 4) and HTTP client; once the events are used up it polls the click queue for requeued messages. The
 //!    clock starts once every batch's release second has passed (the bridge would otherwise wait for it) and
-//!    stops when the last batch reaches a final state in PostgreSQL; `deliveries_per_s` = clicks the simulator
-//!    accepted / that time, best over the invocation counts. Everything `handle_event` does counts, the event-log
-//!    flush to the local DynamoDB included; one more run at the best count with the flush turned off
-//!    (`outbox_flush_limit` 0) shows what the log costs.
+//!    stops when the last batch is final in PostgreSQL; `deliveries_per_s` = clicks the simulator accepted /
+//!    that time, best over the invocation counts. Everything `handle_event` does counts, the event-log flush
+//!    included; one more run at the best count with the flush off (`outbox_flush_limit` 0) shows its cost.
 //! 2. **The limit**: `wrk` (Debian package; `scripts/bench bridge` installs it) against the same simulator
 //!    endpoint with as many connections as the partner's `max_concurrency`, for 10 s; `limit_ratio` =
-//!    `deliveries_per_s` / wrk's requests per second. Also measured: the bridge's own HTTP client
-//!    (`HttpTransport` with the partner's compiled template) alone at the same concurrency, without PostgreSQL,
-//!    SQS or the event log, which splits the gap between the client and the bookkeeping.
+//!    `deliveries_per_s` / wrk's requests per second. Also measured: wrk with as many connections as the bridge
+//!    had requests in flight at its peak (a bridge invocation runs 4 messages at once, each up to
+//!    `max_concurrency`), and the bridge's HTTP client alone (`HttpTransport` rendering the partner's template,
+//!    same concurrency, no PostgreSQL, SQS or event log), which splits the gap into client and bookkeeping.
 //! 3. **Throttling**: the simulator admits `--rate` R requests per wall-clock second (default 200) for the
 //!    partner and answers 429 with `Retry-After: 1` beyond; ClickPacer does not know R (the partner's
 //!    `rate_per_second` is `--partner-rate`, default unset). A backlog of 3 x R x `--seconds` clicks is due;
 //!    for `--seconds` seconds (default 60) the real pacer runs every `--pacer-every` seconds (default 10, with
 //!    that horizon) on the wall clock into a local SQS queue, and `--throttle-invocations` (default 4) simulated
-//!    invocations receive from that queue (10 messages, 1 s long poll), call `handle_event` and delete what it
-//!    did not report as failed, requeued messages included. At the deadline the simulator's report for the
-//!    partner gives `throttled_share` = 429 answers / requests and `capacity_share` = accepted / (R x seconds).
+//!    invocations poll that queue (10 messages, 1 s long poll), call `handle_event` and delete what it did not
+//!    report as failed, requeued messages included. At the deadline the simulator's report for the partner
+//!    gives `throttled_share` = 429 answers / requests and `capacity_share` = accepted / (R x seconds). A line
+//!    per second (accepted / 429 / stored allowance) shows how the pace was found, or not.
 //!
 //! The simulator runs as the `partner-sim` binary in its own process (built by `scripts/bench`, or here with
-//! cargo when missing), so the bridge and wrk meet the very same server and neither shares a runtime or a
-//! process with it. CPU seconds used by this process, the simulator, PostgreSQL and moto during each run are
-//! read from /proc and reported: on a small machine they say which side runs out first.
+//! cargo), so the bridge and wrk meet the very same server and neither shares a runtime or a process with it.
+//! The event log: moto's DynamoDB writes only tens of items per second (and slows as a table grows), which would
+//! measure moto, so by default the flush goes to a stand-in, a second simulator process answering every
+//! BatchWriteItem with no unprocessed items after `--dynamodb-latency-ms` (default 10, DynamoDB-like);
+//! `--event-log moto` uses moto. CPU seconds used by this process, the simulator, the whole PostgreSQL server
+//! and moto during each run are read from /proc and reported per 1000 deliveries (on a shared machine other
+//! work on the same servers counts too).
 //!
-//! Targets (issue 5): `limit_ratio` >= 0.7; `capacity_share` >= 0.9 with `throttled_share` < 0.01.
+//! Other options: `--message-concurrency M` and `--pool-size P` (bridge settings per invocation), `--only
+//! throughput|throttle`. Targets (issue 5): `limit_ratio` >= 0.7; `capacity_share` >= 0.9 with
+//! `throttled_share` < 0.01.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::path::PathBuf;
@@ -105,10 +113,6 @@ where
 
 impl Options {
     fn parse(args: &[String]) -> anyhow::Result<Self> {
-        // Options: --clicks N, --concurrency C (partner max_concurrency and wrk connections), --invocations 1,2,4,
-        // --rate R, --seconds S, --pacer-every N, --partner-rate P, --throttle-invocations W,
-        // --event-log standin|moto, --dynamodb-latency-ms L, --message-concurrency M, --pool-size P,
-        // --only throughput|throttle.
         let invocations = match option::<String>(args, "--invocations")? {
             Some(list) => list.split(',').map(|n| n.trim().parse()).collect::<Result<Vec<usize>, _>>()?,
             None => vec![1, 2, 4, 8],
@@ -274,12 +278,20 @@ struct Cpu {
 }
 
 fn proc_cpu_seconds(pid: u32) -> f64 {
+    proc_cpu(pid, false)
+}
+
+/// CPU seconds of a process; with `reaped`, plus those of its children that ended (PostgreSQL backends that
+/// exited count in their postmaster's).
+fn proc_cpu(pid: u32, reaped: bool) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command (which may hold spaces) in parentheses: utime is the 12th, stime the 13th.
+    // Fields after the command (which may hold spaces) in parentheses: utime, stime, cutime and cstime are the
+    // 12th to 15th.
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / CLOCK_TICKS_PER_S
+    let children = if reaped { ticks(13) + ticks(14) } else { 0.0 };
+    (ticks(11) + ticks(12) + children) / CLOCK_TICKS_PER_S
 }
 
 fn processes_matching(matches: impl Fn(&str, &str) -> bool) -> Vec<u32> {
@@ -305,7 +317,8 @@ impl Cpu {
         Self {
             ours: proc_cpu_seconds(std::process::id()),
             sim: sim_pid.map_or(0.0, proc_cpu_seconds),
-            postgres: sum(processes_matching(|comm, _| comm == "postgres")),
+            // The whole server: other databases' work on it counts too.
+            postgres: processes_matching(|comm, _| comm == "postgres").into_iter().map(|p| proc_cpu(p, true)).sum(),
             moto: sum(processes_matching(|_, cmdline| cmdline.contains("moto_server"))),
             machine_busy: (total - idle) / CLOCK_TICKS_PER_S,
             machine_total: total / CLOCK_TICKS_PER_S,
