@@ -43,9 +43,12 @@ const CLICKS_PER_BATCH: i32 = 10;
 const CAMPAIGNS: usize = 50;
 const PARTNERS: usize = 5;
 const WORKER_COUNTS: [usize; 4] = [1, 2, 4, 8];
-/// Batches for the run through the local SQS (moto is far slower than SQS, so fewer).
-const SQS_BATCHES: i64 = 20_000;
-const DAY_CAP: u64 = 86_400;
+/// Batches for the run through the local SQS: one pacer run. moto's SendMessage scans the whole queue for every
+/// message (its queue attributes), so its cost grows with the queue and more batches would measure moto alone.
+const SQS_BATCHES: i64 = 2_000;
+/// Daily caps of the simulated days: one click a second exactly (six batches a minute), a cap whose minute share
+/// is not a whole number of batches, and one whose minute share is less than a batch.
+const DAY_CAPS: [u64; 3] = [86_400, 50_000, 5_000];
 const DAY_RATE_PER_MINUTE: u32 = 90;
 /// Batches due in each second of the latency minute.
 const LATENCY_PER_SECOND: i64 = 10;
@@ -94,7 +97,7 @@ pub async fn run(batches: i64) -> anyhow::Result<()> {
                 eprintln!("sqs {} in {:.2}s = {:.0}/s", sqs.released, sqs.seconds, sqs.batches_per_s());
             }
             "day" => {
-                let cap: u64 = std::env::var("CAP").ok().and_then(|v| v.parse().ok()).unwrap_or(DAY_CAP);
+                let cap: u64 = std::env::var("CAP").ok().and_then(|v| v.parse().ok()).unwrap_or(DAY_CAPS[0]);
                 let day = simulated_day(cap, DAY_RATE_PER_MINUTE).await?;
                 eprintln!(
                     "day {} err {:.3} min {:.1} cap {} rate {} {:.1}s",
@@ -105,8 +108,8 @@ pub async fn run(batches: i64) -> anyhow::Result<()> {
                 let ps: i64 = std::env::var("N").ok().and_then(|v| v.parse().ok()).unwrap_or(LATENCY_PER_SECOND);
                 let l = release_latency(&aws, ps).await?;
                 eprintln!(
-                    "latency recv {:?} vis {:?} offset {} run {}",
-                    l.received, l.visible, l.start_offset_ms, l.run_ms
+                    "latency recv {:?} early {} vis {:?} lag {:?} offset {} run {}",
+                    l.received, l.early, l.visible, l.send_lag, l.start_offset_ms, l.run_ms
                 );
             }
             w => {
@@ -131,7 +134,7 @@ pub async fn run(batches: i64) -> anyhow::Result<()> {
             r.seconds,
             r.batches_per_s(),
             r.runs,
-            r.seconds * 1000.0 * workers as f64 / r.runs as f64
+            r.ms_per_run(workers)
         );
         by_workers.insert(workers, r);
     }
@@ -145,30 +148,56 @@ pub async fn run(batches: i64) -> anyhow::Result<()> {
     let sqs_queue = aws.queue_with_dead_letter(30, 5).await.0;
     let sqs = throughput(1, SQS_BATCHES, max_batches, |_| sqs_queue.clone()).await?;
     eprintln!(
-        "local SQS sender, 1 pacer: {} batches in {:.2} s = {:.0} batches/s",
+        "local SQS sender (moto), 1 pacer: {} batches in {:.2} s = {:.0} batches/s",
         sqs.released,
         sqs.seconds,
         sqs.batches_per_s()
     );
 
-    let day = simulated_day(DAY_CAP, DAY_RATE_PER_MINUTE).await?;
-    eprintln!(
-        "simulated day (even, cap {DAY_CAP}, {DAY_RATE_PER_MINUTE}/min, Europe/Berlin): released {} clicks, \
-         hourly error max {:.3} %, minute deviation max {:.1} clicks, over cap {}, over rate {}; 1,440 runs in {:.1} s",
-        day.released, day.error_pct, day.max_minute_deviation, day.over_cap, day.over_rate, day.seconds
+    // The days run side by side, each in its own database.
+    let (a, b, c) = tokio::join!(
+        simulated_day(DAY_CAPS[0], DAY_RATE_PER_MINUTE),
+        simulated_day(DAY_CAPS[1], DAY_RATE_PER_MINUTE),
+        simulated_day(DAY_CAPS[2], DAY_RATE_PER_MINUTE)
     );
+    let days = [a?, b?, c?];
+    for day in &days {
+        eprintln!(
+            "simulated day (even, cap {}, {DAY_RATE_PER_MINUTE}/min, Europe/Berlin): released {} clicks, reserved but \
+             never released {}; hourly error max {:.3} %, minute deviation max {:.1} clicks; over cap {}, over rate \
+             {}; 1,440 runs in {:.1} s",
+            day.cap,
+            day.released,
+            day.reserved_not_released,
+            day.error_pct,
+            day.max_minute_deviation,
+            day.over_cap,
+            day.over_rate,
+            day.seconds
+        );
+        eprintln!("  clicks per local hour: {:?}", day.hours);
+    }
 
     let latency = release_latency(&aws, LATENCY_PER_SECOND).await?;
+    let (r, v, lag) = (latency.received, latency.visible, latency.send_lag);
     eprintln!(
-        "release latency ({} batches over a minute, real SQS sender): received p50 {} ms, p99 {} ms, max {} ms; \
-         visible p50 {} ms, p99 {} ms, max {} ms; run started {} ms after the first due second, took {} ms",
+        "release latency ({} batches due over one minute, SqsQueue to moto), ms after the due second: received \
+         min {} p50 {} p99 {} max {} ({} received before their second); visible (SentTimestamp + DelaySeconds) \
+         min {} p50 {} p99 {} max {}; sent after the run's clock: p50 {} p99 {} max {}; the run started {} ms \
+         after the first due second and took {} ms",
         latency.count,
-        latency.received.0,
-        latency.received.1,
-        latency.received.2,
-        latency.visible.0,
-        latency.visible.1,
-        latency.visible.2,
+        r.min,
+        r.p50,
+        r.p99,
+        r.max,
+        latency.early,
+        v.min,
+        v.p50,
+        v.p99,
+        v.max,
+        lag.p50,
+        lag.p99,
+        lag.max,
         latency.start_offset_ms,
         latency.run_ms
     );
@@ -176,15 +205,28 @@ pub async fn run(batches: i64) -> anyhow::Result<()> {
     let per_workers: serde_json::Map<String, serde_json::Value> = by_workers
         .iter()
         .map(|(w, r)| {
-            (
-                w.to_string(),
-                json!({
-                    "batches_per_s": r.batches_per_s().round(),
-                    "seconds": round(r.seconds, 2),
-                    "runs": r.runs,
-                    "ms_per_run": round(r.seconds * 1000.0 * *w as f64 / r.runs as f64, 1),
-                }),
-            )
+            let figures = json!({
+                "batches_per_s": r.batches_per_s().round(),
+                "seconds": round(r.seconds, 2),
+                "runs": r.runs,
+                "ms_per_run": round(r.ms_per_run(*w), 1),
+            });
+            (w.to_string(), figures)
+        })
+        .collect();
+    let per_day: serde_json::Map<String, serde_json::Value> = days
+        .iter()
+        .map(|d| {
+            let figures = json!({
+                "released_clicks": d.released,
+                "reserved_not_released_clicks": d.reserved_not_released,
+                "even_error_pct": round(d.error_pct, 3),
+                "max_minute_deviation_clicks": round(d.max_minute_deviation, 1),
+                "over_cap": d.over_cap,
+                "over_rate": d.over_rate,
+                "seconds": round(d.seconds, 1),
+            });
+            (d.cap.to_string(), figures)
         })
         .collect();
     println!(
@@ -201,16 +243,20 @@ pub async fn run(batches: i64) -> anyhow::Result<()> {
             "best_workers": best_workers,
             "scaling": round(scaling, 3),
             "workers": per_workers,
+            "sqs_batches": SQS_BATCHES,
             "sqs_batches_per_s": sqs.batches_per_s().round(),
-            "over_cap": day.over_cap + day.over_rate,
-            "even_error_pct": round(day.error_pct, 3),
-            "even_max_minute_deviation_clicks": round(day.max_minute_deviation, 1),
-            "day_released_clicks": day.released,
-            "day_seconds": round(day.seconds, 1),
-            "p50_release_latency_ms": latency.received.0,
-            "p99_release_latency_ms": latency.received.1,
-            "max_release_latency_ms": latency.received.2,
-            "p99_visible_latency_ms": latency.visible.1,
+            "over_cap": days.iter().map(|d| d.over_cap + d.over_rate).sum::<u64>(),
+            "even_error_pct": round(days.iter().map(|d| d.error_pct).fold(0.0, f64::max), 3),
+            "days": per_day,
+            "latency_batches": latency.count,
+            "min_release_latency_ms": r.min,
+            "p50_release_latency_ms": r.p50,
+            "p99_release_latency_ms": r.p99,
+            "max_release_latency_ms": r.max,
+            "early_releases": latency.early,
+            "p99_visible_latency_ms": v.p99,
+            "p99_send_lag_ms": lag.p99,
+            "latency_run_ms": latency.run_ms,
         })
     );
     Ok(())
@@ -291,6 +337,11 @@ struct Throughput {
 impl Throughput {
     fn batches_per_s(&self) -> f64 {
         self.released as f64 / self.seconds
+    }
+
+    /// Wall time of one `run_once`, on average, with `workers` pacers running side by side.
+    fn ms_per_run(&self, workers: usize) -> f64 {
+        self.seconds * 1000.0 * workers as f64 / self.runs.max(1) as f64
     }
 }
 
@@ -380,7 +431,11 @@ where
 }
 
 struct Day {
+    cap: u64,
+    hours: [u64; 24],
     released: u64,
+    /// Clicks the ledger counts as released that no message carries.
+    reserved_not_released: u64,
     error_pct: f64,
     max_minute_deviation: f64,
     over_cap: u64,
@@ -438,24 +493,36 @@ async fn simulated_day(cap: u64, rate_per_minute: u32) -> anyhow::Result<Day> {
     let minute_plan = cap as f64 / 1440.0;
     let max_minute_deviation = minutes.iter().map(|&m| (m as f64 - minute_plan).abs()).fold(0.0, f64::max);
     let over_rate = per_utc_minute.values().map(|&n| n.saturating_sub(u64::from(rate_per_minute))).sum();
-    eprintln!("  clicks per local hour: {hours:?}");
     let ledger: i64 = db
         .client()
         .await
         .query_one("SELECT coalesce(sum(released_clicks), 0)::bigint FROM campaign_day_ledger", &[])
         .await?
         .get(0);
-    anyhow::ensure!(ledger as u64 == released, "ledger {ledger} vs messages {released}");
     drop_db(db).await?;
-    Ok(Day { released, error_pct, max_minute_deviation, over_cap: released.saturating_sub(cap), over_rate, seconds })
+    Ok(Day {
+        cap,
+        hours,
+        released,
+        reserved_not_released: (ledger.max(0) as u64).saturating_sub(released),
+        error_pct,
+        max_minute_deviation,
+        over_cap: released.saturating_sub(cap),
+        over_rate,
+        seconds,
+    })
 }
 
 struct Latency {
     count: usize,
-    /// p50, p99, max in ms: first receive minus due second.
-    received: (i64, i64, i64),
-    /// p50, p99, max in ms: SentTimestamp + DelaySeconds minus due second.
-    visible: (i64, i64, i64),
+    /// First receive minus due second, ms.
+    received: Percentiles,
+    /// Batches received before their due second.
+    early: usize,
+    /// SentTimestamp + DelaySeconds minus due second, ms.
+    visible: Percentiles,
+    /// SentTimestamp minus the run's clock (claim time plus the wait for earlier sends), ms.
+    send_lag: Percentiles,
     start_offset_ms: i64,
     run_ms: i64,
 }
@@ -518,17 +585,22 @@ async fn release_latency(aws: &TestAws, per_second: i64) -> anyhow::Result<Laten
     anyhow::ensure!(first.len() == n as usize, "received {} of {n} batches", first.len());
     let mut recv_ms = Vec::new();
     let mut visible_ms = Vec::new();
+    let mut lag_ms = Vec::new();
     for (id, (at, sent_ms, m)) in &first {
         let due_at = due[id];
         recv_ms.push((*at - due_at).num_milliseconds());
+        // The delay the pacer gave the message, as `pacer::run_once` computes it.
         let delay = (m.release_at - now).num_seconds().clamp(0, 900);
         visible_ms.push(sent_ms + delay * 1000 - due_at.timestamp_millis());
+        lag_ms.push(sent_ms - now.timestamp_millis());
     }
     drop_db(db).await?;
     Ok(Latency {
         count: first.len(),
+        early: recv_ms.iter().filter(|&&ms| ms < 0).count(),
         received: percentiles(&mut recv_ms),
         visible: percentiles(&mut visible_ms),
+        send_lag: percentiles(&mut lag_ms),
         start_offset_ms: (now - first_due).num_milliseconds(),
         run_ms,
     })
@@ -573,9 +645,17 @@ async fn receive_loop(queue: SqsQueue, out: Arc<Mutex<Vec<Received>>>, done: Arc
     Ok(())
 }
 
-/// p50, p99 and max (nearest rank).
-fn percentiles(values: &mut [i64]) -> (i64, i64, i64) {
+/// Min, p50, p99 and max (nearest rank).
+fn percentiles(values: &mut [i64]) -> Percentiles {
     values.sort_unstable();
     let rank = |p: f64| values[((p * values.len() as f64).ceil() as usize).clamp(1, values.len()) - 1];
-    (rank(0.50), rank(0.99), values[values.len() - 1])
+    Percentiles { min: values[0], p50: rank(0.50), p99: rank(0.99), max: values[values.len() - 1] }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Percentiles {
+    min: i64,
+    p50: i64,
+    p99: i64,
+    max: i64,
 }

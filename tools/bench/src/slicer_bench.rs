@@ -6,6 +6,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use aws_lambda_events::event::s3::S3Event;
+use clickpacer::aws::s3::S3Objects;
 use clickpacer::domain::{Campaign, CampaignId, Partner, PartnerId};
 use clickpacer::postgres::{campaigns, partners};
 use clickpacer::testing::{TestAws, TestDb};
@@ -39,6 +40,19 @@ pub async fn run(rows: u64) -> anyhow::Result<()> {
     let db = TestDb::new().await;
     let aws = TestAws::new().await;
     let (objects, bucket) = aws.bucket().await;
+    let result = measure(rows, &db, &objects, &bucket).await;
+    // A run leaves hundreds of MiB behind in each service (the database, the object): remove them.
+    let _ = objects.client().delete_object().bucket(&bucket).key(KEY).send().await;
+    db.pool.close();
+    let admin = clickpacer::config::DatabaseConfig { url: std::env::var("DATABASE_URL")?, pool_size: 1 };
+    let admin = clickpacer::postgres::build_pool(&admin)?;
+    admin.get().await?.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", db.name)).await?;
+    result
+}
+
+const KEY: &str = "incoming/bench/clicks.csv";
+
+async fn measure(rows: u64, db: &TestDb, objects: &S3Objects, bucket: &str) -> anyhow::Result<()> {
     {
         let client = db.client().await;
         let partner = Partner::get(PartnerId::parse("bench")?, "https://partner.example/c?id={click_id}");
@@ -59,22 +73,21 @@ pub async fn run(rows: u64) -> anyhow::Result<()> {
         file.flush()?;
     }
     let size = std::fs::metadata(&path)?.len();
-    let key = "incoming/bench/clicks.csv";
+    let key = KEY;
     objects
         .client()
         .put_object()
-        .bucket(&bucket)
+        .bucket(bucket)
         .key(key)
         .body(aws_sdk_s3::primitives::ByteStream::from_path(&path).await?)
         .send()
         .await?;
     std::fs::remove_file(&path)?;
-    let (info, _) = objects.open(&bucket, key).await?;
-    eprintln!("database {}", db.name);
+    let (info, _) = objects.open(bucket, key).await?;
     eprintln!("generated {rows} rows, {:.1} MiB, in the local S3", size as f64 / 1048576.0);
 
     let settings = settings_from_env()?;
-    eprintln!("slicer: {} rows a chunk, {} writers", settings.chunk_rows, settings.writers);
+    eprintln!("slicer settings: {} rows a chunk, {} writers", settings.chunk_rows, settings.writers);
     let slicer = Slicer { pool: db.pool.clone(), objects: objects.clone(), settings };
     let event: S3Event = serde_json::from_value(json!({"Records": [{
         "eventName": "ObjectCreated:Put", "eventTime": "2026-11-28T10:00:00Z",
@@ -94,7 +107,7 @@ pub async fn run(rows: u64) -> anyhow::Result<()> {
     let ours_rps = rows as f64 / ours.as_secs_f64();
     eprintln!("slicer: {rows} rows in {:.2} s = {ours_rps:.0} rows/s, peak RSS {peak:.1} MiB", ours.as_secs_f64());
 
-    let copy = plain_copy(&db, rows).await?;
+    let copy = plain_copy(db, rows).await?;
     let copy_rps = rows as f64 / copy.as_secs_f64();
     eprintln!("plain binary COPY: {rows} rows in {:.2} s = {copy_rps:.0} rows/s", copy.as_secs_f64());
 
