@@ -10,7 +10,10 @@
 //!
 //! A batch larger than what one second allows (a low partner rate, say) is reserved across consecutive
 //! seconds and the message tells the bridge to spread its clicks over them. If the horizon ends first, the
-//! batch waits for the next run and what it had reserved stays counted: conservative, never over a limit.
+//! batch waits for the next run and what the campaign had reserved for it is given back (its day ledger and
+//! pacing counters), so no click is counted as released that no message carries; the partner's per-second
+//! counter keeps it (conservative: never over the partner's rate). Limits that accrue (the even plan, rates)
+//! then let the whole batch go in a later run.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -92,10 +95,19 @@ struct Lane {
     queue: VecDeque<CandidateBatch>,
     /// Clicks of the front batch still to reserve, and the slot of its first reservation.
     partial: Option<(u64, u32)>,
+    /// What the front batch's reservations so far changed, to give back if it cannot complete in this run.
+    undo: Option<Undo>,
     /// Nothing more can go before this instant (from the engine's `next_release_at`).
     wait_until: Option<DateTime<Utc>>,
     /// Why the lane stopped, and until when, once it cannot release within the horizon.
     blocked: Option<(DeferReason, Option<DateTime<Utc>>)>,
+}
+
+/// A partial batch's reservations: the campaign's counters before it, and the ledger rows it added to.
+struct Undo {
+    state: PacingState,
+    touched_states: bool,
+    ledger: Vec<((CampaignId, NaiveDate), DayReservation)>,
 }
 
 pub fn plan_releases(input: PlanInput) -> ReleasePlan {
@@ -109,6 +121,7 @@ pub fn plan_releases(input: PlanInput) -> ReleasePlan {
                 campaign_id: batch.campaign_id.clone(),
                 queue: VecDeque::from([batch]),
                 partial: None,
+                undo: None,
                 wait_until: None,
                 blocked: None,
             }),
@@ -158,12 +171,23 @@ pub fn plan_releases(input: PlanInput) -> ReleasePlan {
                 );
                 let take = if refills { answer.clicks.min(remaining) } else { 0 };
                 if take > 0 {
+                    if take < batch.clicks && lane.undo.is_none() {
+                        lane.undo = Some(Undo {
+                            state: state.clone(),
+                            touched_states: plan.states.contains_key(&lane.campaign_id),
+                            ledger: Vec::new(),
+                        });
+                    }
                     state.record_release(campaign, t, take);
                     partner.record_release(t, take);
-                    let day =
-                        plan.ledger.entry((lane.campaign_id.clone(), local_date(campaign.time_zone, t))).or_default();
-                    day.clicks += take;
-                    day.micros = day.micros.saturating_add(cost(campaign.cost_per_click, take));
+                    let key = (lane.campaign_id.clone(), local_date(campaign.time_zone, t));
+                    let reserved = DayReservation { clicks: take, micros: cost(campaign.cost_per_click, take) };
+                    if let Some(undo) = lane.undo.as_mut() {
+                        undo.ledger.push((key.clone(), reserved));
+                    }
+                    let day = plan.ledger.entry(key).or_default();
+                    day.clicks += reserved.clicks;
+                    day.micros = day.micros.saturating_add(reserved.micros);
                     plan.states.insert(lane.campaign_id.clone(), state.clone());
                     if !touched_partners.contains(&campaign.partner_id) {
                         touched_partners.push(campaign.partner_id.clone());
@@ -178,6 +202,7 @@ pub fn plan_releases(input: PlanInput) -> ReleasePlan {
                         spread_seconds: slot - first_slot + 1,
                     });
                     lane.partial = None;
+                    lane.undo = None;
                     lane.queue.pop_front();
                     continue;
                 }
@@ -198,6 +223,11 @@ pub fn plan_releases(input: PlanInput) -> ReleasePlan {
 
     // What could not go within the horizon waits: due batches get a new due time (the instant the binding
     // rule relaxes, or the next run when the wait is not bounded by the clock) and the reason.
+    for lane in &mut lanes {
+        if let Some(undo) = lane.undo.take() {
+            give_back(&mut plan, &lane.campaign_id, undo);
+        }
+    }
     for lane in lanes {
         let (reason, until) = match lane.blocked {
             Some((reason, until)) => (reason, until.unwrap_or(horizon_end).max(horizon_end)),
@@ -212,6 +242,24 @@ pub fn plan_releases(input: PlanInput) -> ReleasePlan {
     }
     plan.partners = touched_partners.into_iter().filter_map(|p| partners.remove_entry(&p)).collect();
     plan
+}
+
+/// Takes back what a batch that did not complete within the run had reserved.
+fn give_back(plan: &mut ReleasePlan, campaign_id: &CampaignId, undo: Undo) {
+    if undo.touched_states {
+        plan.states.insert(campaign_id.clone(), undo.state);
+    } else {
+        plan.states.remove(campaign_id);
+    }
+    for (key, reserved) in undo.ledger {
+        if let Some(day) = plan.ledger.get_mut(&key) {
+            day.clicks -= reserved.clicks.min(day.clicks);
+            day.micros = day.micros.saturating_sub(reserved.micros);
+            if day.clicks == 0 && day.micros == 0 {
+                plan.ledger.remove(&key);
+            }
+        }
+    }
 }
 
 fn cost(cost_per_click: Micros, clicks: u64) -> i64 {
@@ -318,6 +366,20 @@ mod tests {
         c.max_per_second = Some(4);
         let plan = plan_releases(input(vec![c], batches("a", 1, 1, 10, now()), now()));
         assert_eq!(plan.releases, vec![PlannedRelease { batch_id: 1, delay_seconds: 0, spread_seconds: 3 }]);
+    }
+
+    #[test]
+    fn a_batch_the_horizon_cannot_complete_gives_its_reservations_back() {
+        let mut c = campaign("a");
+        c.max_per_minute = Some(25);
+        c.cost_per_click = Micros(1000);
+        let plan = plan_releases(input(vec![c], batches("a", 1, 3, 10, now()), now()));
+        // 25 a minute: two whole batches, and 5 clicks of the third that cannot go before the next run.
+        assert_eq!(plan.releases.len(), 2);
+        assert_eq!(plan.ledger.values().map(|d| (d.clicks, d.micros)).collect::<Vec<_>>(), vec![(20, 20_000)]);
+        assert_eq!(plan.deferrals.iter().map(|d| d.batch_id).collect::<Vec<_>>(), vec![3]);
+        let state = &plan.states[&CampaignId::parse("a").unwrap()];
+        assert_eq!(state.released_today, 20, "{state:?}");
     }
 
     #[test]

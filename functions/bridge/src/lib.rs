@@ -8,7 +8,7 @@
 
 pub mod transport;
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
@@ -25,7 +25,6 @@ use clickpacer::postgres::{DbError, PgPool, partners};
 use clickpacer::release::ReleaseMessage;
 use futures::StreamExt;
 use serde::Serialize;
-use tokio::sync::Semaphore;
 
 pub use transport::{HttpTransport, PartnerAnswer, Transport};
 
@@ -211,16 +210,17 @@ async fn deliver_batch<T: Transport, C: Clock>(
     let ready: Vec<&PendingClick> =
         clicks.iter().filter(|c| c.finished.is_none() && c.not_before.is_none_or(|t| t <= now)).collect();
 
-    let (records, sent) = match CompiledPartner::compile(&partner) {
+    let Sent { records, requests: sent, resume_at } = match CompiledPartner::compile(&partner) {
         Ok(compiled) if partner.enabled => send_clicks(bridge, &partner, &compiled, lease, &ready, &mut health).await,
-        Ok(_) => (Vec::new(), 0), // disabled: the clicks wait, nothing is sent
+        // Disabled: the clicks wait, nothing is sent.
+        Ok(_) => Sent { records: Vec::new(), requests: 0, resume_at: None },
         Err(errors) => {
             let reason = format!("partner {} is misconfigured: {}", partner.partner_id, errors.join("; "));
             let records = ready
                 .iter()
                 .map(|c| record(c, c.attempts + 1, "dead", None, None, Some(reason.clone()), None, now))
                 .collect();
-            (records, 0)
+            Sent { records, requests: 0, resume_at: None }
         }
     };
     for r in &records {
@@ -261,7 +261,7 @@ async fn deliver_batch<T: Transport, C: Clock>(
                 clicks
                     .iter()
                     .filter(|c| c.finished.is_none() && !delivered_now.contains(&c.click.click_id.as_str()))
-                    .map(|c| c.not_before.unwrap_or(now)),
+                    .map(|c| c.not_before.unwrap_or(resume_at.unwrap_or(now))),
             )
             .chain(health.retry_after_until)
             .min()
@@ -273,8 +273,17 @@ async fn deliver_batch<T: Transport, C: Clock>(
     Ok(MessageOutcome::Delivered { batch_id: lease.batch_id, tally, sent, requeued })
 }
 
-/// Delivers the ready clicks with bounded concurrency, spread over the batch's seconds; stops sending to a
-/// partner that throttles (the rest wait for its Retry-After).
+/// What a delivery pass sent: the records of the clicks it attempted, how many requests went out, and when the
+/// clicks it did not attempt may go (a paced partner's next free slot, or the end of its Retry-After).
+struct Sent {
+    records: Vec<DeliveryRecord>,
+    requests: u64,
+    resume_at: Option<DateTime<Utc>>,
+}
+
+/// Delivers the ready clicks with bounded concurrency: to a partner with a configured rate at the batch's spread
+/// (the pacer reserved that rate second by second), to any other at the send pace the bridges learn together.
+/// Sending stops at a throttle (the rest wait for its Retry-After).
 async fn send_clicks<T: Transport, C: Clock>(
     bridge: &Bridge<T, C>,
     partner: &Partner,
@@ -282,100 +291,215 @@ async fn send_clicks<T: Transport, C: Clock>(
     lease: &BatchLease,
     ready: &[&PendingClick],
     health: &mut PartnerHealth,
-) -> (Vec<DeliveryRecord>, u64) {
+) -> Sent {
+    let (outcomes, resume_at) = if partner.rate_per_second.is_some() {
+        (send_spread(bridge, partner, compiled, lease, ready).await, None)
+    } else {
+        send_paced(bridge, partner, compiled, ready).await
+    };
+    let mut sent = Sent { records: Vec::with_capacity(outcomes.len()), requests: 0, resume_at };
+    for (record, outcome) in outcomes {
+        if record.http_status.is_some() || record.latency_ms.is_some() {
+            sent.requests += 1;
+        }
+        health.observe(&outcome, record.at);
+        sent.records.push(record);
+    }
+    sent
+}
+
+/// Click i of n goes at its share of the batch's spread: the pacer reserved the partner's capacity second by
+/// second, so the partner sees the same flow.
+async fn send_spread<T: Transport, C: Clock>(
+    bridge: &Bridge<T, C>,
+    partner: &Partner,
+    compiled: &CompiledPartner,
+    lease: &BatchLease,
+    ready: &[&PendingClick],
+) -> Vec<(DeliveryRecord, Outcome)> {
     let start = bridge.clock.now();
     let release_at = lease.release_at.unwrap_or(start);
     let spread_ms = i64::from(lease.spread_seconds.max(1)) * 1000;
     let n = ready.len().max(1) as i64;
-    let semaphore = Arc::new(Semaphore::new(partner.max_concurrency.max(1) as usize));
-    let throttled = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let timeout = Duration::from_millis(u64::from(partner.timeout_ms));
+    let throttled = AtomicBool::new(false);
     let max_wait = chrono::Duration::from_std(bridge.settings.max_spread_wait).unwrap_or_default();
-
-    let outcomes: Vec<Option<(DeliveryRecord, Outcome)>> = futures::stream::iter(ready.iter().enumerate())
+    futures::stream::iter(ready.iter().enumerate())
         .map(|(i, click)| {
-            let semaphore = semaphore.clone();
-            let throttled = throttled.clone();
+            let throttled = &throttled;
             async move {
-                // Click i of n goes at its share of the batch's spread: the pacer reserved the partner's
-                // capacity second by second, so the partner sees the same flow.
                 let slot = release_at + chrono::Duration::milliseconds(spread_ms * i as i64 / n);
                 let wait = slot - bridge.clock.now();
                 if wait > max_wait {
                     return None;
                 }
-                if let Ok(wait) = wait.to_std() {
-                    tokio::time::sleep(wait).await;
-                }
-                let _permit = semaphore.acquire().await.ok()?;
-                if throttled.load(std::sync::atomic::Ordering::SeqCst) {
-                    return None;
-                }
-                let at = bridge.clock.now();
-                let attempt = click.attempts + 1;
-                let (outcome, status, latency) = match compiled.render(&click.click, at) {
-                    Err(e) => (Outcome::Permanent(format!("cannot render the request: {e}")), None, None),
-                    Ok(request) => match bridge.transport.send(&request, timeout).await {
-                        Ok(answer) => (
-                            classify(
-                                answer.status,
-                                &answer.body,
-                                answer.retry_after.as_deref(),
-                                partner.success_body_match.as_deref(),
-                                bridge.clock.now(),
-                            ),
-                            Some(answer.status),
-                            Some(answer.latency),
-                        ),
-                        Err((error, latency)) => (classify_transport(&error), None, Some(latency)),
-                    },
-                };
-                if matches!(outcome, Outcome::Retry { throttled: true, .. }) {
-                    throttled.store(true, std::sync::atomic::Ordering::SeqCst);
-                }
-                let latency_ms = latency.map(|l| l.as_millis().min(u128::from(u32::MAX)) as u32);
-                let record = match &outcome {
-                    Outcome::Delivered => record(click, attempt, "delivered", status, latency_ms, None, None, at),
-                    Outcome::Permanent(reason) => {
-                        record(click, attempt, "dead", status, latency_ms, Some(reason.clone()), None, at)
-                    }
-                    Outcome::Retry { after, reason, ambiguous, .. } => {
-                        if attempts_exhausted(attempt, partner.max_attempts) {
-                            let reason = format!("{reason} (attempt {attempt} of {})", partner.max_attempts);
-                            record(click, attempt, "dead", status, latency_ms, Some(reason), None, at)
-                        } else {
-                            let wait = backoff(attempt, partner.retry_base_ms, partner.retry_max_ms, fastrand::f64());
-                            let mut r = record(
-                                click,
-                                attempt,
-                                "retrying",
-                                status,
-                                latency_ms,
-                                Some(reason.clone()),
-                                Some(next_attempt_at(at, wait, *after)),
-                                at,
-                            );
-                            r.ambiguous = *ambiguous;
-                            r
-                        }
-                    }
-                };
-                Some((record, outcome))
+                attempt_at(bridge, partner, compiled, click, slot, throttled).await
             }
         })
         .buffer_unordered(partner.max_concurrency.max(1) as usize)
+        .filter_map(|o| async move { o })
         .collect()
-        .await;
-    let mut records = Vec::with_capacity(outcomes.len());
-    let mut sent = 0;
-    for (record, outcome) in outcomes.into_iter().flatten() {
-        if record.http_status.is_some() || record.latency_ms.is_some() {
-            sent += 1;
+        .await
+}
+
+/// Sends at the partner's send pace, reserving slots in chunks of about [`PACE_CHUNK`] from the row every bridge
+/// shares, and reporting what the partner accepted so a throttle sets the pace to it.
+async fn send_paced<T: Transport, C: Clock>(
+    bridge: &Bridge<T, C>,
+    partner: &Partner,
+    compiled: &CompiledPartner,
+    ready: &[&PendingClick],
+) -> (Vec<(DeliveryRecord, Outcome)>, Option<DateTime<Utc>>) {
+    let initial_rate = f64::from(partner.max_concurrency).max(clickpacer::delivery::pace::INITIAL_RATE_FLOOR);
+    let horizon = chrono::Duration::from_std(bridge.settings.max_spread_wait).unwrap_or_default();
+    let mut chunk = chunk_for(initial_rate);
+    let mut accepted: Vec<(DateTime<Utc>, u32)> = Vec::new();
+    let mut out = Vec::with_capacity(ready.len());
+    let mut resume_at = None;
+    let mut next = 0;
+    while next < ready.len() {
+        let now = bridge.clock.now();
+        let want = chunk.min(ready.len() - next);
+        let reserved = async {
+            let mut client = bridge.pool.get().await.map_err(DbError::from)?;
+            repo::reserve_send_slots(&mut client, &partner.partner_id, want, now, initial_rate, horizon, &accepted)
+                .await
+        };
+        let grant = match reserved.await {
+            Ok(grant) => grant,
+            Err(e) => {
+                // Without the shared pace nothing may go: the clicks wait for the message to come back.
+                tracing::warn!(partner_id = %partner.partner_id, error = %e, "send pace not reachable");
+                resume_at = Some(now + chrono::Duration::seconds(1));
+                break;
+            }
+        };
+        accepted.clear();
+        if grant.count == 0 {
+            resume_at = Some(grant.first);
+            break;
         }
-        health.observe(&outcome, record.at);
-        records.push(record);
+        chunk = chunk_for(1.0 / grant.interval.as_seconds_f64().max(1e-6));
+        let throttled = AtomicBool::new(false);
+        let results: Vec<(DeliveryRecord, Outcome)> = futures::stream::iter(0..grant.count)
+            .map(|k| {
+                let throttled = &throttled;
+                let click = ready[next + k];
+                async move { attempt_at(bridge, partner, compiled, click, grant.slot(k), throttled).await }
+            })
+            .buffer_unordered(partner.max_concurrency.max(1) as usize)
+            .filter_map(|o| async move { o })
+            .collect()
+            .await;
+        next += grant.count;
+        let mut pause: Option<DateTime<Utc>> = None;
+        for (record, outcome) in &results {
+            match outcome {
+                Outcome::Delivered => {
+                    let answered = record.at + chrono::Duration::milliseconds(record.latency_ms.unwrap_or(0).into());
+                    accepted.push((answered, 1));
+                }
+                Outcome::Retry { throttled: true, after, .. } => {
+                    let until = after.unwrap_or(record.at + clickpacer::delivery::health::DEFAULT_THROTTLE_PAUSE);
+                    pause = pause.max(Some(until));
+                }
+                _ => {}
+            }
+        }
+        out.extend(results);
+        if let Some(until) = pause {
+            let now = bridge.clock.now();
+            let report = std::mem::take(&mut accepted);
+            let recorded = async {
+                let mut client = bridge.pool.get().await.map_err(DbError::from)?;
+                repo::record_throttle(&mut client, &partner.partner_id, now, until, &report).await
+            };
+            if let Err(e) = recorded.await {
+                tracing::warn!(partner_id = %partner.partner_id, error = %e, "throttle not recorded in the send pace");
+            }
+            resume_at = Some(until);
+            break;
+        }
     }
-    (records, sent)
+    if !accepted.is_empty() {
+        let report = accepted;
+        let recorded = async {
+            let mut client = bridge.pool.get().await.map_err(DbError::from)?;
+            repo::record_accepted(&mut client, &partner.partner_id, &report).await
+        };
+        if let Err(e) = recorded.await {
+            tracing::warn!(partner_id = %partner.partner_id, error = %e, "accepted requests not counted");
+        }
+    }
+    // Clicks of the chunk skipped after a throttle were neither sent nor recorded: they go with the rest.
+    (out, resume_at)
+}
+
+/// About this much sending per reservation: short enough that concurrent bridges interleave into one even stream
+/// and a throttle stops everyone quickly, long enough that a fast partner costs one reservation per message.
+const PACE_CHUNK: std::time::Duration = std::time::Duration::from_millis(50);
+
+fn chunk_for(rate: f64) -> usize {
+    (rate * PACE_CHUNK.as_secs_f64()).round().max(1.0) as usize
+}
+
+/// One attempt at `slot` (waits for it), unless a throttle in the same group of requests came first.
+async fn attempt_at<T: Transport, C: Clock>(
+    bridge: &Bridge<T, C>,
+    partner: &Partner,
+    compiled: &CompiledPartner,
+    click: &PendingClick,
+    slot: DateTime<Utc>,
+    throttled: &AtomicBool,
+) -> Option<(DeliveryRecord, Outcome)> {
+    if let Ok(wait) = (slot - bridge.clock.now()).to_std() {
+        tokio::time::sleep(wait).await;
+    }
+    if throttled.load(Ordering::SeqCst) {
+        return None;
+    }
+    let at = bridge.clock.now();
+    let attempt = click.attempts + 1;
+    let timeout = Duration::from_millis(u64::from(partner.timeout_ms));
+    let (outcome, status, latency) = match compiled.render(&click.click, at) {
+        Err(e) => (Outcome::Permanent(format!("cannot render the request: {e}")), None, None),
+        Ok(request) => match bridge.transport.send(&request, timeout).await {
+            Ok(answer) => (
+                classify(
+                    answer.status,
+                    &answer.body,
+                    answer.retry_after.as_deref(),
+                    partner.success_body_match.as_deref(),
+                    bridge.clock.now(),
+                ),
+                Some(answer.status),
+                Some(answer.latency),
+            ),
+            Err((error, latency)) => (classify_transport(&error), None, Some(latency)),
+        },
+    };
+    if matches!(outcome, Outcome::Retry { throttled: true, .. }) {
+        throttled.store(true, Ordering::SeqCst);
+    }
+    let latency_ms = latency.map(|l| l.as_millis().min(u128::from(u32::MAX)) as u32);
+    let record = match &outcome {
+        Outcome::Delivered => record(click, attempt, "delivered", status, latency_ms, None, None, at),
+        Outcome::Permanent(reason) => {
+            record(click, attempt, "dead", status, latency_ms, Some(reason.clone()), None, at)
+        }
+        Outcome::Retry { after, reason, ambiguous, .. } => {
+            if attempts_exhausted(attempt, partner.max_attempts) {
+                let reason = format!("{reason} (attempt {attempt} of {})", partner.max_attempts);
+                record(click, attempt, "dead", status, latency_ms, Some(reason), None, at)
+            } else {
+                let wait = backoff(attempt, partner.retry_base_ms, partner.retry_max_ms, fastrand::f64());
+                let next = Some(next_attempt_at(at, wait, *after));
+                let mut r = record(click, attempt, "retrying", status, latency_ms, Some(reason.clone()), next, at);
+                r.ambiguous = *ambiguous;
+                r
+            }
+        }
+    };
+    Some((record, outcome))
 }
 
 #[allow(clippy::too_many_arguments)]

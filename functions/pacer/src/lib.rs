@@ -103,33 +103,58 @@ fn summarise(claim: ClaimSummary, now: DateTime<Utc>, claimed: u64, sent: u64) -
     }
 }
 
+/// A message to send, its release instant and what identifies the claim it carries.
+type Outgoing = (OutgoingMessage, DateTime<Utc>, (i64, i64));
+
 /// Sends every message, 10 per call, retrying only failed entries; returns the (batch, fence) pairs sent.
 async fn send_all<Q: ClickQueue>(pacer: &Pacer<Q>, now: DateTime<Utc>, messages: &[ReleaseMessage]) -> Vec<(i64, i64)> {
-    let outgoing: Vec<(OutgoingMessage, (i64, i64))> = messages
+    let outgoing: Vec<Outgoing> = messages
         .iter()
         .map(|m| {
-            let delay = (m.release_at - now).num_seconds().clamp(0, 900) as i32;
             let body = serde_json::to_string(m).unwrap_or_default();
-            (OutgoingMessage { id: m.batch_id.to_string(), body, delay_seconds: delay }, (m.batch_id, m.fence))
+            (
+                OutgoingMessage { id: m.batch_id.to_string(), body, delay_seconds: 0 },
+                m.release_at,
+                (m.batch_id, m.fence),
+            )
         })
         .collect();
+    let clock = SendClock { run_at: now, started: std::time::Instant::now() };
     futures::stream::iter(outgoing.chunks(MAX_BATCH_ENTRIES))
-        .map(|chunk| send_chunk(&pacer.queue, chunk, pacer.settings.send_attempts))
+        .map(|chunk| send_chunk(&pacer.queue, chunk, pacer.settings.send_attempts, &clock))
         .buffer_unordered(pacer.settings.send_concurrency.max(1))
         .flat_map(futures::stream::iter)
         .collect()
         .await
 }
 
-async fn send_chunk<Q: ClickQueue>(
-    queue: &Q,
-    chunk: &[(OutgoingMessage, (i64, i64))],
-    attempts: u32,
-) -> Vec<(i64, i64)> {
-    let mut pending: Vec<&(OutgoingMessage, (i64, i64))> = chunk.iter().collect();
+const LATE_TOLERANCE_MS: i64 = 100;
+
+/// The run's clock advanced by the time sending has taken: a run that sends for seconds (a large release, a slow
+/// queue) must not add those seconds to every later message's delay.
+struct SendClock {
+    run_at: DateTime<Utc>,
+    started: std::time::Instant,
+}
+
+impl SendClock {
+    /// The delay that makes a message visible at `release_at`: SQS delays are whole seconds, so it is rounded
+    /// down (visible early rather than late: the bridge waits for the message's own slots), except that up to
+    /// [`LATE_TOLERANCE_MS`] late keeps the whole second.
+    fn delay_for(&self, release_at: DateTime<Utc>) -> i32 {
+        let now = self.run_at + chrono::Duration::from_std(self.started.elapsed()).unwrap_or_default();
+        ((release_at - now).num_milliseconds() + LATE_TOLERANCE_MS).div_euclid(1000).clamp(0, 900) as i32
+    }
+}
+
+async fn send_chunk<Q: ClickQueue>(queue: &Q, chunk: &[Outgoing], attempts: u32, clock: &SendClock) -> Vec<(i64, i64)> {
+    let mut pending: Vec<&Outgoing> = chunk.iter().collect();
     let mut sent = Vec::with_capacity(chunk.len());
     for attempt in 1..=attempts.max(1) {
-        let batch: Vec<OutgoingMessage> = pending.iter().map(|(m, _)| m.clone()).collect();
+        let batch: Vec<OutgoingMessage> = pending
+            .iter()
+            .map(|(m, release_at, _)| OutgoingMessage { delay_seconds: clock.delay_for(*release_at), ..m.clone() })
+            .collect();
         match queue.send_batch(&batch).await {
             Ok(failed) => {
                 let failed_ids: Vec<&str> = failed.iter().map(|f| f.id.as_str()).collect();
@@ -143,8 +168,8 @@ async fn send_chunk<Q: ClickQueue>(
                     );
                 }
                 let (retry, ok): (Vec<_>, Vec<_>) =
-                    pending.into_iter().partition(|(m, _)| failed_ids.contains(&m.id.as_str()));
-                sent.extend(ok.into_iter().map(|(_, key)| *key));
+                    pending.into_iter().partition(|(m, _, _)| failed_ids.contains(&m.id.as_str()));
+                sent.extend(ok.into_iter().map(|(_, _, key)| *key));
                 pending = retry;
             }
             Err(e) => tracing::warn!(attempt, error = %e, "SendMessageBatch failed"),

@@ -8,6 +8,7 @@
 //!   [`Outcome::Retry`] or [`Outcome::Permanent`].
 //! - [`backoff`]: capped exponential backoff with full jitter, combined with Retry-After.
 //! - [`health`]: the adaptive per-partner allowance (AIMD) the pacer reads.
+//! - [`pace`]: send-time pacing for partners without a configured rate (slow start, learned rate, slots).
 //! - [`ssrf`]: which addresses a partner URL may reach.
 //!
 //! The bridge supplies what is impure: the current time, a random number for jitter, DNS answers, the network.
@@ -15,6 +16,7 @@
 pub mod backoff;
 pub mod health;
 pub mod outcome;
+pub mod pace;
 pub mod render;
 pub mod ssrf;
 mod template;

@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use tokio_postgres::GenericClient;
 
 use super::DbError;
+use crate::delivery::pace::{AcceptedWindow, SendPace, SlotGrant};
 use crate::delivery::{ClickForDelivery, PartnerHealth, idempotency_key};
 use crate::domain::events::ClickEvent;
 use crate::domain::{CampaignId, ClickId, PartnerId};
@@ -243,7 +244,7 @@ pub async fn record_pass(
         "INSERT INTO partner_health (partner_id, allowance, retry_after_until, consecutive_failures, updated_at)
          VALUES ($1, $2, $3, $4, now())
          ON CONFLICT (partner_id) DO UPDATE SET allowance = EXCLUDED.allowance,
-             retry_after_until = EXCLUDED.retry_after_until,
+             retry_after_until = GREATEST(partner_health.retry_after_until, EXCLUDED.retry_after_until),
              consecutive_failures = EXCLUDED.consecutive_failures, updated_at = now()",
         &[
             &lease.partner_id.as_str(),
@@ -333,6 +334,134 @@ pub async fn partner_health(db: &impl GenericClient, partner_id: &PartnerId) -> 
         .normalised(),
         None => PartnerHealth::default(),
     })
+}
+
+/// Requests a partner accepted, by the instant of each answer (counted per second into its send pace).
+pub type Accepted = [(DateTime<Utc>, u32)];
+
+/// Reserves up to `want` send slots for a paced partner (see [`crate::delivery::pace`]) within `horizon`, after
+/// counting the requests it accepted since the caller's last call: one short transaction under the partner's
+/// health row lock, so every bridge draws from the same evenly spaced stream.
+pub async fn reserve_send_slots(
+    client: &mut tokio_postgres::Client,
+    partner_id: &PartnerId,
+    want: usize,
+    now: DateTime<Utc>,
+    initial_rate: f64,
+    horizon: chrono::TimeDelta,
+    accepted: &Accepted,
+) -> Result<SlotGrant, DbError> {
+    with_send_pace(client, partner_id, accepted, |pace, paused_until| {
+        pace.reserve(want, now, paused_until, initial_rate, horizon)
+    })
+    .await
+}
+
+/// The partner throttled: counts what it accepted, sets the rate to that and pauses every bridge until
+/// `paused_until` (once per overload episode: a throttle while already paused only extends the pause).
+pub async fn record_throttle(
+    client: &mut tokio_postgres::Client,
+    partner_id: &PartnerId,
+    now: DateTime<Utc>,
+    paused_until: DateTime<Utc>,
+    accepted: &Accepted,
+) -> Result<(), DbError> {
+    with_send_pace(client, partner_id, accepted, |pace, current_pause| {
+        if current_pause.is_none_or(|until| until <= now) {
+            pace.on_throttled(now, paused_until);
+        } else {
+            pace.next_slot = pace.next_slot.max(Some(paused_until));
+        }
+    })
+    .await?;
+    client
+        .execute(
+            "UPDATE partner_health SET retry_after_until = GREATEST(retry_after_until, $2), updated_at = now()
+             WHERE partner_id = $1",
+            &[&partner_id.as_str(), &paused_until],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Counts accepted requests without reserving (what a delivery pass sent after its last reservation).
+pub async fn record_accepted(
+    client: &mut tokio_postgres::Client,
+    partner_id: &PartnerId,
+    accepted: &Accepted,
+) -> Result<(), DbError> {
+    if accepted.is_empty() {
+        return Ok(());
+    }
+    with_send_pace(client, partner_id, accepted, |_, _| ()).await
+}
+
+/// The partner's stored send pace (for reports and tests).
+pub async fn send_pace(db: &impl GenericClient, partner_id: &PartnerId) -> Result<Option<SendPace>, DbError> {
+    let row = db.query_opt(&format!("{PACE_COLUMNS} WHERE partner_id = $1"), &[&partner_id.as_str()]).await?;
+    Ok(row.as_ref().map(pace_from_row))
+}
+
+const PACE_COLUMNS: &str = "SELECT send_rate, send_rate_learned, send_rate_grown_at, next_send_at, accepted_second,
+                                   accepted_in_second, accepted_previous, retry_after_until
+                            FROM partner_health";
+
+fn pace_from_row(row: &tokio_postgres::Row) -> SendPace {
+    SendPace {
+        rate: row.get("send_rate"),
+        learned: row.get("send_rate_learned"),
+        grown_at: row.get("send_rate_grown_at"),
+        next_slot: row.get("next_send_at"),
+        window: AcceptedWindow {
+            second: row.get("accepted_second"),
+            accepted: row.get::<_, i32>("accepted_in_second").max(0) as u32,
+            previous: row.get::<_, i32>("accepted_previous").max(0) as u32,
+        },
+    }
+}
+
+async fn with_send_pace<R>(
+    client: &mut tokio_postgres::Client,
+    partner_id: &PartnerId,
+    accepted: &Accepted,
+    change: impl FnOnce(&mut SendPace, Option<DateTime<Utc>>) -> R,
+) -> Result<R, DbError> {
+    let tx = client.transaction().await?;
+    let select = format!("{PACE_COLUMNS} WHERE partner_id = $1 FOR UPDATE");
+    let row = match tx.query_opt(&select, &[&partner_id.as_str()]).await? {
+        Some(row) => row,
+        None => {
+            tx.execute(
+                "INSERT INTO partner_health (partner_id) VALUES ($1) ON CONFLICT DO NOTHING",
+                &[&partner_id.as_str()],
+            )
+            .await?;
+            tx.query_one(&select, &[&partner_id.as_str()]).await?
+        }
+    };
+    let mut pace = pace_from_row(&row);
+    for (at, n) in accepted {
+        pace.window.add(*at, *n);
+    }
+    let result = change(&mut pace, row.get("retry_after_until"));
+    tx.execute(
+        "UPDATE partner_health SET send_rate = $2, send_rate_learned = $3, send_rate_grown_at = $4, next_send_at = $5,
+                accepted_second = $6, accepted_in_second = $7, accepted_previous = $8
+         WHERE partner_id = $1",
+        &[
+            &partner_id.as_str(),
+            &pace.rate,
+            &pace.learned,
+            &pace.grown_at,
+            &pace.next_slot,
+            &pace.window.second,
+            &(pace.window.accepted.min(i32::MAX as u32) as i32),
+            &(pace.window.previous.min(i32::MAX as u32) as i32),
+        ],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(result)
 }
 
 /// Up to `limit` queued events, oldest first, locked so that concurrent flushers take different ones.

@@ -145,6 +145,7 @@ pub async fn claim_due_batches(
     let partner_rows = tx
         .query(
             "SELECT p.partner_id, p.rate_per_second, p.enabled, h.allowance, h.retry_after_until,
+                    CASE WHEN h.send_rate_learned THEN h.send_rate END AS learned_rate,
                     pp.second_start, pp.second_released
              FROM partner_pacing pp
              JOIN partners p USING (partner_id)
@@ -158,14 +159,15 @@ pub async fn claim_due_batches(
     let mut partners = HashMap::new();
     for row in &partner_rows {
         let enabled: bool = row.get("enabled");
+        let configured = row.get::<_, Option<i32>>("rate_per_second").map(|r| r.max(0) as u32);
+        // Without a configured rate, the rate the bridge learned from the partner's throttling (if any) is the
+        // partner's rate: releasing faster only queues clicks at the bridge. The allowance scales a configured
+        // rate only; a learned one already is what the partner takes now.
+        let learned = row.get::<_, Option<f64>>("learned_rate").filter(|_| configured.is_none());
         let limit = PartnerLimit {
             // A disabled partner takes nothing: its rate is zero until a person enables it again.
-            rate_per_second: if enabled {
-                row.get::<_, Option<i32>>("rate_per_second").map(|r| r.max(0) as u32)
-            } else {
-                Some(0)
-            },
-            allowance: row.get::<_, Option<f64>>("allowance").unwrap_or(1.0),
+            rate_per_second: if enabled { configured.or(learned.map(|r| r.floor().max(1.0) as u32)) } else { Some(0) },
+            allowance: if learned.is_some() { 1.0 } else { row.get::<_, Option<f64>>("allowance").unwrap_or(1.0) },
             retry_after_until: row.get("retry_after_until"),
             second: WindowCount { start: row.get("second_start"), released: count(row, "second_released") },
         };

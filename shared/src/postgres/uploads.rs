@@ -516,7 +516,8 @@ async fn write_chunk_once(
         let existing: std::collections::HashSet<(String, String)> = tx
             .query_typed(
                 "SELECT k.campaign_id, k.click_id FROM click_ids k
-                 JOIN unnest($1::text[], $2::text[]) AS c(campaign_id, click_id) USING (campaign_id, click_id)",
+                 JOIN unnest($1::text[], $2::text[]) AS c(campaign_id, click_id)
+                   ON k.campaign_id = c.campaign_id COLLATE \"C\" AND k.click_id = c.click_id COLLATE \"C\"",
                 &[(&campaign_col, Type::TEXT_ARRAY), (&click_col, Type::TEXT_ARRAY)],
             )
             .await?

@@ -1,0 +1,273 @@
+//! Send-time pacing for a partner without a configured rate: the bridge finds the rate the partner takes and
+//! spaces its requests to it, across every concurrent bridge, so a hidden rate limit is met with few 429s.
+//!
+//! The state is one row per partner (`partner_health`), updated under its row lock each time a bridge reserves
+//! send slots. It is a rate-based congestion controller in the manner of TCP, with the partner's rate limiter
+//! as the bottleneck:
+//! - **Slow start**: a partner never throttled starts at its `max_concurrency` requests per second (a partner
+//!   that takes that many requests at once takes that many a second), at least [`INITIAL_RATE_FLOOR`], and
+//!   doubles every [`SLOW_START_STEP`] of
+//!   backlogged sending, so a partner without a limit soon runs at whatever its concurrency allows.
+//! - **Throttled** (429/503, once per overload episode): the rate becomes what the partner accepted in the last
+//!   full second or in the second so far, whichever is more (the delivery rate it demonstrably takes, as BBR
+//!   measures its bottleneck), times [`BACKOFF_MARGIN`]; slow start ends. No slot is granted before the
+//!   Retry-After instant.
+//! - **Probing**: after that the rate grows by [`PROBE_GROWTH`] per [`PROBE_STEP`] of backlogged sending, so a
+//!   partner that raises its limit is noticed, at the cost of an occasional throttled request.
+//!
+//! Slots follow the generic cell rate algorithm: `next_slot` is the earliest instant the next request may go; a
+//! reservation of k requests takes k slots `1/rate` apart from `max(next_slot, now, retry_after)` and moves
+//! `next_slot` past them. Concurrent bridges reserve in short chunks, so the partner sees one evenly spaced
+//! stream whoever sends it.
+
+use chrono::{DateTime, DurationRound, TimeDelta, Utc};
+
+/// The lowest starting rate: even a partner that takes one request at a time answers more than one a second.
+pub const INITIAL_RATE_FLOOR: f64 = 50.0;
+/// Doubling period in slow start.
+pub const SLOW_START_STEP: TimeDelta = TimeDelta::milliseconds(250);
+/// The share of the measured accepted rate the bridge sends at after a throttle.
+pub const BACKOFF_MARGIN: f64 = 0.97;
+/// Growth per [`PROBE_STEP`] once a throttle taught the partner's rate.
+pub const PROBE_GROWTH: f64 = 0.01;
+pub const PROBE_STEP: TimeDelta = TimeDelta::seconds(10);
+/// Bounds on a learned rate (requests per second).
+pub const MIN_RATE: f64 = 1.0;
+pub const MAX_RATE: f64 = 100_000.0;
+/// Sending counts as backlogged (and grows the rate) while the next free slot is at most this far in the past.
+pub const IDLE_AFTER: TimeDelta = TimeDelta::seconds(1);
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SendPace {
+    /// Requests per second; `None` until the partner is first sent to.
+    pub rate: Option<f64>,
+    /// A throttle taught the rate (the pacer may then release at it); `false` in slow start.
+    pub learned: bool,
+    /// When the rate last grew (or was set).
+    pub grown_at: Option<DateTime<Utc>>,
+    /// The earliest instant the next request may go.
+    pub next_slot: Option<DateTime<Utc>>,
+    /// Requests the partner accepted per wall-clock second: the current second and the one before.
+    pub window: AcceptedWindow,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct AcceptedWindow {
+    pub second: Option<DateTime<Utc>>,
+    pub accepted: u32,
+    pub previous: u32,
+}
+
+impl AcceptedWindow {
+    /// Counts `n` requests accepted during the second that holds `at`. Counts for seconds older than the
+    /// window are dropped (they arrive late and no longer tell the current rate).
+    pub fn add(&mut self, at: DateTime<Utc>, n: u32) {
+        let second = floor_second(at);
+        match self.second {
+            Some(current) if second == current => self.accepted += n,
+            Some(current) if second == current - TimeDelta::seconds(1) => self.previous += n,
+            Some(current) if second < current => {}
+            Some(current) if second == current + TimeDelta::seconds(1) => {
+                *self = Self { second: Some(second), accepted: n, previous: self.accepted }
+            }
+            _ => *self = Self { second: Some(second), accepted: n, previous: 0 },
+        }
+    }
+
+    /// The accepted rate the window shows at `now`: the more of the last full second and the current one.
+    pub fn rate_at(&self, now: DateTime<Utc>) -> u32 {
+        let second = floor_second(now);
+        match self.second {
+            Some(s) if s == second => self.accepted.max(self.previous),
+            Some(s) if s == second - TimeDelta::seconds(1) => self.accepted,
+            _ => 0,
+        }
+    }
+}
+
+/// Slots granted to one reservation: `count` requests, the first at `first`, then every `interval`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SlotGrant {
+    pub first: DateTime<Utc>,
+    pub interval: TimeDelta,
+    pub count: usize,
+}
+
+impl SlotGrant {
+    pub fn slot(&self, i: usize) -> DateTime<Utc> {
+        self.first + self.interval * i as i32
+    }
+}
+
+impl SendPace {
+    /// The rate the pacer may release at for this partner: only a learned one (slow start limits nothing yet).
+    pub fn learned_rate(&self) -> Option<f64> {
+        self.rate.filter(|_| self.learned)
+    }
+
+    /// Reserves up to `want` slots no later than `horizon` after `now`, none before `paused_until`. A grant of
+    /// zero slots says when the next one is free (`first`).
+    pub fn reserve(
+        &mut self,
+        want: usize,
+        now: DateTime<Utc>,
+        paused_until: Option<DateTime<Utc>>,
+        initial_rate: f64,
+        horizon: TimeDelta,
+    ) -> SlotGrant {
+        self.grow(now, initial_rate);
+        let rate = self.rate.unwrap_or(initial_rate).clamp(MIN_RATE, MAX_RATE);
+        let interval = TimeDelta::microseconds((1_000_000.0 / rate).round().max(1.0) as i64);
+        let first = [Some(now), self.next_slot, paused_until].into_iter().flatten().max().unwrap_or(now);
+        let room = (horizon - (first - now)).num_microseconds().unwrap_or(0).max(-1);
+        let fits = if room < 0 { 0 } else { (room / interval.num_microseconds().unwrap_or(1)) as usize + 1 };
+        let count = want.min(fits);
+        if count > 0 {
+            self.next_slot = Some(first + interval * count as i32);
+        }
+        SlotGrant { first, interval, count }
+    }
+
+    /// The partner throttled at `now`: the rate becomes the accepted rate it showed (at least [`MIN_RATE`]).
+    /// Called once per overload episode (not for every 429 of requests already in flight).
+    pub fn on_throttled(&mut self, now: DateTime<Utc>, paused_until: DateTime<Utc>) {
+        let shown = f64::from(self.window.rate_at(now));
+        let current = self.rate.unwrap_or(shown);
+        // The partner took `shown`; sending at `current` was too much. A count that lags (requests still in
+        // flight elsewhere) must not raise the rate.
+        let rate = (shown * BACKOFF_MARGIN).min(current).clamp(MIN_RATE, MAX_RATE);
+        self.rate = Some(rate);
+        self.learned = true;
+        self.grown_at = Some(paused_until);
+        self.next_slot = Some(self.next_slot.map_or(paused_until, |s| s.max(paused_until)));
+    }
+
+    fn grow(&mut self, now: DateTime<Utc>, initial_rate: f64) {
+        let Some(rate) = self.rate else {
+            self.rate = Some(initial_rate.clamp(MIN_RATE, MAX_RATE));
+            self.grown_at = Some(now);
+            return;
+        };
+        let grown_at = self.grown_at.unwrap_or(now);
+        let backlogged = self.next_slot.is_some_and(|slot| slot >= now - IDLE_AFTER);
+        if !backlogged {
+            // Idle time proves nothing about the partner: it does not count towards growth.
+            self.grown_at = Some(now);
+            return;
+        }
+        let (step, factor) = if self.learned { (PROBE_STEP, 1.0 + PROBE_GROWTH) } else { (SLOW_START_STEP, 2.0) };
+        let steps = ((now - grown_at).num_milliseconds() / step.num_milliseconds()).max(0);
+        if steps > 0 {
+            self.rate = Some((rate * factor.powi(steps.min(64) as i32)).clamp(MIN_RATE, MAX_RATE));
+            self.grown_at = Some(grown_at + step * steps as i32);
+        }
+    }
+}
+
+fn floor_second(at: DateTime<Utc>) -> DateTime<Utc> {
+    at.duration_trunc(TimeDelta::seconds(1)).unwrap_or(at)
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+
+    fn t0() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 28, 10, 0, 0).unwrap()
+    }
+
+    fn ms(n: i64) -> TimeDelta {
+        TimeDelta::milliseconds(n)
+    }
+
+    #[test]
+    fn slots_are_evenly_spaced_and_shared_between_reservations() {
+        let mut pace = SendPace::default();
+        let a = pace.reserve(5, t0(), None, 100.0, TimeDelta::seconds(20));
+        assert_eq!((a.first, a.interval, a.count), (t0(), ms(10), 5));
+        let b = pace.reserve(5, t0(), None, 100.0, TimeDelta::seconds(20));
+        assert_eq!(b.first, t0() + ms(50), "the second reservation continues where the first ended");
+        assert_eq!(b.slot(4), t0() + ms(90));
+    }
+
+    #[test]
+    fn reservations_stop_at_the_horizon_and_say_when_the_next_slot_is_free() {
+        let mut pace = SendPace::default();
+        let a = pace.reserve(1000, t0(), None, 10.0, TimeDelta::seconds(2));
+        assert_eq!(a.count, 21, "slots at 0, 0.1, ..., 2.0 s");
+        let b = pace.reserve(10, t0(), None, 10.0, TimeDelta::seconds(2));
+        assert_eq!((b.count, b.first), (0, t0() + ms(2100)));
+    }
+
+    #[test]
+    fn no_slot_before_retry_after() {
+        let mut pace = SendPace::default();
+        let g = pace.reserve(3, t0(), Some(t0() + TimeDelta::seconds(5)), 10.0, TimeDelta::seconds(20));
+        assert_eq!(g.first, t0() + TimeDelta::seconds(5));
+    }
+
+    #[test]
+    fn slow_start_doubles_while_backlogged_only() {
+        let mut pace = SendPace::default();
+        pace.reserve(100, t0(), None, 64.0, TimeDelta::seconds(20));
+        assert_eq!(pace.rate, Some(64.0));
+        pace.reserve(1, t0() + ms(500), None, 64.0, TimeDelta::seconds(20));
+        assert_eq!(pace.rate, Some(256.0), "two doublings in 500 ms of backlog");
+        // An idle minute: no growth for it.
+        pace.reserve(1, t0() + TimeDelta::seconds(60), None, 64.0, TimeDelta::seconds(20));
+        assert_eq!(pace.rate, Some(256.0));
+    }
+
+    #[test]
+    fn a_throttle_sets_the_rate_to_what_the_partner_accepted() {
+        let mut pace = SendPace::default();
+        pace.reserve(1, t0(), None, 64.0, TimeDelta::seconds(20));
+        pace.rate = Some(512.0);
+        let now = t0() + ms(1400);
+        pace.window.add(t0() + ms(200), 150);
+        pace.window.add(t0() + ms(1100), 200);
+        pace.on_throttled(now, now + TimeDelta::seconds(1));
+        assert!((pace.rate.unwrap() - 194.0).abs() < 1e-9, "{:?}", pace.rate);
+        assert!(pace.learned);
+        assert_eq!(pace.learned_rate(), pace.rate);
+        let g = pace.reserve(1, now, None, 64.0, TimeDelta::seconds(20));
+        assert_eq!(g.first, now + TimeDelta::seconds(1), "the pause holds even without retry_after passed in");
+    }
+
+    #[test]
+    fn a_lagging_count_never_raises_the_rate() {
+        let mut pace = SendPace { rate: Some(50.0), learned: true, ..SendPace::default() };
+        pace.window.add(t0(), 400);
+        pace.on_throttled(t0(), t0() + TimeDelta::seconds(1));
+        assert_eq!(pace.rate, Some(50.0));
+        let mut silent = SendPace { rate: Some(50.0), ..SendPace::default() };
+        silent.on_throttled(t0(), t0());
+        assert_eq!(silent.rate, Some(MIN_RATE), "nothing accepted: the floor, from which probing grows");
+    }
+
+    #[test]
+    fn learned_rates_grow_slowly() {
+        let mut pace = SendPace { rate: Some(100.0), learned: true, grown_at: Some(t0()), ..Default::default() };
+        pace.next_slot = Some(t0() + TimeDelta::seconds(30));
+        pace.reserve(1, t0() + TimeDelta::seconds(30), None, 64.0, TimeDelta::seconds(20));
+        let rate = pace.rate.unwrap();
+        assert!((rate - 100.0 * 1.01f64.powi(3)).abs() < 1e-9, "{rate}");
+    }
+
+    #[test]
+    fn the_window_counts_per_second() {
+        let mut w = AcceptedWindow::default();
+        w.add(t0() + ms(100), 3);
+        w.add(t0() + ms(900), 2);
+        w.add(t0() + ms(1100), 7);
+        w.add(t0() + ms(800), 1); // late, for the previous second
+        assert_eq!((w.accepted, w.previous), (7, 6));
+        assert_eq!(w.rate_at(t0() + ms(1500)), 7);
+        assert_eq!(w.rate_at(t0() + ms(2500)), 7, "the last full second");
+        assert_eq!(w.rate_at(t0() + ms(3500)), 0, "too old");
+        w.add(t0() + ms(5000), 1);
+        assert_eq!((w.accepted, w.previous), (1, 0));
+    }
+}
