@@ -160,3 +160,67 @@ async fn click_partitions_are_created_once_per_month() {
         .get(0);
     assert_eq!(partitions, 2, "the default partition and February 2027");
 }
+
+/// Bridges reserving send slots for one partner concurrently get one evenly spaced stream; a throttle sets the
+/// rate to what the partner accepted, pauses every bridge until its Retry-After, and the rate is then learned.
+#[tokio::test]
+async fn concurrent_bridges_share_one_send_pace_and_learn_from_a_throttle() {
+    use clickpacer::delivery::pace::SlotGrant;
+    use clickpacer::postgres::bridge;
+
+    let db = TestDb::new().await;
+    let mut p = partner();
+    p.rate_per_second = None;
+    partners::upsert(&**db.client().await, &p).await.unwrap();
+    let id = p.partner_id.clone();
+    let t0: chrono::DateTime<chrono::Utc> = "2026-11-28T10:00:00Z".parse().unwrap();
+    let horizon = chrono::TimeDelta::seconds(20);
+
+    let reservations = (0..8).map(|_| {
+        let pool = db.pool.clone();
+        let id = id.clone();
+        tokio::spawn(async move {
+            let mut client = pool.get().await.unwrap();
+            let mut grants = Vec::new();
+            for _ in 0..5 {
+                grants.push(bridge::reserve_send_slots(&mut client, &id, 4, t0, 400.0, horizon, &[]).await.unwrap());
+            }
+            grants
+        })
+    });
+    let mut slots: Vec<chrono::DateTime<chrono::Utc>> = Vec::new();
+    for task in reservations {
+        for g in task.await.unwrap() {
+            let g: SlotGrant = g;
+            assert_eq!((g.count, g.interval), (4, chrono::TimeDelta::microseconds(2500)));
+            slots.extend((0..g.count).map(|i| g.slot(i)));
+        }
+    }
+    slots.sort();
+    let expected: Vec<_> = (0..160).map(|i| t0 + chrono::TimeDelta::microseconds(2500 * i)).collect();
+    assert_eq!(slots, expected, "160 distinct slots 2.5 ms apart: no two bridges share one");
+
+    // Sending at 400/s, 180 accepted in the current second, then a 429 with Retry-After 1 s.
+    let now = t0 + chrono::TimeDelta::milliseconds(900);
+    let until = now + chrono::TimeDelta::seconds(1);
+    let mut client = db.client().await;
+    bridge::record_throttle(&mut client, &id, now, until, &[(t0 + chrono::TimeDelta::milliseconds(500), 180)])
+        .await
+        .unwrap();
+    let pace = bridge::send_pace(&**client, &id).await.unwrap().unwrap();
+    assert!(pace.learned);
+    assert!((pace.rate.unwrap() - 180.0 * clickpacer::delivery::pace::BACKOFF_MARGIN).abs() < 1e-9, "{pace:?}");
+    let g = bridge::reserve_send_slots(&mut client, &id, 1, now, 400.0, horizon, &[]).await.unwrap();
+    assert_eq!(g.first, until, "no slot before the Retry-After instant");
+    let paused: Option<chrono::DateTime<chrono::Utc>> = client
+        .query_one("SELECT retry_after_until FROM partner_health WHERE partner_id = $1", &[&id.as_str()])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(paused, Some(until), "the pacer and the other bridges see the pause");
+
+    // A second 429 from a request already in flight extends the pause but does not cut the rate again.
+    bridge::record_throttle(&mut client, &id, now, until + chrono::TimeDelta::seconds(1), &[]).await.unwrap();
+    let again = bridge::send_pace(&**client, &id).await.unwrap().unwrap();
+    assert_eq!(again.rate, pace.rate);
+}

@@ -195,6 +195,7 @@ async fn deliver_batch<T: Transport, C: Clock>(
         let health = repo::partner_health(&**client, &lease.partner_id).await?;
         (partner, health, repo::batch_clicks(&**client, lease).await?)
     };
+    let loaded_health = health.clone();
     if let Some(until) = health.retry_after_until.filter(|_| health.is_paused(now)) {
         // No request to this partner before its Retry-After: the whole message waits.
         requeue(bridge, release, until - now).await?;
@@ -236,7 +237,8 @@ async fn deliver_batch<T: Transport, C: Clock>(
 
     let tally = {
         let mut client = bridge.pool.get().await.map_err(DbError::from)?;
-        repo::record_pass(&mut client, lease, &records, &health, &events).await?
+        let changed = (health != loaded_health).then_some(&health);
+        repo::record_pass(&mut client, lease, &records, changed, &events).await?
     };
     let dead: Vec<&DeliveryRecord> = records.iter().filter(|r| r.outcome == "dead").collect();
     if !dead.is_empty() {

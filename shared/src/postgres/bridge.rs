@@ -189,12 +189,13 @@ pub struct BatchTally {
 }
 
 /// Appends the results, ends the batch when every click is final (delivered, partially failed or dead) with the
-/// day ledger counting it, saves the partner's health and queues the events: one transaction, fenced.
+/// day ledger counting it, saves the partner's health (`None`: unchanged) and queues the events: one
+/// transaction, fenced.
 pub async fn record_pass(
     client: &mut tokio_postgres::Client,
     lease: &BatchLease,
     records: &[DeliveryRecord],
-    health: &PartnerHealth,
+    health: Option<&PartnerHealth>,
     events: &[ClickEvent],
 ) -> Result<BatchTally, DbError> {
     let tx = client.transaction().await?;
@@ -239,21 +240,6 @@ pub async fn record_pass(
         )
         .await?;
     }
-
-    tx.execute(
-        "INSERT INTO partner_health (partner_id, allowance, retry_after_until, consecutive_failures, updated_at)
-         VALUES ($1, $2, $3, $4, now())
-         ON CONFLICT (partner_id) DO UPDATE SET allowance = EXCLUDED.allowance,
-             retry_after_until = GREATEST(partner_health.retry_after_until, EXCLUDED.retry_after_until),
-             consecutive_failures = EXCLUDED.consecutive_failures, updated_at = now()",
-        &[
-            &lease.partner_id.as_str(),
-            &health.allowance,
-            &health.retry_after_until,
-            &(health.consecutive_failures as i32),
-        ],
-    )
-    .await?;
 
     if !events.is_empty() {
         let payloads: Vec<serde_json::Value> =
@@ -312,6 +298,24 @@ pub async fn record_pass(
                 tracing::warn!(batch_id = lease.batch_id, "no ledger row for the batch's release day");
             }
         }
+    }
+    // Last, and only when it changed: every delivery pass and every send-slot reservation for the partner
+    // goes through this row's lock.
+    if let Some(health) = health {
+        tx.execute(
+            "INSERT INTO partner_health (partner_id, allowance, retry_after_until, consecutive_failures, updated_at)
+         VALUES ($1, $2, $3, $4, now())
+         ON CONFLICT (partner_id) DO UPDATE SET allowance = EXCLUDED.allowance,
+             retry_after_until = GREATEST(partner_health.retry_after_until, EXCLUDED.retry_after_until),
+             consecutive_failures = EXCLUDED.consecutive_failures, updated_at = now()",
+            &[
+                &lease.partner_id.as_str(),
+                &health.allowance,
+                &health.retry_after_until,
+                &(health.consecutive_failures as i32),
+            ],
+        )
+        .await?;
     }
     tx.commit().await?;
     Ok(tally)
