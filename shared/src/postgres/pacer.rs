@@ -57,20 +57,41 @@ pub async fn claim_due_batches(
     let lease_until = now + chrono::Duration::from_std(settings.lease_for).unwrap_or(chrono::Duration::minutes(2));
 
     // Fair scan: each campaign contributes at most its share of the run, in due order, through the
-    // (campaign_id, due_at) index; rows another pacer holds are skipped, not waited for.
-    let campaigns_due: i64 = tx
-        .query_one(
-            "SELECT count(DISTINCT campaign_id) FROM batches
-             WHERE state IN ('pending', 'claimed') AND due_at <= $1",
+    // (campaign_id, due_at) index; rows another pacer holds are skipped, not waited for. Campaigns too: a
+    // campaign whose counters another pacer holds is left to that pacer, so concurrent pacers split the
+    // campaigns between them instead of queueing on the same counter rows.
+    let due_campaigns: Vec<String> = tx
+        .query(
+            "SELECT DISTINCT campaign_id FROM batches WHERE state IN ('pending', 'claimed') AND due_at <= $1",
             &[&horizon_end],
         )
         .await?
-        .get(0);
-    if campaigns_due == 0 {
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if due_campaigns.is_empty() {
         tx.commit().await?;
         return Ok((Vec::new(), ClaimSummary::default()));
     }
-    let share = (settings.max_batches as i64 / campaigns_due).max(50).min(settings.max_batches as i64);
+    tx.execute(
+        "INSERT INTO campaign_pacing (campaign_id) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING",
+        &[&due_campaigns],
+    )
+    .await?;
+    let pacing_rows = tx
+        .query(
+            "SELECT * FROM campaign_pacing WHERE campaign_id = ANY($1) ORDER BY campaign_id FOR UPDATE SKIP LOCKED",
+            &[&due_campaigns],
+        )
+        .await?;
+    let mut states: HashMap<String, PacingState> =
+        pacing_rows.iter().map(|r| (r.get::<_, String>("campaign_id"), pacing_state(r))).collect();
+    let ours: Vec<&String> = states.keys().collect();
+    if ours.is_empty() {
+        tx.commit().await?;
+        return Ok((Vec::new(), ClaimSummary::default()));
+    }
+    let share = (settings.max_batches as i64 / ours.len() as i64).max(50).min(settings.max_batches as i64);
     let rows = tx
         .query(
             "SELECT x.batch_id, x.campaign_id, x.click_count, x.due_at, x.state
@@ -84,8 +105,9 @@ pub async fn claim_due_batches(
                  ORDER BY b.due_at, b.batch_id
                  LIMIT $3
                  FOR UPDATE OF b SKIP LOCKED
-             ) x",
-            &[&horizon_end, &now, &share],
+             ) x
+             WHERE c.campaign_id = ANY($4)",
+            &[&horizon_end, &now, &share, &ours],
         )
         .await?;
     let mut summary = ClaimSummary { examined: rows.len() as u64, ..ClaimSummary::default() };
@@ -119,40 +141,18 @@ pub async fn claim_due_batches(
         .await?;
     let campaign_list = campaign_rows.iter().map(campaigns::from_row).collect::<Result<Vec<_>, _>>()?;
 
-    // Counters, locked in a fixed order (by id) so concurrent pacers cannot deadlock.
-    tx.execute(
-        "INSERT INTO campaign_pacing (campaign_id) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING",
-        &[&campaign_ids],
-    )
-    .await?;
-    let pacing_rows = tx
-        .query(
-            "SELECT * FROM campaign_pacing WHERE campaign_id = ANY($1) ORDER BY campaign_id FOR UPDATE",
-            &[&campaign_ids],
-        )
-        .await?;
-    let mut states: HashMap<String, PacingState> =
-        pacing_rows.iter().map(|r| (r.get::<_, String>("campaign_id"), pacing_state(r))).collect();
-
     let mut partner_ids: Vec<String> = campaign_list.iter().map(|c| c.partner_id.to_string()).collect();
     partner_ids.sort();
     partner_ids.dedup();
-    tx.execute(
-        "INSERT INTO partner_pacing (partner_id) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING",
-        &[&partner_ids],
-    )
-    .await?;
+    // A partner's per-second counter matters only when it has a rate (configured, or learned by the bridge);
+    // only those are locked (in id order, so concurrent pacers cannot deadlock), so campaigns of partners
+    // without one do not queue on their partner's row.
     let partner_rows = tx
         .query(
             "SELECT p.partner_id, p.rate_per_second, p.enabled, h.allowance, h.retry_after_until,
-                    CASE WHEN h.send_rate_learned THEN h.send_rate END AS learned_rate,
-                    pp.second_start, pp.second_released
-             FROM partner_pacing pp
-             JOIN partners p USING (partner_id)
-             LEFT JOIN partner_health h USING (partner_id)
-             WHERE pp.partner_id = ANY($1)
-             ORDER BY pp.partner_id
-             FOR UPDATE OF pp",
+                    CASE WHEN h.send_rate_learned THEN h.send_rate END AS learned_rate
+             FROM partners p LEFT JOIN partner_health h USING (partner_id)
+             WHERE p.partner_id = ANY($1)",
             &[&partner_ids],
         )
         .await?;
@@ -169,9 +169,26 @@ pub async fn claim_due_batches(
             rate_per_second: if enabled { configured.or(learned.map(|r| r.floor().max(1.0) as u32)) } else { Some(0) },
             allowance: if learned.is_some() { 1.0 } else { row.get::<_, Option<f64>>("allowance").unwrap_or(1.0) },
             retry_after_until: row.get("retry_after_until"),
-            second: WindowCount { start: row.get("second_start"), released: count(row, "second_released") },
+            second: WindowCount::default(),
         };
         partners.insert(parse_partner(row.get("partner_id"))?, limit);
+    }
+    let mut limited: Vec<String> =
+        partners.iter().filter(|(_, l)| l.rate_per_second.is_some()).map(|(id, _)| id.to_string()).collect();
+    limited.sort();
+    tx.execute("INSERT INTO partner_pacing (partner_id) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING", &[&limited])
+        .await?;
+    let counters = tx
+        .query(
+            "SELECT partner_id, second_start, second_released FROM partner_pacing
+             WHERE partner_id = ANY($1) ORDER BY partner_id FOR UPDATE",
+            &[&limited],
+        )
+        .await?;
+    for row in &counters {
+        if let Some(limit) = partners.get_mut(&parse_partner(row.get("partner_id"))?) {
+            limit.second = WindowCount { start: row.get("second_start"), released: count(row, "second_released") };
+        }
     }
 
     let campaigns_input = campaign_list
@@ -237,7 +254,10 @@ pub async fn claim_due_batches(
     .await?;
 
     write_states(&tx, &plan.states).await?;
-    write_partners(&tx, &plan.partners).await?;
+    // Counters of partners without a rate were not locked, and say nothing: not written.
+    let counted: HashMap<PartnerId, PartnerLimit> =
+        plan.partners.into_iter().filter(|(_, l)| l.rate_per_second.is_some()).collect();
+    write_partners(&tx, &counted).await?;
     write_ledger(&tx, &plan.ledger).await?;
     tx.commit().await?;
     Ok((messages, summary))
