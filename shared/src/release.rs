@@ -9,7 +9,10 @@
 //! rotates each second), so a huge campaign cannot starve small ones that share its partner.
 //!
 //! A batch larger than what one second allows (a low partner rate, say) is reserved across consecutive
-//! seconds and the message tells the bridge to spread its clicks over them. If the horizon ends first, the
+//! seconds and the message tells the bridge to spread its clicks over them. A batch that only the even or
+//! curve plan holds back (its first click is due, every cap, budget and rate would let it all go) is released
+//! whole and spread until the plan has accrued its last click, so a slow plan becomes a flow, not a lump per
+//! batch. If the horizon ends first, the
 //! batch waits for the next run and what the campaign had reserved for it is given back (its day ledger and
 //! pacing counters), so no click is counted as released that no message carries; the partner's per-second
 //! counter keeps it (conservative: never over the partner's rate). Limits that accrue (the even plan, rates)
@@ -21,7 +24,10 @@ use chrono::{DateTime, Duration, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{Campaign, CampaignId, Micros, PartnerId};
-use crate::pacing::{DeferReason, PacingState, PartnerLimit, allowance, local_date};
+use crate::pacing::{DeferReason, PacingState, PartnerLimit, allowance, local_date, plan_completes_at};
+
+/// The longest a batch released ahead of its plan is spread (the bridge delivers its clicks over that time).
+pub const MAX_PLAN_SPREAD: Duration = Duration::minutes(15);
 
 /// The message the pacer puts on the click queue for the bridge.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -169,7 +175,20 @@ pub fn plan_releases(input: PlanInput) -> ReleasePlan {
                             | DeferReason::PacingPlan
                     )
                 );
-                let take = if refills { answer.clicks.min(remaining) } else { 0 };
+                // Held back by the plan alone, with its first click due: the whole batch goes now, spread until
+                // the plan has accrued its last click (within MAX_PLAN_SPREAD), rather than in one lump once it
+                // has.
+                let plan_spread = (lane.partial.is_none() && answer.reason == Some(DeferReason::PacingPlan))
+                    .then(|| plan_completes_at(campaign, state, partner, remaining, t))
+                    .flatten()
+                    .filter(|last| *last - t <= MAX_PLAN_SPREAD);
+                let take = if plan_spread.is_some() {
+                    remaining
+                } else if refills {
+                    answer.clicks.min(remaining)
+                } else {
+                    0
+                };
                 if take > 0 {
                     if take < batch.clicks && lane.undo.is_none() {
                         lane.undo = Some(Undo {
@@ -196,10 +215,14 @@ pub fn plan_releases(input: PlanInput) -> ReleasePlan {
                 }
                 let first_slot = lane.partial.map_or(slot, |(_, first)| first);
                 if take == remaining {
+                    let spread_seconds = match plan_spread {
+                        Some(last) => (last - t).num_seconds().max(0) as u32 + 1,
+                        None => slot - first_slot + 1,
+                    };
                     plan.releases.push(PlannedRelease {
                         batch_id: batch.batch_id,
                         delay_seconds: first_slot,
-                        spread_seconds: slot - first_slot + 1,
+                        spread_seconds,
                     });
                     lane.partial = None;
                     lane.undo = None;
@@ -380,6 +403,20 @@ mod tests {
         assert_eq!(plan.deferrals.iter().map(|d| d.batch_id).collect::<Vec<_>>(), vec![3]);
         let state = &plan.states[&CampaignId::parse("a").unwrap()];
         assert_eq!(state.released_today, 20, "{state:?}");
+    }
+
+    #[test]
+    fn a_slow_plan_spreads_each_batch_until_its_last_click_is_due() {
+        let mut c = campaign("a");
+        c.pacing = crate::domain::PacingMode::Even;
+        c.daily_cap = Some(8_640); // one click every 10 seconds over the UTC day
+        let midnight: DateTime<Utc> = "2026-11-28T00:00:00Z".parse().unwrap();
+        let plan = plan_releases(input(vec![c], batches("a", 1, 3, 10, midnight), midnight));
+        // The first click is due in the first second and the tenth by second 90: the whole batch goes at once,
+        // spread over 91 seconds; the next one waits for the plan to catch up.
+        assert_eq!(plan.releases, vec![PlannedRelease { batch_id: 1, delay_seconds: 0, spread_seconds: 91 }]);
+        assert_eq!(plan.ledger.values().map(|d| d.clicks).sum::<u64>(), 10);
+        assert!(plan.deferrals.iter().all(|d| d.reason == DeferReason::PacingPlan));
     }
 
     #[test]

@@ -294,8 +294,8 @@ async fn send_clicks<T: Transport, C: Clock>(
     ready: &[&PendingClick],
     health: &mut PartnerHealth,
 ) -> Sent {
-    let (outcomes, resume_at) = if partner.rate_per_second.is_some() {
-        (send_spread(bridge, partner, compiled, lease, ready).await, None)
+    let (outcomes, resume_at) = if partner.rate_per_second.is_some() || lease.spread_seconds > 1 {
+        send_spread(bridge, partner, compiled, lease, ready).await
     } else {
         send_paced(bridge, partner, compiled, ready).await
     };
@@ -310,28 +310,31 @@ async fn send_clicks<T: Transport, C: Clock>(
     sent
 }
 
-/// Click i of n goes at its share of the batch's spread: the pacer reserved the partner's capacity second by
-/// second, so the partner sees the same flow.
+/// Click i of n goes at its share of the batch's spread: the pacer reserved the partner's capacity (or the
+/// campaign's plan accrues) second by second, so the partner sees the same flow. Clicks whose share is further
+/// away than `max_spread_wait` wait for the message to come back, shortly before the first of them.
 async fn send_spread<T: Transport, C: Clock>(
     bridge: &Bridge<T, C>,
     partner: &Partner,
     compiled: &CompiledPartner,
     lease: &BatchLease,
     ready: &[&PendingClick],
-) -> Vec<(DeliveryRecord, Outcome)> {
+) -> (Vec<(DeliveryRecord, Outcome)>, Option<DateTime<Utc>>) {
     let start = bridge.clock.now();
     let release_at = lease.release_at.unwrap_or(start);
     let spread_ms = i64::from(lease.spread_seconds.max(1)) * 1000;
     let n = ready.len().max(1) as i64;
+    let slot = |i: usize| release_at + chrono::Duration::milliseconds(spread_ms * i as i64 / n);
     let throttled = AtomicBool::new(false);
     let max_wait = chrono::Duration::from_std(bridge.settings.max_spread_wait).unwrap_or_default();
-    futures::stream::iter(ready.iter().enumerate())
+    let resume_at =
+        (0..ready.len()).map(slot).filter(|s| *s - start > max_wait).min().map(|s| s - chrono::Duration::seconds(1));
+    let outcomes = futures::stream::iter(ready.iter().enumerate())
         .map(|(i, click)| {
             let throttled = &throttled;
             async move {
-                let slot = release_at + chrono::Duration::milliseconds(spread_ms * i as i64 / n);
-                let wait = slot - bridge.clock.now();
-                if wait > max_wait {
+                let slot = slot(i);
+                if slot - bridge.clock.now() > max_wait {
                     return None;
                 }
                 attempt_at(bridge, partner, compiled, click, slot, throttled).await
@@ -340,7 +343,8 @@ async fn send_spread<T: Transport, C: Clock>(
         .buffer_unordered(partner.max_concurrency.max(1) as usize)
         .filter_map(|o| async move { o })
         .collect()
-        .await
+        .await;
+    (outcomes, resume_at)
 }
 
 /// Sends at the partner's send pace, reserving slots in chunks of about [`PACE_CHUNK`] from the row every bridge

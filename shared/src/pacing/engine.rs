@@ -157,6 +157,82 @@ fn earliest_release(
     Some(at_millis(t))
 }
 
+/// When the pacing plan alone holds back part of `pending` (every other rule lets all of it go at `now`, and the
+/// plan lets at least one click go), the instant by which the plan has accrued all of it. The planner then
+/// releases the batch whole and has the bridge spread its clicks until that instant: the partner sees the plan's
+/// flow instead of a batch-sized lump each time the plan has accrued a batch. Releasing ahead of the plan this
+/// way never passes a cap, budget or rate: those rules let the whole batch go now.
+pub fn plan_completes_at(
+    campaign: &Campaign,
+    state: &PacingState,
+    partner: &PartnerLimit,
+    pending: u64,
+    now: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    let now = clamp(now);
+    let rules = rules_at(campaign, state, partner, pending, now);
+    let (plan_rules, others): (Vec<Rule>, Vec<Rule>) = rules.iter().partition(|r| r.reason == DeferReason::PacingPlan);
+    let plan_limit = plan_rules.first()?.limit;
+    if plan_limit == 0 || plan_limit >= pending || others.iter().any(|r| r.limit < pending) {
+        return None;
+    }
+    let at_ms = now.timestamp_millis();
+    let day = LocalDay::containing(campaign.time_zone, now);
+    let released_today = state.released_on(day.date);
+    let Plan::Accruing { plan, .. } = plan_at(campaign, &day, released_today, pending, at_ms) else { return None };
+    // The plan has accrued `released_today + pending` by the end of the second `next_above` names.
+    let last = plan.next_above(at_ms, released_today.saturating_add(pending) - 1)?;
+    Some(at_millis(last))
+}
+
+/// The pacing plan over the part of the local day inside the flight.
+enum Plan {
+    /// ASAP: no plan.
+    None,
+    /// A closed daypart: nothing goes, catch-up or not.
+    Closed(Rule),
+    Accruing {
+        plan: Accrual,
+        window_end: i64,
+    },
+}
+
+fn plan_at(campaign: &Campaign, day: &LocalDay, released_today: u64, pending: u64, at_ms: i64) -> Plan {
+    let window_start = campaign.flight_start.map_or(day.start, |s| s.max(day.start)).timestamp_millis();
+    let window_end = campaign.flight_end.map_or(day.end, |e| e.min(day.end)).timestamp_millis();
+    let volume = daily_limit(campaign).unwrap_or_else(|| released_today.saturating_add(pending));
+    match &campaign.pacing {
+        PacingMode::Asap => Plan::None,
+        PacingMode::Even => Plan::Accruing {
+            plan: Accrual::new(volume, vec![Segment { start: window_start, end: window_end, weight: 1 }]),
+            window_end,
+        },
+        PacingMode::HourlyCurve(weights) => {
+            let weights = fixed_point(weights);
+            let segments: Vec<Segment> = day
+                .hours(campaign.time_zone)
+                .iter()
+                .map(|h| Segment {
+                    start: h.start.timestamp_millis().max(window_start),
+                    end: h.end.timestamp_millis().min(window_end),
+                    weight: weights[h.hour as usize % 24],
+                })
+                .filter(|s| s.start < s.end)
+                .collect();
+            let current = segments.iter().position(|s| s.start <= at_ms && at_ms < s.end);
+            match current {
+                Some(i) if segments[i].weight == 0 => {
+                    // A daypart is closed even when delivery is behind plan: no catch-up in a zero hour.
+                    let reopens = segments[i..].iter().find(|s| s.weight > 0).map_or(window_end, |s| s.start);
+                    let relaxes_at = weights.iter().any(|w| *w > 0).then_some(reopens);
+                    Plan::Closed(Rule::closed(DeferReason::Daypart, relaxes_at))
+                }
+                _ => Plan::Accruing { plan: Accrual::new(volume, segments), window_end },
+            }
+        }
+    }
+}
+
 /// One rule's verdict at one instant.
 #[derive(Debug, Clone, Copy)]
 struct Rule {
@@ -211,7 +287,6 @@ fn rules_at(
         let limit = affordable(budget, state.reserved_total, price);
         rules.push(Rule { reason: DeferReason::TotalBudget, limit, relaxes_at: None });
     }
-    let daily_limit = daily_limit(campaign);
     if let Some(cap) = campaign.daily_cap {
         let relaxes_at = (cap > 0).then_some(day_end);
         rules.push(Rule { reason: DeferReason::DailyCap, limit: cap.saturating_sub(released_today), relaxes_at });
@@ -229,39 +304,10 @@ fn rules_at(
         rules.push(Rule::closed(DeferReason::PartnerRetryAfter, Some(clamp(until).timestamp_millis())));
     }
 
-    // The plan runs over the part of the local day inside the flight.
-    let window_start = campaign.flight_start.map_or(day.start, |s| s.max(day.start)).timestamp_millis();
-    let window_end = campaign.flight_end.map_or(day.end, |e| e.min(day.end)).timestamp_millis();
-    let volume = daily_limit.unwrap_or_else(|| released_today.saturating_add(pending));
-    match &campaign.pacing {
-        PacingMode::Asap => {}
-        PacingMode::Even => {
-            let plan = Accrual::new(volume, vec![Segment { start: window_start, end: window_end, weight: 1 }]);
-            rules.push(plan_rule(&plan, at_ms, released_today, window_end));
-        }
-        PacingMode::HourlyCurve(weights) => {
-            let weights = fixed_point(weights);
-            let segments: Vec<Segment> = day
-                .hours(campaign.time_zone)
-                .iter()
-                .map(|h| Segment {
-                    start: h.start.timestamp_millis().max(window_start),
-                    end: h.end.timestamp_millis().min(window_end),
-                    weight: weights[h.hour as usize % 24],
-                })
-                .filter(|s| s.start < s.end)
-                .collect();
-            let current = segments.iter().position(|s| s.start <= at_ms && at_ms < s.end);
-            match current {
-                Some(i) if segments[i].weight == 0 => {
-                    // A daypart is closed even when delivery is behind plan: no catch-up in a zero hour.
-                    let reopens = segments[i..].iter().find(|s| s.weight > 0).map_or(window_end, |s| s.start);
-                    let relaxes_at = weights.iter().any(|w| *w > 0).then_some(reopens);
-                    rules.push(Rule::closed(DeferReason::Daypart, relaxes_at));
-                }
-                _ => rules.push(plan_rule(&Accrual::new(volume, segments), at_ms, released_today, window_end)),
-            }
-        }
+    match plan_at(campaign, &day, released_today, pending, at_ms) {
+        Plan::None => {}
+        Plan::Closed(rule) => rules.push(rule),
+        Plan::Accruing { plan, window_end } => rules.push(plan_rule(&plan, at_ms, released_today, window_end)),
     }
 
     for (window, max, reason) in [

@@ -15,7 +15,8 @@
 //!    number of batches) or 5,000 (a minute's share is less than a batch), 4 % more clicks than the cap in
 //!    batches of 10 due at local midnight. The injected clock steps one minute per `run_once` (1,440 runs,
 //!    production settings: 60-second horizon); messages are recorded in memory. Clicks per local hour are counted
-//!    by each message's `release_at` and compared with the plan (cap / 24): `even_error_pct` is the largest hourly
+//!    at the instant the bridge sends them (click k of n at k/n of the message's spread from its `release_at`)
+//!    and compared with the plan (cap / 24): `even_error_pct` is the largest hourly
 //!    |actual - plan| / plan over the three days. `over_cap` counts clicks released on the day above the cap plus
 //!    clicks above the per-minute rate in any UTC minute (a message's clicks spread evenly over its
 //!    `spread_seconds`, as the bridge delivers them). Also reported: clicks the ledger counts as released that no
@@ -439,16 +440,17 @@ async fn simulated_day(cap: u64, rate_per_minute: u32) -> anyhow::Result<Day> {
     let mut released = 0;
     for m in &messages {
         anyhow::ensure!(m.release_at >= midnight && m.release_at < day_end, "released outside the day: {m:?}");
-        let offset = (m.release_at - midnight).num_seconds();
         released += u64::from(m.clicks);
-        hours[(offset / 3600) as usize] += u64::from(m.clicks);
-        minutes[(offset / 60) as usize] += u64::from(m.clicks);
-        // The bridge delivers a message's clicks evenly over its spread, from its release second.
-        let spread = m.spread_seconds.max(1);
-        for i in 0..spread {
-            let clicks = m.clicks / spread + u32::from(i < m.clicks % spread);
-            *per_utc_minute.entry((m.release_at.timestamp() + i64::from(i)).div_euclid(60)).or_default() +=
-                u64::from(clicks);
+        // Each click counts at the instant the bridge sends it: click k of n at k/n of the message's spread
+        // from its release second (a batch released ahead of a slow plan is spread until its last click is due).
+        let spread_ms = i64::from(m.spread_seconds.max(1)) * 1000;
+        let n = i64::from(m.clicks.max(1));
+        for k in 0..i64::from(m.clicks) {
+            let at = m.release_at + Duration::milliseconds(spread_ms * k / n);
+            let offset = (at - midnight).num_seconds().clamp(0, 86_399);
+            hours[(offset / 3600) as usize] += 1;
+            minutes[(offset / 60) as usize] += 1;
+            *per_utc_minute.entry(at.timestamp().div_euclid(60)).or_default() += 1;
         }
     }
     let hour_plan = cap as f64 / 24.0;
