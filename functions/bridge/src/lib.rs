@@ -238,7 +238,7 @@ async fn deliver_batch<T: Transport, C: Clock>(
     let tally = {
         let mut client = bridge.pool.get().await.map_err(DbError::from)?;
         let changed = (health != loaded_health).then_some(&health);
-        repo::record_pass(&mut client, lease, &records, changed, &events).await?
+        repo::record_pass(&mut client, lease, repo::tally_before(&clicks), &records, changed, &events).await?
     };
     let dead: Vec<&DeliveryRecord> = records.iter().filter(|r| r.outcome == "dead").collect();
     if !dead.is_empty() {
@@ -576,22 +576,26 @@ async fn send_one(queue: &SqsQueue, id: &str, body: String, delay_seconds: i32) 
     }
 }
 
+/// Outbox rows taken per event-log write.
+const OUTBOX_ROWS_PER_FLUSH: i64 = 5;
+
 /// Moves queued events from the outbox to the event log; what fails stays for the next invocation.
 pub async fn flush_events<T, C>(bridge: &Bridge<T, C>) -> Result<u64, BridgeError> {
     let mut flushed = 0u64;
     while flushed < bridge.settings.outbox_flush_limit as u64 {
         let mut client = bridge.pool.get().await.map_err(DbError::from)?;
         let tx = client.transaction().await.map_err(DbError::from)?;
-        let batch = repo::take_outbox(&tx, 500).await?;
-        if batch.is_empty() {
+        // A row holds one pass's events (up to a few hundred).
+        let rows = repo::take_outbox(&tx, OUTBOX_ROWS_PER_FLUSH).await?;
+        if rows.is_empty() {
             return Ok(flushed);
         }
-        let events: Vec<ClickEvent> = batch.iter().map(|(_, e)| e.clone()).collect();
+        let ids: Vec<i64> = rows.iter().map(|(id, _)| *id).collect();
+        let events: Vec<ClickEvent> = rows.into_iter().flat_map(|(_, events)| events).collect();
         bridge.events.put_batch(&events).await?;
-        let ids: Vec<i64> = batch.iter().map(|(id, _)| *id).collect();
         repo::delete_outbox(&tx, &ids).await?;
         tx.commit().await.map_err(DbError::from)?;
-        flushed += ids.len() as u64;
+        flushed += events.len() as u64;
     }
     Ok(flushed)
 }

@@ -108,19 +108,21 @@ pub enum FinalOutcome {
 pub async fn batch_clicks(db: &impl GenericClient, lease: &BatchLease) -> Result<Vec<PendingClick>, DbError> {
     let rows = db
         .query(
-            "SELECT c.campaign_id, c.click_id, c.clicked_at, c.ip, c.user_agent, c.landing_url, c.sub_id,
+            // The batch's history in one scan of its results (none on a first pass), not a probe per click. A
+            // click belongs to one batch, so its results are all the batch's.
+            "WITH h AS (
+                 SELECT r.campaign_id, r.click_id, max(r.attempt) AS attempts, max(r.next_attempt_at) AS not_before,
+                        bool_or(r.outcome = 'delivered') AS delivered, bool_or(r.outcome = 'dead') AS dead
+                 FROM delivery_results r
+                 WHERE r.batch_id = $1
+                 GROUP BY r.campaign_id, r.click_id
+             )
+             SELECT c.campaign_id, c.click_id, c.clicked_at, c.ip, c.user_agent, c.landing_url, c.sub_id,
                     c.attributes, c.ingested_at,
                     COALESCE(h.attempts, 0) AS attempts, h.not_before,
-                    EXISTS (SELECT 1 FROM delivery_results d WHERE d.campaign_id = c.campaign_id
-                            AND d.click_id = c.click_id AND d.outcome = 'delivered') AS delivered,
-                    COALESCE(h.dead, false) AS dead
+                    COALESCE(h.delivered, false) AS delivered, COALESCE(h.dead, false) AS dead
              FROM clicks c
-             LEFT JOIN LATERAL (
-                 SELECT max(r.attempt) AS attempts, max(r.next_attempt_at) AS not_before,
-                        bool_or(r.outcome = 'dead') AS dead
-                 FROM delivery_results r
-                 WHERE r.batch_id = c.batch_id AND r.campaign_id = c.campaign_id AND r.click_id = c.click_id
-             ) h ON true
+             LEFT JOIN h ON h.campaign_id = c.campaign_id AND h.click_id = c.click_id
              WHERE c.batch_id = $1
              ORDER BY c.row_number",
             &[&lease.batch_id],
@@ -178,6 +180,16 @@ pub struct DeliveryRecord {
     pub at: DateTime<Utc>,
 }
 
+/// The batch's clicks as [`batch_clicks`] read them: how many, and how many were already final.
+pub fn tally_before(clicks: &[PendingClick]) -> BatchTally {
+    BatchTally {
+        clicks: clicks.len() as u64,
+        delivered: clicks.iter().filter(|c| c.finished == Some(FinalOutcome::Delivered)).count() as u64,
+        dead: clicks.iter().filter(|c| c.finished == Some(FinalOutcome::Dead)).count() as u64,
+        finished: false,
+    }
+}
+
 /// How the batch stands after this delivery pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 pub struct BatchTally {
@@ -188,12 +200,14 @@ pub struct BatchTally {
     pub finished: bool,
 }
 
-/// Appends the results, ends the batch when every click is final (delivered, partially failed or dead) with the
+/// Appends the results (`before`: the batch's clicks and those already final when the pass read them), ends the
+/// batch when every click is final (delivered, partially failed or dead) with the
 /// day ledger counting it, saves the partner's health (`None`: unchanged) and queues the events: one
 /// transaction, fenced.
 pub async fn record_pass(
     client: &mut tokio_postgres::Client,
     lease: &BatchLease,
+    before: BatchTally,
     records: &[DeliveryRecord],
     health: Option<&PartnerHealth>,
     events: &[ClickEvent],
@@ -242,29 +256,22 @@ pub async fn record_pass(
     }
 
     if !events.is_empty() {
-        let payloads: Vec<serde_json::Value> =
-            events.iter().map(|e| serde_json::to_value(e).unwrap_or(serde_json::Value::Null)).collect();
-        tx.execute("INSERT INTO event_outbox (event) SELECT unnest($1::jsonb[])", &[&payloads]).await?;
+        // One row for the pass's events (a JSON array): rows, not events, are what the outbox pays for.
+        let payload =
+            serde_json::to_value(events).map_err(|e| DbError::Invalid(format!("event not encodable: {e}")))?;
+        tx.execute("INSERT INTO event_outbox (event) VALUES ($1)", &[&payload]).await?;
     }
 
-    let row = tx
-        .query_one(
-            "SELECT count(*) AS clicks,
-                    count(*) FILTER (WHERE EXISTS (SELECT 1 FROM delivery_results d WHERE d.campaign_id = c.campaign_id
-                                     AND d.click_id = c.click_id AND d.outcome = 'delivered')) AS delivered,
-                    count(*) FILTER (WHERE EXISTS (SELECT 1 FROM delivery_results d WHERE d.batch_id = c.batch_id
-                                     AND d.campaign_id = c.campaign_id AND d.click_id = c.click_id
-                                     AND d.outcome = 'dead')) AS dead
-             FROM clicks c WHERE c.batch_id = $1",
-            &[&lease.batch_id],
-        )
-        .await?;
-    let mut tally = BatchTally {
-        clicks: row.get::<_, i64>("clicks") as u64,
-        delivered: row.get::<_, i64>("delivered") as u64,
-        dead: row.get::<_, i64>("dead") as u64,
-        finished: false,
-    };
+    // The batch is leased to this pass (fenced), so what it read before sending plus what it recorded is the
+    // whole story of its clicks.
+    let mut tally = BatchTally { finished: false, ..before };
+    for r in records {
+        match r.outcome {
+            "delivered" => tally.delivered += 1,
+            "dead" => tally.dead += 1,
+            _ => {}
+        }
+    }
     if tally.delivered + tally.dead >= tally.clicks {
         let state = match (tally.delivered, tally.dead) {
             (_, 0) => "delivered",
@@ -468,20 +475,30 @@ async fn with_send_pace<R>(
     Ok(result)
 }
 
-/// Up to `limit` queued events, oldest first, locked so that concurrent flushers take different ones.
-pub async fn take_outbox(tx: &tokio_postgres::Transaction<'_>, limit: i64) -> Result<Vec<(i64, ClickEvent)>, DbError> {
+/// Up to `limit` outbox rows (each the events of one delivery pass), oldest first, locked so that concurrent
+/// flushers take different ones.
+pub async fn take_outbox(
+    tx: &tokio_postgres::Transaction<'_>,
+    limit: i64,
+) -> Result<Vec<(i64, Vec<ClickEvent>)>, DbError> {
     let rows = tx
         .query("SELECT event_id, event FROM event_outbox ORDER BY event_id LIMIT $1 FOR UPDATE SKIP LOCKED", &[&limit])
         .await?;
     let mut out = Vec::with_capacity(rows.len());
     for row in rows {
-        let event: serde_json::Value = row.get("event");
-        match serde_json::from_value(event) {
-            Ok(e) => out.push((row.get("event_id"), e)),
-            Err(e) => {
-                tracing::warn!(event_id = row.get::<_, i64>("event_id"), error = %e, "unreadable outbox event skipped")
+        let event_id: i64 = row.get("event_id");
+        let values = match row.get::<_, serde_json::Value>("event") {
+            serde_json::Value::Array(values) => values,
+            single => vec![single],
+        };
+        let mut events = Vec::with_capacity(values.len());
+        for value in values {
+            match serde_json::from_value(value) {
+                Ok(e) => events.push(e),
+                Err(e) => tracing::warn!(event_id, error = %e, "unreadable outbox event skipped"),
             }
         }
+        out.push((event_id, events));
     }
     Ok(out)
 }
@@ -493,7 +510,15 @@ pub async fn delete_outbox(tx: &tokio_postgres::Transaction<'_>, ids: &[i64]) ->
 
 /// Events waiting for the event log.
 pub async fn outbox_depth(db: &impl GenericClient) -> Result<i64, DbError> {
-    Ok(db.query_one("SELECT count(*) FROM event_outbox", &[]).await?.get(0))
+    Ok(db
+        .query_one(
+            "SELECT coalesce(sum(CASE WHEN jsonb_typeof(event) = 'array' THEN jsonb_array_length(event) ELSE 1 END),
+                             0)::bigint
+             FROM event_outbox",
+            &[],
+        )
+        .await?
+        .get(0))
 }
 
 /// Per batch: clicks by delivery outcome, for reports.

@@ -87,7 +87,11 @@ pub fn build_pool(config: &DatabaseConfig) -> Result<Pool, DbError> {
 
 /// The migrations compiled into the binary, in order: `(version, name)`.
 pub fn known_migrations() -> Vec<(i32, String)> {
-    embedded::migrations::runner().get_migrations().iter().map(|m| (m.version(), m.name().to_owned())).collect()
+    let mut known: Vec<(i32, String)> =
+        embedded::migrations::runner().get_migrations().iter().map(|m| (m.version(), m.name().to_owned())).collect();
+    // In the order they apply (the embedded list follows file names, where V10 sorts before V2).
+    known.sort_by_key(|(version, _)| *version);
+    known
 }
 
 /// Applies every pending migration; safe to run again (already applied ones are skipped) and from several

@@ -954,7 +954,7 @@ async fn throughput_and_limit(
         no_log.peak_in_flight
     );
     eprintln!("    {}", no_log.cpu.describe(no_log.delivered as f64 / 1000.0, "1000 deliveries"));
-    let outbox: i64 = world.db.client().await.query_one("SELECT count(*) FROM event_outbox", &[]).await?.get(0);
+    let outbox = clickpacer::postgres::bridge::outbox_depth(&**world.db.client().await).await?;
     if let Some(log_sim) = log_sim {
         let r = log_sim.report("dynamodb").await?;
         eprintln!(
