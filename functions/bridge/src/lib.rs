@@ -165,35 +165,34 @@ async fn deliver<T: Transport, C: Clock>(
 ) -> Result<MessageOutcome, BridgeError> {
     let now = bridge.clock.now();
     let hold = now + chrono::Duration::from_std(bridge.settings.delivery_lease).unwrap_or(chrono::Duration::minutes(1));
-    let lease = {
-        let client = bridge.pool.get().await.map_err(DbError::from)?;
-        match repo::take_batch(&**client, release.batch_id, release.fence, now, hold).await? {
-            BatchClaim::Acquired(lease) => lease,
-            BatchClaim::Stale { state } => return Ok(MessageOutcome::Stale { batch_id: release.batch_id, state }),
-            BatchClaim::Busy => return Err(BridgeError::Busy(release.batch_id)),
-        }
+    // One connection for the whole message (the pool holds one per concurrent message): taking a connection
+    // from the pool verifies it with a round trip of its own.
+    let mut client = bridge.pool.get().await.map_err(DbError::from)?;
+    let lease = match repo::take_batch(&**client, release.batch_id, release.fence, now, hold).await? {
+        BatchClaim::Acquired(lease) => lease,
+        BatchClaim::Stale { state } => return Ok(MessageOutcome::Stale { batch_id: release.batch_id, state }),
+        BatchClaim::Busy => return Err(BridgeError::Busy(release.batch_id)),
     };
-    let result = deliver_batch(bridge, release, &lease, now).await;
+    let result = deliver_batch(bridge, &mut client, release, &lease, now).await;
     // Whatever happened, the next copy of the message may take the batch at once.
-    if let Ok(client) = bridge.pool.get().await {
-        let _ = repo::release_batch(&**client, &lease).await;
-    }
+    let _ = repo::release_batch(&**client, &lease).await;
     result
 }
 
 async fn deliver_batch<T: Transport, C: Clock>(
     bridge: &Bridge<T, C>,
+    client: &mut tokio_postgres::Client,
     release: &ReleaseMessage,
     lease: &BatchLease,
     now: DateTime<Utc>,
 ) -> Result<MessageOutcome, BridgeError> {
     let (partner, mut health, clicks) = {
-        let client = bridge.pool.get().await.map_err(DbError::from)?;
-        let partner = partners::get(&**client, &lease.partner_id).await?.ok_or_else(|| {
+        let client = &*client;
+        let partner = partners::get(client, &lease.partner_id).await?.ok_or_else(|| {
             DbError::Invalid(format!("batch {} names unknown partner {}", lease.batch_id, lease.partner_id))
         })?;
-        let health = repo::partner_health(&**client, &lease.partner_id).await?;
-        (partner, health, repo::batch_clicks(&**client, lease).await?)
+        let health = repo::partner_health(client, &lease.partner_id).await?;
+        (partner, health, repo::batch_clicks(client, lease).await?)
     };
     let loaded_health = health.clone();
     if let Some(until) = health.retry_after_until.filter(|_| health.is_paused(now)) {
@@ -212,7 +211,9 @@ async fn deliver_batch<T: Transport, C: Clock>(
         clicks.iter().filter(|c| c.finished.is_none() && c.not_before.is_none_or(|t| t <= now)).collect();
 
     let Sent { records, requests: sent, resume_at } = match CompiledPartner::compile(&partner) {
-        Ok(compiled) if partner.enabled => send_clicks(bridge, &partner, &compiled, lease, &ready, &mut health).await,
+        Ok(compiled) if partner.enabled => {
+            send_clicks(bridge, client, &partner, &compiled, lease, &ready, &mut health).await
+        }
         // Disabled: the clicks wait, nothing is sent.
         Ok(_) => Sent { records: Vec::new(), requests: 0, resume_at: None },
         Err(errors) => {
@@ -236,9 +237,8 @@ async fn deliver_batch<T: Transport, C: Clock>(
     }
 
     let tally = {
-        let mut client = bridge.pool.get().await.map_err(DbError::from)?;
         let changed = (health != loaded_health).then_some(&health);
-        repo::record_pass(&mut client, lease, repo::tally_before(&clicks), &records, changed, &events).await?
+        repo::record_pass(client, lease, repo::tally_before(&clicks), &records, changed, &events).await?
     };
     let dead: Vec<&DeliveryRecord> = records.iter().filter(|r| r.outcome == "dead").collect();
     if !dead.is_empty() {
@@ -288,6 +288,7 @@ struct Sent {
 /// Sending stops at a throttle (the rest wait for its Retry-After).
 async fn send_clicks<T: Transport, C: Clock>(
     bridge: &Bridge<T, C>,
+    client: &mut tokio_postgres::Client,
     partner: &Partner,
     compiled: &CompiledPartner,
     lease: &BatchLease,
@@ -297,7 +298,7 @@ async fn send_clicks<T: Transport, C: Clock>(
     let (outcomes, resume_at) = if partner.rate_per_second.is_some() || lease.spread_seconds > 1 {
         send_spread(bridge, partner, compiled, lease, ready).await
     } else {
-        send_paced(bridge, partner, compiled, ready).await
+        send_paced(bridge, client, partner, compiled, ready).await
     };
     let mut sent = Sent { records: Vec::with_capacity(outcomes.len()), requests: 0, resume_at };
     for (record, outcome) in outcomes {
@@ -351,6 +352,7 @@ async fn send_spread<T: Transport, C: Clock>(
 /// shares, and reporting what the partner accepted so a throttle sets the pace to it.
 async fn send_paced<T: Transport, C: Clock>(
     bridge: &Bridge<T, C>,
+    client: &mut tokio_postgres::Client,
     partner: &Partner,
     compiled: &CompiledPartner,
     ready: &[&PendingClick],
@@ -365,12 +367,9 @@ async fn send_paced<T: Transport, C: Clock>(
     while next < ready.len() {
         let now = bridge.clock.now();
         let want = chunk.min(ready.len() - next);
-        let reserved = async {
-            let mut client = bridge.pool.get().await.map_err(DbError::from)?;
-            repo::reserve_send_slots(&mut client, &partner.partner_id, want, now, initial_rate, horizon, &accepted)
-                .await
-        };
-        let grant = match reserved.await {
+        let reserved =
+            repo::reserve_send_slots(client, &partner.partner_id, want, now, initial_rate, horizon, &accepted).await;
+        let grant = match reserved {
             Ok(grant) => grant,
             Err(e) => {
                 // Without the shared pace nothing may go: the clicks wait for the message to come back.
@@ -415,11 +414,7 @@ async fn send_paced<T: Transport, C: Clock>(
         if let Some(until) = pause {
             let now = bridge.clock.now();
             let report = std::mem::take(&mut accepted);
-            let recorded = async {
-                let mut client = bridge.pool.get().await.map_err(DbError::from)?;
-                repo::record_throttle(&mut client, &partner.partner_id, now, until, &report).await
-            };
-            if let Err(e) = recorded.await {
+            if let Err(e) = repo::record_throttle(client, &partner.partner_id, now, until, &report).await {
                 tracing::warn!(partner_id = %partner.partner_id, error = %e, "throttle not recorded in the send pace");
             }
             resume_at = Some(until);
@@ -428,11 +423,7 @@ async fn send_paced<T: Transport, C: Clock>(
     }
     if !accepted.is_empty() {
         let report = accepted;
-        let recorded = async {
-            let mut client = bridge.pool.get().await.map_err(DbError::from)?;
-            repo::record_accepted(&mut client, &partner.partner_id, &report).await
-        };
-        if let Err(e) = recorded.await {
+        if let Err(e) = repo::record_accepted(client, &partner.partner_id, &report).await {
             tracing::warn!(partner_id = %partner.partner_id, error = %e, "accepted requests not counted");
         }
     }
