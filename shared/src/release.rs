@@ -24,7 +24,7 @@ use chrono::{DateTime, Duration, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{Campaign, CampaignId, Micros, PartnerId};
-use crate::pacing::{DeferReason, PacingState, PartnerLimit, allowance, local_date, plan_completes_at};
+use crate::pacing::{DeferReason, PacingState, PartnerLimit, PlanSpread, allowance, local_date, plan_spread};
 
 /// The longest a batch released ahead of its plan is spread (the bridge delivers its clicks over that time).
 pub const MAX_PLAN_SPREAD: Duration = Duration::minutes(15);
@@ -178,10 +178,19 @@ pub fn plan_releases(input: PlanInput) -> ReleasePlan {
                 // Held back by the plan alone, with its first click due: the whole batch goes now, spread until
                 // the plan has accrued its last click (within MAX_PLAN_SPREAD), rather than in one lump once it
                 // has.
-                let plan_spread = (lane.partial.is_none() && answer.reason == Some(DeferReason::PacingPlan))
-                    .then(|| plan_completes_at(campaign, state, partner, remaining, t))
-                    .flatten()
-                    .filter(|last| *last - t <= MAX_PLAN_SPREAD);
+                let spread = (lane.partial.is_none() && answer.reason == Some(DeferReason::PacingPlan))
+                    .then(|| plan_spread(campaign, state, partner, remaining, t))
+                    .flatten();
+                let plan_spread = match spread {
+                    Some(PlanSpread::Until(last)) if last - t <= MAX_PLAN_SPREAD => Some(last),
+                    Some(PlanSpread::NotBefore(at)) if at < horizon_end => {
+                        // A few seconds on the whole batch can go spread: wait for that rather than start
+                        // reserving it click by click.
+                        lane.wait_until = Some(at);
+                        continue;
+                    }
+                    _ => None,
+                };
                 let take = if plan_spread.is_some() {
                     remaining
                 } else if refills {
@@ -417,6 +426,18 @@ mod tests {
         assert_eq!(plan.releases, vec![PlannedRelease { batch_id: 1, delay_seconds: 0, spread_seconds: 91 }]);
         assert_eq!(plan.ledger.values().map(|d| d.clicks).sum::<u64>(), 10);
         assert!(plan.deferrals.iter().all(|d| d.reason == DeferReason::PacingPlan));
+    }
+
+    #[test]
+    fn a_slow_plan_waits_for_a_minute_rate_to_accrue_the_batch_then_spreads_it() {
+        let mut c = campaign("a");
+        c.pacing = crate::domain::PacingMode::Even;
+        c.daily_cap = Some(8_640);
+        c.max_per_minute = Some(90); // accrues 1.5 a second: 10 clicks by the end of second 6
+        let midnight: DateTime<Utc> = "2026-11-28T00:00:00Z".parse().unwrap();
+        let plan = plan_releases(input(vec![c], batches("a", 1, 3, 10, midnight), midnight));
+        assert_eq!(plan.releases, vec![PlannedRelease { batch_id: 1, delay_seconds: 6, spread_seconds: 85 }]);
+        assert_eq!(plan.ledger.values().map(|d| d.clicks).sum::<u64>(), 10);
     }
 
     #[test]

@@ -157,24 +157,41 @@ fn earliest_release(
     Some(at_millis(t))
 }
 
+/// What [`plan_spread`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlanSpread {
+    /// Release the whole of `pending` now, its clicks spread until this instant (the second by which the plan has
+    /// accrued the last of them).
+    Until(DateTime<Utc>),
+    /// Not now, but at this instant (within a minute) every other rule lets the whole of `pending` go: a rate
+    /// window that accrues second by second (per minute, per hour) has not accrued it yet.
+    NotBefore(DateTime<Utc>),
+}
+
 /// When the pacing plan alone holds back part of `pending` (every other rule lets all of it go at `now`, and the
 /// plan lets at least one click go), the instant by which the plan has accrued all of it. The planner then
 /// releases the batch whole and has the bridge spread its clicks until that instant: the partner sees the plan's
 /// flow instead of a batch-sized lump each time the plan has accrued a batch. Releasing ahead of the plan this
-/// way never passes a cap, budget or rate: those rules let the whole batch go now.
-pub fn plan_completes_at(
+/// way never passes a cap, budget or rate: those rules let the whole batch go at the release instant. `None`
+/// when the plan does not bind, or when another rule will not let the whole batch go within a minute.
+pub fn plan_spread(
     campaign: &Campaign,
     state: &PacingState,
     partner: &PartnerLimit,
     pending: u64,
     now: DateTime<Utc>,
-) -> Option<DateTime<Utc>> {
+) -> Option<PlanSpread> {
     let now = clamp(now);
-    let rules = rules_at(campaign, state, partner, pending, now);
-    let (plan_rules, others): (Vec<Rule>, Vec<Rule>) = rules.iter().partition(|r| r.reason == DeferReason::PacingPlan);
-    let plan_limit = plan_rules.first()?.limit;
-    if plan_limit == 0 || plan_limit >= pending || others.iter().any(|r| r.limit < pending) {
+    let (plan_limit, others_allow) = plan_and_others(campaign, state, partner, pending, now)?;
+    if plan_limit == 0 || plan_limit >= pending {
         return None;
+    }
+    if !others_allow {
+        // A rate window accruing second by second may let the whole batch go a few seconds on.
+        return (1..=60).map(|s| now + chrono::Duration::seconds(s)).find_map(|at| {
+            let (plan_limit, others_allow) = plan_and_others(campaign, state, partner, pending, at)?;
+            (others_allow && plan_limit > 0).then_some(PlanSpread::NotBefore(at))
+        });
     }
     let at_ms = now.timestamp_millis();
     let day = LocalDay::containing(campaign.time_zone, now);
@@ -182,7 +199,21 @@ pub fn plan_completes_at(
     let Plan::Accruing { plan, .. } = plan_at(campaign, &day, released_today, pending, at_ms) else { return None };
     // The plan has accrued `released_today + pending` by the end of the second `next_above` names.
     let last = plan.next_above(at_ms, released_today.saturating_add(pending) - 1)?;
-    Some(at_millis(last))
+    Some(PlanSpread::Until(at_millis(last)))
+}
+
+/// The plan rule's limit at `at`, and whether every other rule lets all of `pending` go; `None` without a plan.
+fn plan_and_others(
+    campaign: &Campaign,
+    state: &PacingState,
+    partner: &PartnerLimit,
+    pending: u64,
+    at: DateTime<Utc>,
+) -> Option<(u64, bool)> {
+    let rules = rules_at(campaign, state, partner, pending, at);
+    let plan = rules.iter().find(|r| r.reason == DeferReason::PacingPlan)?;
+    let others_allow = rules.iter().filter(|r| r.reason != DeferReason::PacingPlan).all(|r| r.limit >= pending);
+    Some((plan.limit, others_allow))
 }
 
 /// The pacing plan over the part of the local day inside the flight.

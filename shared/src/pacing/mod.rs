@@ -37,5 +37,5 @@ mod state;
 mod proptests;
 
 pub use calendar::{LocalDay, LocalHour, local_date, local_hour};
-pub use engine::{Allowance, DeferReason, allowance, plan_completes_at};
+pub use engine::{Allowance, DeferReason, PlanSpread, allowance, plan_spread};
 pub use state::{PacingState, PartnerLimit, RateWindow, WindowCount};
