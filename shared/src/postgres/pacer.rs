@@ -46,6 +46,9 @@ pub struct ClaimSummary {
     pub oldest_due_at: Option<DateTime<Utc>>,
 }
 
+/// What the pacer releases for a partner without a configured rate, over the rate the bridge learned for it.
+pub const LEARNED_RATE_HEADROOM: f64 = 1.25;
+
 /// Claims and reserves; returns the messages to send (in release order) and a summary.
 pub async fn claim_due_batches(
     client: &mut Client,
@@ -160,13 +163,17 @@ pub async fn claim_due_batches(
     for row in &partner_rows {
         let enabled: bool = row.get("enabled");
         let configured = row.get::<_, Option<i32>>("rate_per_second").map(|r| r.max(0) as u32);
-        // Without a configured rate, the rate the bridge learned from the partner's throttling (if any) is the
-        // partner's rate: releasing faster only queues clicks at the bridge. The allowance scales a configured
-        // rate only; a learned one already is what the partner takes now.
-        let learned = row.get::<_, Option<f64>>("learned_rate").filter(|_| configured.is_none());
+        // Without a configured rate, the rate the bridge learned from the partner's throttling (if any), with
+        // headroom, is the partner's rate: releasing much faster only queues clicks at the bridge, and the bridge
+        // paces to the partner itself (probing above the learned rate, which the headroom leaves clicks for).
+        // The allowance scales a configured rate only; a learned one already is what the partner takes now.
+        let learned = row
+            .get::<_, Option<f64>>("learned_rate")
+            .filter(|_| configured.is_none())
+            .map(|r| (r * LEARNED_RATE_HEADROOM).ceil().max(1.0) as u32);
         let limit = PartnerLimit {
             // A disabled partner takes nothing: its rate is zero until a person enables it again.
-            rate_per_second: if enabled { configured.or(learned.map(|r| r.floor().max(1.0) as u32)) } else { Some(0) },
+            rate_per_second: if enabled { configured.or(learned) } else { Some(0) },
             allowance: if learned.is_some() { 1.0 } else { row.get::<_, Option<f64>>("allowance").unwrap_or(1.0) },
             retry_after_until: row.get("retry_after_until"),
             second: WindowCount::default(),
