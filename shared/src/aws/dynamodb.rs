@@ -17,6 +17,8 @@ pub const GSI_BY_CAMPAIGN: &str = "by_campaign";
 pub const GSI_BY_PARTNER: &str = "by_partner";
 pub const GSI_FAILURES: &str = "failures";
 pub const TTL_ATTRIBUTE: &str = "expires_at";
+/// BatchWriteItem calls one flush keeps in flight.
+pub const PUT_CONCURRENCY: usize = 8;
 
 #[derive(Clone)]
 pub struct DynamoEventLog {
@@ -63,41 +65,50 @@ impl DynamoEventLog {
     /// Writes events with BatchWriteItem (25 per call), sending back UnprocessedItems until none remain or the
     /// attempts run out. Keys are derived from the event, so writing an event twice leaves one item.
     pub async fn put_batch(&self, events: &[ClickEvent]) -> Result<(), AwsError> {
-        for chunk in events.chunks(25) {
-            let mut requests: Vec<WriteRequest> = chunk
-                .iter()
-                .map(|e| {
-                    PutRequest::builder()
-                        .set_item(Some(item(e)))
-                        .build()
-                        .map(|put| WriteRequest::builder().put_request(put).build())
-                        .map_err(|e| AwsError { operation: "dynamodb PutRequest", message: e.to_string() })
-                })
-                .collect::<Result<_, _>>()?;
-            let mut attempt = 0u32;
-            while !requests.is_empty() {
-                attempt += 1;
-                let out = self
-                    .client
-                    .batch_write_item()
-                    .request_items(&self.table, requests)
-                    .send()
-                    .await
-                    .map_err(|e| AwsError::from_sdk("dynamodb BatchWriteItem", e))?;
-                requests =
-                    out.unprocessed_items().and_then(|items| items.get(&self.table)).cloned().unwrap_or_default();
-                if requests.is_empty() {
-                    break;
-                }
-                if attempt >= 6 {
-                    return Err(AwsError {
-                        operation: "dynamodb BatchWriteItem",
-                        message: format!("{} items still unprocessed after {attempt} attempts", requests.len()),
-                    });
-                }
-                // Throttled: back off before sending the rest again.
-                tokio::time::sleep(std::time::Duration::from_millis(25 << attempt)).await;
+        use futures::{StreamExt, TryStreamExt};
+        // Calls of 25 items (BatchWriteItem's limit), several in flight: one after another, a few thousand
+        // events would take a round trip each.
+        futures::stream::iter(events.chunks(25))
+            .map(|chunk| self.put_chunk(chunk))
+            .buffer_unordered(PUT_CONCURRENCY)
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(())
+    }
+
+    async fn put_chunk(&self, chunk: &[ClickEvent]) -> Result<(), AwsError> {
+        let mut requests: Vec<WriteRequest> = chunk
+            .iter()
+            .map(|e| {
+                PutRequest::builder()
+                    .set_item(Some(item(e)))
+                    .build()
+                    .map(|put| WriteRequest::builder().put_request(put).build())
+                    .map_err(|e| AwsError { operation: "dynamodb PutRequest", message: e.to_string() })
+            })
+            .collect::<Result<_, _>>()?;
+        let mut attempt = 0u32;
+        while !requests.is_empty() {
+            attempt += 1;
+            let out = self
+                .client
+                .batch_write_item()
+                .request_items(&self.table, requests)
+                .send()
+                .await
+                .map_err(|e| AwsError::from_sdk("dynamodb BatchWriteItem", e))?;
+            requests = out.unprocessed_items().and_then(|items| items.get(&self.table)).cloned().unwrap_or_default();
+            if requests.is_empty() {
+                break;
             }
+            if attempt >= 6 {
+                return Err(AwsError {
+                    operation: "dynamodb BatchWriteItem",
+                    message: format!("{} items still unprocessed after {attempt} attempts", requests.len()),
+                });
+            }
+            // Throttled: back off before sending the rest again.
+            tokio::time::sleep(std::time::Duration::from_millis(25 << attempt)).await;
         }
         Ok(())
     }
