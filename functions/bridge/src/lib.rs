@@ -8,6 +8,8 @@
 
 pub mod transport;
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -18,13 +20,14 @@ use clickpacer::aws::sqs::{OutgoingMessage, SqsQueue};
 use clickpacer::delivery::{
     CompiledPartner, Outcome, PartnerHealth, attempts_exhausted, backoff, classify, classify_transport, next_attempt_at,
 };
-use clickpacer::domain::Partner;
 use clickpacer::domain::events::{ClickEvent, ClickEventKind};
+use clickpacer::domain::{Partner, PartnerId};
 use clickpacer::postgres::bridge::{self as repo, BatchClaim, BatchLease, BatchTally, DeliveryRecord, PendingClick};
 use clickpacer::postgres::{DbError, PgPool, partners};
 use clickpacer::release::ReleaseMessage;
 use futures::StreamExt;
 use serde::Serialize;
+use tokio::sync::Semaphore;
 
 pub use transport::{HttpTransport, PartnerAnswer, Transport};
 
@@ -50,6 +53,29 @@ pub struct Bridge<T, C> {
     pub dead_letters: SqsQueue,
     pub events: DynamoEventLog,
     pub settings: BridgeSettings,
+    /// Requests in flight per partner across every message this process handles.
+    pub partner_slots: PartnerSlots,
+}
+
+/// Per partner, a semaphore of its `max_concurrency` permits shared by all the messages (and events) one bridge
+/// process handles, so a partner never has more requests in flight from it than it allows, however many
+/// messages for it arrive together. Across processes, the event source's maximum concurrency bounds the total.
+#[derive(Default)]
+pub struct PartnerSlots(std::sync::Mutex<HashMap<PartnerId, (u32, Arc<Semaphore>)>>);
+
+impl PartnerSlots {
+    fn for_partner(&self, partner: &Partner) -> Arc<Semaphore> {
+        let limit = partner.max_concurrency.max(1);
+        let mut slots = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = slots
+            .entry(partner.partner_id.clone())
+            .or_insert_with(|| (limit, Arc::new(Semaphore::new(limit as usize))));
+        if entry.0 != limit {
+            // The partner's setting changed: requests already in flight finish under the old semaphore.
+            *entry = (limit, Arc::new(Semaphore::new(limit as usize)));
+        }
+        entry.1.clone()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -451,6 +477,8 @@ async fn attempt_at<T: Transport, C: Clock>(
     if let Ok(wait) = (slot - bridge.clock.now()).to_std() {
         tokio::time::sleep(wait).await;
     }
+    let slots = bridge.partner_slots.for_partner(partner);
+    let _in_flight = slots.acquire().await.ok()?;
     if throttled.load(Ordering::SeqCst) {
         return None;
     }

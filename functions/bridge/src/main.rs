@@ -20,6 +20,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
         dead_letters: SqsQueue::new(sqs, config.dead_letter_queue_url()?),
         events: DynamoEventLog::new(clickpacer::aws::dynamodb_client(&sdk), config.events_table()?),
         settings: BridgeSettings::default(),
+        partner_slots: Default::default(),
     };
     let bridge = &bridge;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<aws_lambda_events::event::sqs::SqsEvent>| async move {

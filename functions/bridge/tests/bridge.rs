@@ -56,6 +56,7 @@ async fn world_with<T: Transport>(transport: T) -> World<T> {
         dead_letters: dead.clone(),
         events,
         settings: BridgeSettings::default(),
+        partner_slots: Default::default(),
     };
     World { db, bridge, queue, dead, sim }
 }
@@ -456,4 +457,59 @@ async fn partner_urls_reaching_private_addresses_are_refused_when_sending() {
         assert!(error.as_deref().is_some_and(|e| e.contains("refused")), "{partner}: {error:?}");
     }
     assert_eq!(w.sim.sim.report().total_requests, 0);
+}
+
+/// Counts the requests in flight through it and remembers the most at once.
+struct InFlight {
+    inner: HttpTransport,
+    now: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+impl Transport for InFlight {
+    async fn send(
+        &self,
+        request: &RenderedRequest,
+        timeout: Duration,
+    ) -> Result<PartnerAnswer, (TransportError, Duration)> {
+        let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.peak.fetch_max(now, Ordering::SeqCst);
+        let answer = self.inner.send(request, timeout).await;
+        self.now.fetch_sub(1, Ordering::SeqCst);
+        answer
+    }
+}
+
+#[tokio::test]
+async fn concurrency_per_partner_holds_across_messages_handled_together() {
+    let w = world_with(InFlight {
+        inner: HttpTransport::new(true).unwrap(),
+        now: AtomicUsize::new(0),
+        peak: AtomicUsize::new(0),
+    })
+    .await;
+    let mut p = partner(&w.sim, "narrow");
+    p.max_concurrency = 2;
+    w.sim.sim.set_behaviour("narrow", Behaviour { latency_ms: 100, ..Behaviour::default() }).unwrap();
+    w.seed(&p, 12).await;
+    // Three batches of four clicks for the same partner: three messages in one event, handled at once.
+    w.db.client()
+        .await
+        .batch_execute(
+            "WITH more AS (
+                 INSERT INTO batches (campaign_id, partner_id, upload_id, upload_seq, click_count, due_at)
+                 SELECT campaign_id, partner_id, upload_id, s, 4, due_at FROM batches, generate_series(1, 2) s
+                 RETURNING batch_id, upload_seq)
+             UPDATE clicks c SET batch_id = m.batch_id FROM more m WHERE (c.row_number - 1) / 4 = m.upload_seq;
+             UPDATE batches SET click_count = 4 WHERE upload_seq = 0;",
+        )
+        .await
+        .unwrap();
+    let messages = w.release().await;
+    assert_eq!(messages.len(), 3);
+    assert!(w.handle(messages).await.is_empty());
+    let report = w.sim.sim.report();
+    assert_eq!((report.accepted, report.duplicate_accepted_keys), (12, 0));
+    let peak = w.bridge.transport.peak.load(Ordering::SeqCst);
+    assert!(peak <= 2, "at most max_concurrency in flight to the partner, saw {peak}");
 }

@@ -476,6 +476,7 @@ impl Environment {
             dead_letters: self.dead.clone(),
             events: self.events.clone(),
             settings: self.settings.clone(),
+            partner_slots: Default::default(),
         })
     }
 

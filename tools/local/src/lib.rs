@@ -154,6 +154,7 @@ impl Pipeline {
                 dead_letters: dead_letters.clone(),
                 events,
                 settings: BridgeSettings::default(),
+                partner_slots: Default::default(),
             },
             pool,
             objects,
