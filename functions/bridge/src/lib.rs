@@ -383,7 +383,7 @@ async fn send_paced<T: Transport, C: Clock>(
     compiled: &CompiledPartner,
     ready: &[&PendingClick],
 ) -> (Vec<(DeliveryRecord, Outcome)>, Option<DateTime<Utc>>) {
-    let initial_rate = f64::from(partner.max_concurrency).max(clickpacer::delivery::pace::INITIAL_RATE_FLOOR);
+    let initial_rate = clickpacer::delivery::pace::initial_rate(partner.max_concurrency);
     let horizon = chrono::Duration::from_std(bridge.settings.max_spread_wait).unwrap_or_default();
     let mut chunk = chunk_for(initial_rate);
     let mut accepted: Vec<(DateTime<Utc>, u32)> = Vec::new();

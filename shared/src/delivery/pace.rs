@@ -4,9 +4,9 @@
 //! The state is one row per partner (`partner_health`), updated under its row lock each time a bridge reserves
 //! send slots. It is a rate-based congestion controller in the manner of TCP, with the partner's rate limiter
 //! as the bottleneck:
-//! - **Slow start**: a partner never throttled starts at its `max_concurrency` requests per second (a partner
-//!   that takes that many requests at once takes that many a second), at least [`INITIAL_RATE_FLOOR`], and
-//!   doubles every [`SLOW_START_STEP`] of
+//! - **Slow start**: a partner never throttled starts at [`initial_rate`]: what its `max_concurrency` requests at
+//!   once carry if each takes [`ASSUMED_LATENCY`] (at least [`INITIAL_RATE_FLOOR`]), and doubles every
+//!   [`SLOW_START_STEP`] of
 //!   backlogged sending, so a partner without a limit soon runs at whatever its concurrency allows.
 //! - **Throttled** (429/503, once per overload episode): the rate becomes what the partner accepted in the last
 //!   full second or in the second so far, whichever is more (the delivery rate it demonstrably takes, as BBR
@@ -24,6 +24,14 @@ use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 
 /// The lowest starting rate: even a partner that takes one request at a time answers more than one a second.
 pub const INITIAL_RATE_FLOOR: f64 = 50.0;
+/// The answer time slow start assumes of a partner it knows nothing about.
+pub const ASSUMED_LATENCY: TimeDelta = TimeDelta::milliseconds(100);
+
+/// The starting rate of a partner that takes `max_concurrency` requests at once.
+pub fn initial_rate(max_concurrency: u32) -> f64 {
+    let per_request = ASSUMED_LATENCY.as_seconds_f64();
+    (f64::from(max_concurrency) / per_request).max(INITIAL_RATE_FLOOR)
+}
 /// Doubling period in slow start.
 pub const SLOW_START_STEP: TimeDelta = TimeDelta::milliseconds(250);
 /// The share of the measured accepted rate the bridge sends at after a throttle.
@@ -254,6 +262,12 @@ mod tests {
         pace.reserve(1, t0() + TimeDelta::seconds(30), None, 64.0, TimeDelta::seconds(20));
         let rate = pace.rate.unwrap();
         assert!((rate - 100.0 * 1.01f64.powi(3)).abs() < 1e-9, "{rate}");
+    }
+
+    #[test]
+    fn the_initial_rate_follows_the_partners_concurrency() {
+        assert_eq!(initial_rate(64), 640.0);
+        assert_eq!(initial_rate(1), INITIAL_RATE_FLOOR);
     }
 
     #[test]
