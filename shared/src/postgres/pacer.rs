@@ -1,9 +1,9 @@
 //! The pacer's claim: one short transaction that locks the pacing counters of the campaigns with due batches
 //! (`FOR UPDATE SKIP LOCKED`: campaigns another pacer holds are left to it), locks those campaigns' due batches
 //! (`SKIP LOCKED` too) and the counters of their partners that have a rate, plans the coming minute with the
-//! pure engine, and writes
-//! the claims (lease + new fence), the deferrals and the reservations together. No network call happens inside
-//! it: messages are sent after commit, and the lease brings a batch back if that never happens.
+//! pure engine, and writes the claims (lease + new fence), the deferrals and the reservations together. No
+//! network call happens inside it: messages are sent after commit, and the lease brings a batch back if that
+//! never happens.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
