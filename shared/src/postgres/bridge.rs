@@ -362,7 +362,7 @@ pub async fn reserve_send_slots(
     horizon: chrono::TimeDelta,
     accepted: &Accepted,
 ) -> Result<SlotGrant, DbError> {
-    with_send_pace(client, partner_id, accepted, |pace, paused_until| {
+    with_send_pace(client, partner_id, accepted, None, |pace, paused_until| {
         pace.reserve(want, now, paused_until, initial_rate, horizon)
     })
     .await
@@ -377,22 +377,14 @@ pub async fn record_throttle(
     paused_until: DateTime<Utc>,
     accepted: &Accepted,
 ) -> Result<(), DbError> {
-    with_send_pace(client, partner_id, accepted, |pace, current_pause| {
+    with_send_pace(client, partner_id, accepted, Some(paused_until), |pace, current_pause| {
         if current_pause.is_none_or(|until| until <= now) {
             pace.on_throttled(now, paused_until);
         } else {
             pace.next_slot = pace.next_slot.max(Some(paused_until));
         }
     })
-    .await?;
-    client
-        .execute(
-            "UPDATE partner_health SET retry_after_until = GREATEST(retry_after_until, $2), updated_at = now()
-             WHERE partner_id = $1",
-            &[&partner_id.as_str(), &paused_until],
-        )
-        .await?;
-    Ok(())
+    .await
 }
 
 /// Counts accepted requests without reserving (what a delivery pass sent after its last reservation).
@@ -404,7 +396,7 @@ pub async fn record_accepted(
     if accepted.is_empty() {
         return Ok(());
     }
-    with_send_pace(client, partner_id, accepted, |_, _| ()).await
+    with_send_pace(client, partner_id, accepted, None, |_, _| ()).await
 }
 
 /// The partner's stored send pace (for reports and tests).
@@ -431,10 +423,13 @@ fn pace_from_row(row: &tokio_postgres::Row) -> SendPace {
     }
 }
 
+/// Loads the partner's pace under its row lock, counts `accepted`, applies `change` (given the current pause),
+/// extends the pause to `pause` if later, and stores it all in the same transaction.
 async fn with_send_pace<R>(
     client: &mut tokio_postgres::Client,
     partner_id: &PartnerId,
     accepted: &Accepted,
+    pause: Option<DateTime<Utc>>,
     change: impl FnOnce(&mut SendPace, Option<DateTime<Utc>>) -> R,
 ) -> Result<R, DbError> {
     let tx = client.transaction().await?;
@@ -457,7 +452,8 @@ async fn with_send_pace<R>(
     let result = change(&mut pace, row.get("retry_after_until"));
     tx.execute(
         "UPDATE partner_health SET send_rate = $2, send_rate_learned = $3, send_rate_grown_at = $4, next_send_at = $5,
-                accepted_second = $6, accepted_in_second = $7, accepted_previous = $8
+                accepted_second = $6, accepted_in_second = $7, accepted_previous = $8,
+                retry_after_until = GREATEST(retry_after_until, $9), updated_at = now()
          WHERE partner_id = $1",
         &[
             &partner_id.as_str(),
@@ -468,6 +464,7 @@ async fn with_send_pace<R>(
             &pace.window.second,
             &(pace.window.accepted.min(i32::MAX as u32) as i32),
             &(pace.window.previous.min(i32::MAX as u32) as i32),
+            &pause,
         ],
     )
     .await?;
