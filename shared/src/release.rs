@@ -94,6 +94,9 @@ pub struct ReleasePlan {
     pub states: HashMap<CampaignId, PacingState>,
     pub partners: HashMap<PartnerId, PartnerLimit>,
     pub ledger: BTreeMap<(CampaignId, NaiveDate), DayReservation>,
+    /// What each released batch reserved, on the campaign's local day of its first reservation: stored with the
+    /// claim, so that a batch taken back later (never sent, or its message lost) gives it back first.
+    pub reservations: HashMap<i64, (NaiveDate, DayReservation)>,
 }
 
 struct Lane {
@@ -233,6 +236,17 @@ pub fn plan_releases(input: PlanInput) -> ReleasePlan {
                         delay_seconds: first_slot,
                         spread_seconds,
                     });
+                    let first = now + Duration::seconds(i64::from(first_slot));
+                    plan.reservations.insert(
+                        batch.batch_id,
+                        (
+                            local_date(campaign.time_zone, first),
+                            DayReservation {
+                                clicks: batch.clicks,
+                                micros: cost(campaign.cost_per_click, batch.clicks),
+                            },
+                        ),
+                    );
                     lane.partial = None;
                     lane.undo = None;
                     lane.queue.pop_front();

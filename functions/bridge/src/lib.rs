@@ -89,6 +89,9 @@ pub struct BridgeSettings {
     pub message_concurrency: usize,
     /// Events flushed to the event log per invocation, at most.
     pub outbox_flush_limit: i64,
+    /// How long past the instant its message is due here a queued batch waits before a pacer may take it back
+    /// (see [`clickpacer::domain::batch::QUEUED_LEASE`]); renewed on every pass and requeue.
+    pub queued_lease: Duration,
 }
 
 impl Default for BridgeSettings {
@@ -99,6 +102,7 @@ impl Default for BridgeSettings {
             message_concurrency: 4,
             // At least the events one full SQS event produces (10 messages x 100 clicks x 3 events).
             outbox_flush_limit: 5_000,
+            queued_lease: clickpacer::domain::batch::QUEUED_LEASE,
         }
     }
 }
@@ -194,7 +198,8 @@ async fn deliver<T: Transport, C: Clock>(
     // One connection for the whole message (the pool holds one per concurrent message): taking a connection
     // from the pool verifies it with a round trip of its own.
     let mut client = bridge.pool.get().await.map_err(DbError::from)?;
-    let lease = match repo::take_batch(&**client, release.batch_id, release.fence, now, hold).await? {
+    let queued_until = hold + queued_lease(bridge);
+    let lease = match repo::take_batch(&**client, release.batch_id, release.fence, now, hold, queued_until).await? {
         BatchClaim::Acquired(lease) => lease,
         BatchClaim::Stale { state } => return Ok(MessageOutcome::Stale { batch_id: release.batch_id, state }),
         BatchClaim::Busy => return Err(BridgeError::Busy(release.batch_id)),
@@ -223,7 +228,7 @@ async fn deliver_batch<T: Transport, C: Clock>(
     let loaded_health = health.clone();
     if let Some(until) = health.retry_after_until.filter(|_| health.is_paused(now)) {
         // No request to this partner before its Retry-After: the whole message waits.
-        requeue(bridge, release, until - now).await?;
+        requeue(bridge, &*client, release, until - now).await?;
         return Ok(MessageOutcome::Paused { batch_id: lease.batch_id, until });
     }
 
@@ -295,7 +300,7 @@ async fn deliver_batch<T: Transport, C: Clock>(
             .min()
             .unwrap_or(now)
             .max(now);
-        requeue(bridge, release, next - now).await?;
+        requeue(bridge, &*client, release, next - now).await?;
         requeued = true;
     }
     Ok(MessageOutcome::Delivered { batch_id: lease.batch_id, tally, sent, requeued })
@@ -573,15 +578,27 @@ fn event(
 
 /// Sends the release message back to the click queue with a delay (SQS allows up to 15 minutes; a longer wait
 /// comes back and is delayed again).
-async fn requeue<T, C>(
+async fn requeue<T, C: Clock>(
     bridge: &Bridge<T, C>,
+    db: &impl tokio_postgres::GenericClient,
     release: &ReleaseMessage,
     delay: chrono::Duration,
 ) -> Result<(), BridgeError> {
     // Rounded up: a pause of 0.4 s must not come back at once and spin through the queue until it ends.
     let seconds = ((delay.num_milliseconds() + 999) / 1000).clamp(0, 900) as i32;
     let body = serde_json::to_string(release).unwrap_or_default();
-    send_one(&bridge.click_queue, &release.batch_id.to_string(), body, seconds).await
+    send_one(&bridge.click_queue, &release.batch_id.to_string(), body, seconds).await?;
+    // The copy is on its way: the batch's queued lease covers its delay. Should this fail, the lease from this
+    // pass still runs, and a pacer taking the batch back early only makes the copy stale.
+    let until = bridge.clock.now() + chrono::Duration::seconds(seconds.into()) + queued_lease(bridge);
+    if let Err(e) = repo::extend_queued_lease(db, release.batch_id, release.fence, until).await {
+        tracing::warn!(batch_id = release.batch_id, error = %e, "queued lease not extended");
+    }
+    Ok(())
+}
+
+fn queued_lease<T, C>(bridge: &Bridge<T, C>) -> chrono::Duration {
+    chrono::Duration::from_std(bridge.settings.queued_lease).unwrap_or(chrono::Duration::hours(1))
 }
 
 async fn send_one(queue: &SqsQueue, id: &str, body: String, delay_seconds: i32) -> Result<(), BridgeError> {

@@ -429,6 +429,59 @@ async fn a_batch_killed_midway_resumes_without_resending_delivered_clicks() {
 }
 
 #[tokio::test]
+async fn a_message_lost_after_part_of_its_batch_was_delivered_comes_back_by_itself_and_finishes_once() {
+    let w = world_with(DiesAfter {
+        inner: HttpTransport::new(true).unwrap(),
+        ok: AtomicUsize::new(4),
+        sent: AtomicUsize::new(0),
+    })
+    .await;
+    let mut p = partner(&w.sim, "acme");
+    p.max_concurrency = 1;
+    w.seed(&p, 10).await;
+    let messages = w.release().await;
+    let first = body(&messages);
+    assert!(w.handle(messages).await.is_empty());
+    assert_eq!(w.sim.sim.report().accepted, 4);
+
+    // The pass sent the message back for the six clicks left, and the batch's queued lease covers that copy.
+    let lease: DateTime<Utc> =
+        w.db.client().await.query_one("SELECT lease_expires_at FROM batches", &[]).await.unwrap().get(0);
+    let grace = chrono::Duration::from_std(w.bridge.settings.queued_lease).unwrap();
+    assert!(lease >= w.bridge.clock.now() + grace, "lease {lease} covers the copy");
+    // That copy is lost (received and dropped: a redrive to the dead-letter queue, say).
+    assert_eq!(w.receive().await.len(), 1);
+    w.bridge.transport.ok.store(usize::MAX, Ordering::SeqCst);
+
+    // Once the lease runs out, the pacer takes the batch back with a new fence; the bridge sends only the six.
+    let later = lease + chrono::Duration::seconds(1);
+    w.bridge.clock.0.store(later.timestamp_millis(), Ordering::SeqCst);
+    let pacer = Pacer {
+        pool: w.db.pool.clone(),
+        queue: w.queue.clone(),
+        settings: PacerSettings {
+            claim: ClaimSettings { horizon_seconds: 1, ..ClaimSettings::default() },
+            ..PacerSettings::default()
+        },
+    };
+    let summary = pacer::run_once(&pacer, later).await.unwrap();
+    assert_eq!((summary.reclaimed, summary.released), (1, 1), "{summary:?}");
+    let again = w.receive().await;
+    assert_eq!(body(&again).fence, first.fence + 1);
+    assert!(w.handle(again).await.is_empty());
+    let report = w.sim.sim.report();
+    assert_eq!((report.accepted, report.duplicate_accepted_keys), (10, 0));
+    assert_eq!(w.batch_state().await, "delivered");
+    let ledger: (i64, i64) = {
+        let client = w.db.client().await;
+        let sql = "SELECT sum(released_clicks)::bigint, sum(delivered_clicks)::bigint FROM campaign_day_ledger";
+        let row = client.query_one(sql, &[]).await.unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert_eq!(ledger, (10, 10), "reserved once, delivered once");
+}
+
+#[tokio::test]
 async fn partner_urls_reaching_private_addresses_are_refused_when_sending() {
     let w = world_with(HttpTransport::new(false).unwrap()).await;
     for (id, url) in [

@@ -84,7 +84,7 @@ pub async fn run_once<Q: ClickQueue>(pacer: &Pacer<Q>, now: DateTime<Utc>) -> Re
     };
     let sent = send_all(pacer, now, &messages).await;
     let client = pacer.pool.get().await.map_err(DbError::from)?;
-    mark_queued(&**client, &sent).await?;
+    mark_queued(&**client, &sent, pacer.settings.claim.queued_lease).await?;
     let summary = summarise(claim, now, messages.len() as u64, sent.len() as u64);
     tracing::info!(summary = ?summary, "pacer run");
     Ok(summary)

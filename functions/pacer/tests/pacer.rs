@@ -256,3 +256,129 @@ async fn partial_send_failures_retry_only_the_failed_entries() {
     sent.sort();
     assert_eq!(sent, ids, "enqueued set = claimed set");
 }
+
+/// An SQS outage: every SendMessageBatch call fails.
+struct DownQueue;
+
+impl ClickQueue for DownQueue {
+    async fn send_batch(&self, _messages: &[OutgoingMessage]) -> Result<Vec<FailedEntry>, AwsError> {
+        Err(AwsError { operation: "sqs SendMessageBatch", message: "service unavailable".into() })
+    }
+}
+
+async fn reserved(db: &TestDb, campaign_id: &str) -> (i64, i64, i64) {
+    let client = db.client().await;
+    let pacing = client
+        .query_one(
+            "SELECT released_today, reserved_total_micros FROM campaign_pacing WHERE campaign_id = $1",
+            &[&campaign_id],
+        )
+        .await
+        .unwrap();
+    let ledger: i64 = client
+        .query_one(
+            "SELECT coalesce(sum(released_clicks), 0)::bigint FROM campaign_day_ledger WHERE campaign_id = $1",
+            &[&campaign_id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    (pacing.get(0), pacing.get(1), ledger)
+}
+
+#[tokio::test]
+async fn an_sqs_outage_does_not_spend_the_cap_and_budget_on_clicks_nobody_received() {
+    let db = TestDb::new().await;
+    let aws = TestAws::new().await;
+    let (queue, _dlq) = aws.queue_with_dead_letter(30, 5).await;
+    let mut c = campaign("spring");
+    c.daily_cap = Some(100);
+    c.cost_per_click = clickpacer::domain::Micros(10_000);
+    c.total_budget = Some(clickpacer::domain::Micros(1_000_000));
+    seed(&db, &c).await;
+    insert_batches(&db, "spring", 2, 50, t0()).await;
+
+    // SQS is down: both batches are claimed and reserved, neither is sent.
+    let down = Pacer { pool: db.pool.clone(), queue: DownQueue, settings: settings() };
+    let summary = pacer::run_once(&down, t0()).await.unwrap();
+    assert_eq!((summary.claimed, summary.unsent), (2, 2));
+    assert_eq!(reserved(&db, "spring").await, (100, 1_000_000, 100));
+
+    // Their leases expire and SQS is back: the reclaim gives the first reservation back before taking the
+    // batches again, so the whole cap and budget still go to them.
+    let pacer = Pacer { pool: db.pool.clone(), queue: queue.clone(), settings: settings() };
+    let summary = pacer::run_once(&pacer, t0() + Duration::seconds(121)).await.unwrap();
+    assert_eq!((summary.reclaimed, summary.released, summary.released_clicks), (2, 2, 100), "{summary:?}");
+    assert_eq!(drain(&queue).await.len(), 2);
+    assert_eq!(reserved(&db, "spring").await, (100, 1_000_000, 100), "reserved once, not twice");
+
+    // A reclaim the next local day gives back the earlier day's reservation and takes today's.
+    let mut client = db.client().await;
+    client
+        .execute("UPDATE batches SET state = 'claimed', lease_expires_at = $1", &[&(t0() + Duration::seconds(200))])
+        .await
+        .unwrap();
+    let next_day = t0() + Duration::days(1);
+    let (again, _) =
+        claim_due_batches(&mut client, next_day, &ClaimSettings { horizon_seconds: 1, ..ClaimSettings::default() })
+            .await
+            .unwrap();
+    assert_eq!(again.len(), 2);
+    let days: Vec<(chrono::NaiveDate, i64, i64)> = client
+        .query(
+            "SELECT local_day, released_clicks, reserved_micros FROM campaign_day_ledger
+             WHERE campaign_id = 'spring' ORDER BY local_day",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    let today = t0().date_naive();
+    assert_eq!(days, vec![(today, 0, 0), (today.succ_opt().unwrap(), 100, 1_000_000)]);
+    assert_eq!(reserved(&db, "spring").await, (100, 1_000_000, 100));
+}
+
+#[tokio::test]
+async fn a_queued_batch_whose_message_is_lost_comes_back_by_itself_with_a_new_fence() {
+    let db = TestDb::new().await;
+    let aws = TestAws::new().await;
+    let (queue, _dlq) = aws.queue_with_dead_letter(30, 5).await;
+    let mut c = campaign("spring");
+    c.daily_cap = Some(30);
+    seed(&db, &c).await;
+    insert_batches(&db, "spring", 3, 10, t0()).await;
+    let pacer = Pacer { pool: db.pool.clone(), queue: queue.clone(), settings: settings() };
+    assert_eq!(pacer::run_once(&pacer, t0()).await.unwrap().released, 3);
+    // The messages are lost (a redrive to the dead-letter queue, a bridge killed at its timeout too often):
+    // nobody will ever deliver these batches from them.
+    let lost = drain(&queue).await;
+    assert_eq!(lost.len(), 3);
+    assert_eq!(states(&db).await, HashMap::from([("queued".into(), 3)]));
+
+    // While a message may still be on its way, the batch is left alone.
+    let grace = ClaimSettings::default().queued_lease;
+    let early = t0() + chrono::Duration::from_std(grace).unwrap() - Duration::seconds(5);
+    assert_eq!(pacer::run_once(&pacer, early).await.unwrap().claimed, 0);
+    assert!(drain(&queue).await.is_empty());
+
+    // One of them is being delivered right now (a bridge holds its delivery lease): that one stays too.
+    let late = t0() + chrono::Duration::from_std(grace).unwrap() + Duration::seconds(5);
+    let busy = lost[0].batch_id;
+    db.client()
+        .await
+        .execute(
+            "UPDATE batches SET delivery_lease_until = $2 WHERE batch_id = $1",
+            &[&busy, &(late + Duration::seconds(30))],
+        )
+        .await
+        .unwrap();
+    let summary = pacer::run_once(&pacer, late).await.unwrap();
+    assert_eq!((summary.reclaimed, summary.released, summary.released_clicks), (2, 2, 20), "{summary:?}");
+    let again = drain(&queue).await;
+    assert!(again.iter().all(|m| m.fence == 2 && m.batch_id != busy), "{again:?}");
+    // Given back and taken again: the cap still holds exactly the three batches.
+    assert_eq!(reserved(&db, "spring").await.2, 30);
+    assert_eq!(states(&db).await, HashMap::from([("queued".into(), 3)]));
+}

@@ -1,4 +1,4 @@
-//! The batch state machine (documented in docs/batch-states.md).
+//! The batch state machine (documented in docs/data-model.md).
 //!
 //! ```text
 //!             claim (lease + fence+1)             send + mark            bridge outcome
@@ -13,8 +13,21 @@
 //!
 //! `claimed` with an expired lease is claimable by the same statement that claims `pending` rows: no separate
 //! rescuer. Each claim bumps the fencing value, so a worker holding an older one cannot mark the batch.
+//!
+//! `queued` carries a lease too: the instant its message is due at the bridge plus [`QUEUED_LEASE`], renewed by
+//! the bridge on every pass and requeue. A message lost on the way (redriven to the dead-letter queue, or a
+//! bridge killed at its timeout on every receive) lets the lease run out, and the pacer takes the batch back
+//! (`Queued -> Claimed`) with a new fence, unless a bridge is delivering it right now.
+
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+/// How long past its due instant at the bridge a queued batch waits for its message before a pacer takes it
+/// back. Longer than the click queue's redelivery chain (visibility timeout 180 s x maxReceiveCount 10 in
+/// `template.yaml`), so a message still being retried is not doubled: a batch taken back while its message is
+/// still on its way only makes that copy stale.
+pub const QUEUED_LEASE: Duration = Duration::from_secs(3_600);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -76,6 +89,7 @@ impl BatchState {
                 | (Claimed, Pending) // deferred by a pacing rule
                 | (Claimed, Queued)
                 | (Queued, Queued) // redelivered message, or failed clicks sent for a later attempt
+                | (Queued, Claimed) // its lease ran out: the message was lost, a pacer takes the batch back
                 | (Queued, Delivered)
                 | (Queued, PartiallyFailed)
                 | (Queued, Dead)

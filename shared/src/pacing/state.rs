@@ -119,6 +119,18 @@ impl PacingState {
         self.minute.add(RateWindow::Minute.start_of(at), clicks);
         self.hour.add(RateWindow::Hour.start_of(at), clicks);
     }
+
+    /// Takes back what an earlier claim reserved on local `date` for clicks it never released (a batch claimed
+    /// and not sent, or whose message was lost): the day's counters only if they still belong to that day, the
+    /// campaign's total always. Rate windows keep their counts: the partner may have seen some of those clicks,
+    /// and keeping them errs on the side of its rate.
+    pub fn give_back(&mut self, date: NaiveDate, clicks: u64, micros: Micros) {
+        if self.day == Some(date) {
+            self.released_today = self.released_today.saturating_sub(clicks);
+            self.reserved_today = Micros(self.reserved_today.0.saturating_sub(micros.0.max(0)).max(0));
+        }
+        self.reserved_total = Micros(self.reserved_total.0.saturating_sub(micros.0.max(0)).max(0));
+    }
 }
 
 /// What a partner can take right now: its configured rate, scaled by how it has been coping.
@@ -204,6 +216,22 @@ mod tests {
             (1, Micros(250_000), Micros(1_250_000))
         );
         assert_eq!((state.second.released, state.minute.released, state.hour.released), (1, 1, 1));
+    }
+
+    #[test]
+    fn a_reservation_given_back_leaves_the_rate_windows_and_other_days_alone() {
+        let mut campaign = Campaign::unlimited(CampaignId::parse("c").unwrap(), PartnerId::parse("p").unwrap());
+        campaign.cost_per_click = Micros(10);
+        let at = Utc.with_ymd_and_hms(2024, 5, 1, 12, 0, 0).unwrap();
+        let mut state = PacingState::default();
+        state.record_release(&campaign, at, 7);
+        let day = at.date_naive();
+        state.give_back(day, 5, Micros(50));
+        assert_eq!((state.released_today, state.reserved_today, state.reserved_total), (2, Micros(20), Micros(20)));
+        assert_eq!(state.second.released, 7, "the partner may have seen them");
+        // A reservation of another day: only the campaign's total; never below zero.
+        state.give_back(day.pred_opt().unwrap(), 1, Micros(100));
+        assert_eq!((state.released_today, state.reserved_today, state.reserved_total), (2, Micros(20), Micros(0)));
     }
 
     #[test]

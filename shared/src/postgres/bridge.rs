@@ -34,23 +34,26 @@ pub enum BatchClaim {
     Busy,
 }
 
-/// Takes the batch for delivery if `fence` is current: the batch becomes (or stays) `queued`, so no pacer can
-/// reclaim it, and the bridge's own lease keeps a redelivered copy of the message from sending in parallel.
+/// Takes the batch for delivery if `fence` is current: the batch becomes (or stays) `queued` with its queued
+/// lease running to `queued_until` at least, so no pacer takes it back meanwhile, and the bridge's own lease
+/// (`hold_until`) keeps a redelivered copy of the message from sending in parallel.
 pub async fn take_batch(
     db: &impl GenericClient,
     batch_id: i64,
     fence: i64,
     now: DateTime<Utc>,
     hold_until: DateTime<Utc>,
+    queued_until: DateTime<Utc>,
 ) -> Result<BatchClaim, DbError> {
     let row = db
         .query_opt(
-            "UPDATE batches SET state = 'queued', lease_expires_at = NULL, delivery_lease_until = $4,
+            "UPDATE batches SET state = 'queued', delivery_lease_until = $4,
+                    lease_expires_at = GREATEST(CASE WHEN state = 'queued' THEN lease_expires_at END, $5),
                     released_at = COALESCE(released_at, $3)
              WHERE batch_id = $1 AND fence = $2 AND state IN ('claimed', 'queued')
                AND (delivery_lease_until IS NULL OR delivery_lease_until < $3)
              RETURNING campaign_id, partner_id, release_at, spread_seconds",
-            &[&batch_id, &fence, &now, &hold_until],
+            &[&batch_id, &fence, &now, &hold_until, &queued_until],
         )
         .await?;
     if let Some(row) = row {
@@ -80,6 +83,23 @@ pub async fn release_batch(db: &impl GenericClient, lease: &BatchLease) -> Resul
     db.execute(
         "UPDATE batches SET delivery_lease_until = NULL WHERE batch_id = $1 AND fence = $2",
         &[&lease.batch_id, &lease.fence],
+    )
+    .await?;
+    Ok(())
+}
+
+/// The batch's message went back to the queue: its queued lease runs to `until` at least (the instant the copy
+/// becomes visible plus the grace), so no pacer takes the batch back while the copy waits out its delay.
+pub async fn extend_queued_lease(
+    db: &impl GenericClient,
+    batch_id: i64,
+    fence: i64,
+    until: DateTime<Utc>,
+) -> Result<(), DbError> {
+    db.execute(
+        "UPDATE batches SET lease_expires_at = GREATEST(lease_expires_at, $3)
+         WHERE batch_id = $1 AND fence = $2 AND state = 'queued'",
+        &[&batch_id, &fence, &until],
     )
     .await?;
     Ok(())
@@ -280,7 +300,8 @@ pub async fn record_pass(
         };
         let ended = tx
             .execute(
-                "UPDATE batches SET state = $3, finished_at = now(), delivery_lease_until = NULL
+                "UPDATE batches SET state = $3, finished_at = now(), delivery_lease_until = NULL,
+                        lease_expires_at = NULL
                  WHERE batch_id = $1 AND fence = $2 AND state = 'queued'",
                 &[&lease.batch_id, &lease.fence, &state],
             )

@@ -25,11 +25,22 @@ pub struct ClaimSettings {
     pub max_batches: usize,
     /// How long a claim lasts before another pacer may take the batch back.
     pub lease_for: Duration,
+    /// How long a queued batch waits for its message past the instant it was due at the bridge (its release, or
+    /// the bridge's last requeue) before a pacer takes it back: a message redriven to the dead-letter queue, or
+    /// one that keeps failing, leaves its batch queued with nobody coming. Longer than SQS's redelivery chain
+    /// (the visibility timeout times maxReceiveCount) and any backlog the queue normally carries: taking back a
+    /// batch whose message is still on its way costs a stale copy (fenced), never a second delivery.
+    pub queued_lease: Duration,
 }
 
 impl Default for ClaimSettings {
     fn default() -> Self {
-        Self { horizon_seconds: 60, max_batches: 5_000, lease_for: Duration::from_secs(120) }
+        Self {
+            horizon_seconds: 60,
+            max_batches: 5_000,
+            lease_for: Duration::from_secs(120),
+            queued_lease: crate::domain::batch::QUEUED_LEASE,
+        }
     }
 }
 
@@ -67,8 +78,10 @@ pub async fn claim_due_batches(
     // campaigns between them instead of queueing on the same counter rows.
     let due_campaigns: Vec<String> = tx
         .query(
-            "SELECT DISTINCT campaign_id FROM batches WHERE state IN ('pending', 'claimed') AND due_at <= $1",
-            &[&horizon_end],
+            "SELECT campaign_id FROM batches WHERE state IN ('pending', 'claimed') AND due_at <= $1
+             UNION
+             SELECT campaign_id FROM batches WHERE state = 'queued' AND lease_expires_at < $2",
+            &[&horizon_end, &now],
         )
         .await?
         .iter()
@@ -96,13 +109,25 @@ pub async fn claim_due_batches(
         tx.commit().await?;
         return Ok((Vec::new(), ClaimSummary::default()));
     }
+    // Queued batches whose message never came (their lease ran out while no bridge was delivering them) are
+    // taken back like an expired claim: they become claimed with the expired lease, and the scan below takes
+    // them with a new fence, giving back what they had reserved.
+    tx.execute(
+        "UPDATE batches SET state = 'claimed'
+         WHERE campaign_id = ANY($1) AND state = 'queued' AND lease_expires_at < $2
+           AND (delivery_lease_until IS NULL OR delivery_lease_until < $2)",
+        &[&ours, &now],
+    )
+    .await?;
     let share = (settings.max_batches as i64 / ours.len() as i64).max(50).min(settings.max_batches as i64);
     let rows = tx
         .query(
-            "SELECT x.batch_id, x.campaign_id, x.click_count, x.due_at, x.state
+            "SELECT x.batch_id, x.campaign_id, x.click_count, x.due_at, x.state, x.reserved_day, x.reserved_clicks,
+                    x.reserved_micros
              FROM campaigns c
              CROSS JOIN LATERAL (
-                 SELECT b.batch_id, b.campaign_id, b.click_count, b.due_at, b.state
+                 SELECT b.batch_id, b.campaign_id, b.click_count, b.due_at, b.state, b.reserved_day,
+                        b.reserved_clicks, b.reserved_micros
                  FROM batches b
                  WHERE b.campaign_id = c.campaign_id
                    AND b.state IN ('pending', 'claimed') AND b.due_at <= $1
@@ -117,9 +142,21 @@ pub async fn claim_due_batches(
         .await?;
     let mut summary = ClaimSummary { examined: rows.len() as u64, ..ClaimSummary::default() };
     let mut batches = Vec::with_capacity(rows.len());
+    let mut given_back = Vec::new();
     for row in &rows {
         if row.get::<_, &str>("state") == "claimed" {
             summary.reclaimed += 1;
+            let clicks = row.get::<_, i32>("reserved_clicks");
+            if let Some(day) = row.get::<_, Option<NaiveDate>>("reserved_day").filter(|_| clicks > 0) {
+                let micros: i64 = row.get("reserved_micros");
+                given_back.push((
+                    row.get::<_, i64>("batch_id"),
+                    row.get::<_, String>("campaign_id"),
+                    day,
+                    clicks,
+                    micros,
+                ));
+            }
         }
         batches.push(CandidateBatch {
             batch_id: row.get("batch_id"),
@@ -131,6 +168,14 @@ pub async fn claim_due_batches(
     summary.oldest_due_at = batches.iter().map(|b| b.due_at).min();
     // Each campaign's share in due order; campaigns interleaved by that order (the planner rotates turns).
     batches.sort_by_key(|b| (b.due_at, b.batch_id));
+
+    give_back_reservations(&tx, &given_back, &mut states).await?;
+    let mut given_back_states: HashMap<String, PacingState> = HashMap::new();
+    for (_, campaign_id, ..) in &given_back {
+        if let Some(state) = states.get(campaign_id) {
+            given_back_states.insert(campaign_id.clone(), state.clone());
+        }
+    }
 
     let mut campaign_ids: Vec<String> = batches.iter().map(|b| b.campaign_id.to_string()).collect();
     campaign_ids.sort();
@@ -216,20 +261,28 @@ pub async fn claim_due_batches(
         batches,
     });
 
-    // Claims: lease, new fence, the second the message becomes visible and the spread.
+    // Claims: lease, new fence, the second the message becomes visible, the spread and what was reserved.
     let ids: Vec<i64> = plan.releases.iter().map(|r| r.batch_id).collect();
     let delays: Vec<i32> = plan.releases.iter().map(|r| r.delay_seconds as i32).collect();
     let spreads: Vec<i32> = plan.releases.iter().map(|r| r.spread_seconds as i32).collect();
+    let reservations: Vec<Option<&(NaiveDate, crate::release::DayReservation)>> =
+        plan.releases.iter().map(|r| plan.reservations.get(&r.batch_id)).collect();
+    let reserved_days: Vec<Option<NaiveDate>> = reservations.iter().map(|r| r.map(|(day, _)| *day)).collect();
+    let reserved_clicks: Vec<i32> =
+        reservations.iter().map(|r| r.map_or(0, |(_, d)| d.clicks.min(i32::MAX as u64) as i32)).collect();
+    let reserved_micros: Vec<i64> = reservations.iter().map(|r| r.map_or(0, |(_, d)| d.micros.max(0))).collect();
     let claimed = tx
         .query(
             "UPDATE batches b SET state = 'claimed', lease_expires_at = $2, fence = b.fence + 1,
                     claim_count = b.claim_count + 1, release_at = $3::timestamptz + make_interval(secs => r.delay),
-                    spread_seconds = r.spread, defer_reason = NULL
-             FROM unnest($1::bigint[], $4::int[], $5::int[]) AS r(batch_id, delay, spread)
+                    spread_seconds = r.spread, defer_reason = NULL,
+                    reserved_day = r.day, reserved_clicks = r.clicks, reserved_micros = r.micros
+             FROM unnest($1::bigint[], $4::int[], $5::int[], $6::date[], $7::int[], $8::bigint[])
+                  AS r(batch_id, delay, spread, day, clicks, micros)
              WHERE b.batch_id = r.batch_id
              RETURNING b.batch_id, b.fence, b.campaign_id, b.partner_id, b.click_count, b.spread_seconds,
                        b.release_at",
-            &[&ids, &lease_until, &now, &delays, &spreads],
+            &[&ids, &lease_until, &now, &delays, &spreads, &reserved_days, &reserved_clicks, &reserved_micros],
         )
         .await?;
     let mut messages = Vec::with_capacity(claimed.len());
@@ -262,7 +315,13 @@ pub async fn claim_due_batches(
     )
     .await?;
 
-    write_states(&tx, &plan.states).await?;
+    let mut states_out = plan.states;
+    for (id, state) in given_back_states {
+        if let Ok(id) = parse_campaign(id) {
+            states_out.entry(id).or_insert(state);
+        }
+    }
+    write_states(&tx, &states_out).await?;
     // Counters of partners without a rate were not locked, and say nothing: not written.
     let counted: HashMap<PartnerId, PartnerLimit> =
         plan.partners.into_iter().filter(|(_, l)| l.rate_per_second.is_some()).collect();
@@ -272,18 +331,68 @@ pub async fn claim_due_batches(
     Ok((messages, summary))
 }
 
-/// After a successful send: the bridge owns these batches now. Only the claim holding the same fence may do it.
-pub async fn mark_queued(db: &impl tokio_postgres::GenericClient, sent: &[(i64, i64)]) -> Result<u64, DbError> {
+/// After a successful send: the bridge owns these batches now, under a lease running `queued_lease` past the
+/// instant each message becomes visible. Only the claim holding the same fence may do it.
+pub async fn mark_queued(
+    db: &impl tokio_postgres::GenericClient,
+    sent: &[(i64, i64)],
+    queued_lease: Duration,
+) -> Result<u64, DbError> {
     let ids: Vec<i64> = sent.iter().map(|s| s.0).collect();
     let fences: Vec<i64> = sent.iter().map(|s| s.1).collect();
+    let lease_seconds = queued_lease.as_secs_f64();
     Ok(db
         .execute(
-            "UPDATE batches b SET state = 'queued', lease_expires_at = NULL
+            "UPDATE batches b SET state = 'queued',
+                    lease_expires_at = COALESCE(b.release_at, now()) + make_interval(secs => $3)
              FROM unnest($1::bigint[], $2::bigint[]) AS s(batch_id, fence)
              WHERE b.batch_id = s.batch_id AND b.fence = s.fence AND b.state = 'claimed'",
-            &[&ids, &fences],
+            &[&ids, &fences, &lease_seconds],
         )
         .await?)
+}
+
+/// Gives back what earlier claims reserved for batches taken back now (claimed and never sent, or queued and
+/// their message lost): the day ledger rows they added to, and the campaigns' counters (`states`, locked by this
+/// claim and written back with it). The batches then carry no reservation until this claim records its own.
+async fn give_back_reservations(
+    tx: &tokio_postgres::Transaction<'_>,
+    given_back: &[(i64, String, NaiveDate, i32, i64)],
+    states: &mut HashMap<String, PacingState>,
+) -> Result<(), DbError> {
+    if given_back.is_empty() {
+        return Ok(());
+    }
+    for (_, campaign_id, day, clicks, micros) in given_back {
+        if let Some(state) = states.get_mut(campaign_id) {
+            state.give_back(*day, (*clicks).max(0) as u64, Micros(*micros));
+        }
+    }
+    let ids: Vec<i64> = given_back.iter().map(|g| g.0).collect();
+    let campaigns: Vec<&str> = given_back.iter().map(|g| g.1.as_str()).collect();
+    let days: Vec<NaiveDate> = given_back.iter().map(|g| g.2).collect();
+    let clicks: Vec<i64> = given_back.iter().map(|g| i64::from(g.3)).collect();
+    let micros: Vec<i64> = given_back.iter().map(|g| g.4).collect();
+    // Never below what the day already counts as delivered or spent (the ledger's CHECKs): a batch whose
+    // clicks straddled local midnight reserved part of them on the next day.
+    tx.execute(
+        "UPDATE campaign_day_ledger l
+         SET released_clicks = GREATEST(l.released_clicks - g.clicks, l.delivered_clicks + l.failed_clicks),
+             reserved_micros = GREATEST(l.reserved_micros - g.micros, l.spend_micros), updated_at = now()
+         FROM (SELECT campaign_id, day, sum(clicks)::bigint AS clicks, sum(micros)::bigint AS micros
+               FROM unnest($1::text[], $2::date[], $3::bigint[], $4::bigint[]) AS r(campaign_id, day, clicks, micros)
+               GROUP BY campaign_id, day) g
+         WHERE l.campaign_id = g.campaign_id AND l.local_day = g.day",
+        &[&campaigns, &days, &clicks, &micros],
+    )
+    .await?;
+    tx.execute(
+        "UPDATE batches SET reserved_day = NULL, reserved_clicks = 0, reserved_micros = 0
+         WHERE batch_id = ANY($1)",
+        &[&ids],
+    )
+    .await?;
+    Ok(())
 }
 
 async fn write_states(
