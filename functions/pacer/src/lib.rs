@@ -68,6 +68,8 @@ pub struct RunSummary {
     /// batches carry the time their rule relaxes, so only real backlog counts.
     pub lag_seconds: i64,
     pub deferred: BTreeMap<String, u64>,
+    /// Campaigns whose configuration could not be loaded, with the reason; their batches wait.
+    pub invalid_campaigns: BTreeMap<String, String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +102,7 @@ fn summarise(claim: ClaimSummary, now: DateTime<Utc>, claimed: u64, sent: u64) -
         released_clicks: claim.released_clicks,
         unsent: claimed - sent,
         deferred: claim.deferred,
+        invalid_campaigns: claim.invalid_campaigns,
     }
 }
 

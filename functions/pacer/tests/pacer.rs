@@ -382,3 +382,43 @@ async fn a_queued_batch_whose_message_is_lost_comes_back_by_itself_with_a_new_fe
     assert_eq!(reserved(&db, "spring").await.2, 30);
     assert_eq!(states(&db).await, HashMap::from([("queued".into(), 3)]));
 }
+
+#[tokio::test]
+async fn a_campaign_that_cannot_be_loaded_is_reported_and_holds_up_nobody_else() {
+    let db = TestDb::new().await;
+    let aws = TestAws::new().await;
+    let (queue, _dlq) = aws.queue_with_dead_letter(30, 5).await;
+    seed(&db, &campaign("spring")).await;
+    seed(&db, &campaign("broken")).await;
+    insert_batches(&db, "spring", 2, 10, t0()).await;
+    insert_batches(&db, "broken", 3, 10, t0()).await;
+    // A zone PostgreSQL knows and the pacing engine does not.
+    let client = db.client().await;
+    client
+        .execute("UPDATE campaigns SET time_zone = 'posix/America/New_York' WHERE campaign_id = 'broken'", &[])
+        .await
+        .unwrap();
+
+    let pacer = Pacer { pool: db.pool.clone(), queue: queue.clone(), settings: settings() };
+    let summary = pacer::run_once(&pacer, t0()).await.unwrap();
+    assert_eq!((summary.released, summary.released_clicks), (2, 20), "{summary:?}");
+    assert_eq!(drain(&queue).await.len(), 2);
+    let reason = summary.invalid_campaigns.get("broken").cloned().unwrap_or_default();
+    assert!(reason.contains("time zone"), "{summary:?}");
+    let held: Vec<(String, Option<String>)> = client
+        .query("SELECT state, defer_reason FROM batches WHERE campaign_id = 'broken'", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(held, vec![("pending".to_string(), Some("invalid_campaign".to_string())); 3]);
+
+    // Fixed by a person: the next run releases its batches.
+    client
+        .execute("UPDATE campaigns SET time_zone = 'America/New_York' WHERE campaign_id = 'broken'", &[])
+        .await
+        .unwrap();
+    let summary = pacer::run_once(&pacer, t0() + Duration::minutes(1)).await.unwrap();
+    assert_eq!((summary.released, summary.invalid_campaigns.len()), (3, 0), "{summary:?}");
+}

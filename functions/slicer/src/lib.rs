@@ -19,7 +19,7 @@ use aws_lambda_events::event::s3::{S3Event, S3EventRecord};
 use chrono::Utc;
 use clickpacer::aws::s3::S3Objects;
 use clickpacer::domain::{Campaign, CampaignId};
-use clickpacer::ingest::{UploadKey, campaign_from_key, decode_event_key, rejects};
+use clickpacer::ingest::{CampaignDirectory, UploadKey, campaign_from_key, decode_event_key, rejects};
 use clickpacer::postgres::uploads::{
     self, BatchTerms, ChunkError, ChunkResult, LeaseOutcome, UploadCounts, UploadIdentity, UploadLease,
 };
@@ -243,8 +243,12 @@ async fn slice_object(
             return fail(slicer, &lease, &upload_key, reason).await;
         }
     };
-    let campaign_list = campaigns::list(&**slicer.pool.get().await.map_err(DbError::from)?).await?;
-    let statuses = campaign_list.iter().map(|c| (c.campaign_id.clone(), c.status)).collect();
+    let (campaign_list, unloadable) =
+        campaigns::list_loadable(&**slicer.pool.get().await.map_err(DbError::from)?).await?;
+    let statuses = CampaignDirectory {
+        statuses: campaign_list.iter().map(|c| (c.campaign_id.clone(), c.status)).collect(),
+        unusable: unloadable.into_iter().collect(),
+    };
     let campaigns_by_id: HashMap<CampaignId, Campaign> =
         campaign_list.into_iter().map(|c| (c.campaign_id.clone(), c)).collect();
 

@@ -6,12 +6,12 @@
 //! A chunk is a contiguous run of rows none of which is committed yet: rows an earlier invocation committed
 //! are read past (not validated again), and a chunk ends where such a run begins.
 
-use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read};
 
-use clickpacer::domain::{CampaignId, CampaignStatus};
+use clickpacer::domain::CampaignId;
 use clickpacer::ingest::{
-    ClickRow, Columns, FileError, FileFormat, RejectedRow, RowContext, is_gzip, validate_csv_record, validate_json_line,
+    CampaignDirectory, ClickRow, Columns, FileError, FileFormat, RejectedRow, RowContext, is_gzip, validate_csv_record,
+    validate_json_line,
 };
 use clickpacer::postgres::uploads::{ChunkRows, RowRange, StagedClick};
 use flate2::read::MultiGzDecoder;
@@ -53,7 +53,7 @@ pub struct ReadPlan {
     pub key: String,
     pub content_encoding: Option<String>,
     pub key_campaign: Option<CampaignId>,
-    pub campaigns: HashMap<CampaignId, CampaignStatus>,
+    pub campaigns: CampaignDirectory,
     /// Rows already committed by an earlier invocation, in order and disjoint: read past, not validated again.
     pub committed: Vec<RowRange>,
     pub chunk_rows: usize,
@@ -202,6 +202,10 @@ fn csv_error(e: csv::Error) -> ReadError {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
+    use clickpacer::domain::CampaignStatus;
+
     use super::*;
 
     /// Reads `body` as `incoming/spring/clicks.csv` and lists the chunks: (first row, last row, clicks, rejects).
@@ -211,7 +215,10 @@ mod tests {
             key: "incoming/spring/clicks.csv".into(),
             content_encoding: None,
             key_campaign: Some(spring.clone()),
-            campaigns: HashMap::from([(spring, CampaignStatus::Active)]),
+            campaigns: CampaignDirectory {
+                statuses: HashMap::from([(spring, CampaignStatus::Active)]),
+                ..CampaignDirectory::default()
+            },
             committed,
             chunk_rows,
         };
@@ -278,7 +285,10 @@ mod tests {
             key: "incoming/spring/clicks.ndjson".into(),
             content_encoding: None,
             key_campaign: Some(spring.clone()),
-            campaigns: HashMap::from([(spring, CampaignStatus::Active)]),
+            campaigns: CampaignDirectory {
+                statuses: HashMap::from([(spring, CampaignStatus::Active)]),
+                ..CampaignDirectory::default()
+            },
             committed: vec![RowRange { first: 2, last: 3 }],
             chunk_rows: 10,
         };

@@ -689,3 +689,24 @@ async fn a_takeover_fences_the_previous_invocations_writes() {
     }
     assert_eq!(w.check_upload().await, expected);
 }
+
+#[tokio::test]
+async fn a_campaign_that_cannot_be_loaded_rejects_only_its_own_rows() {
+    let w = world(1000).await;
+    // A zone PostgreSQL knows and the pacing engine does not.
+    w.db.client()
+        .await
+        .execute("UPDATE campaigns SET time_zone = 'posix/America/New_York' WHERE campaign_id = 'summer'", &[])
+        .await
+        .unwrap();
+    let etag = w.put("incoming/spring/a.csv", csv_rows(0..5)).await;
+    assert_eq!(counts(&w.slice("incoming/spring/a.csv", &etag).await), (5, 5, 0, 0));
+
+    let body = "click_id,campaign_id,clicked_at\nk1,spring,1764324000\nk2,summer,1764324000\nk3,spring,1764324000\n";
+    let etag = w.put("incoming/mixed.csv", body).await;
+    assert_eq!(counts(&w.slice("incoming/mixed.csv", &etag).await), (3, 2, 1, 0));
+    let report = w.objects.get_bytes(&w.bucket, "rejects/mixed.csv.csv").await.unwrap();
+    let report = String::from_utf8(report).unwrap();
+    assert!(report.contains("campaign \"\"summer\"\" cannot take clicks"), "{report}");
+    assert!(report.contains("posix/America/New_York"), "{report}");
+}

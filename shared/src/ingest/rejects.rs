@@ -15,6 +15,8 @@ pub enum RejectReason {
     UnknownCampaign(String),
     #[error("campaign {0:?} is archived")]
     ArchivedCampaign(String),
+    #[error("campaign {campaign:?} cannot take clicks until its configuration is fixed: {reason}")]
+    UnusableCampaign { campaign: String, reason: String },
     #[error("campaign_id {row:?} differs from the campaign {key:?} named by the upload's key")]
     CampaignMismatch { row: String, key: String },
     #[error("missing clicked_at")]

@@ -59,11 +59,34 @@ pub fn is_gzip(key: &str, content_encoding: Option<&str>, head: &[u8]) -> bool {
 /// What the validator must know about campaigns.
 pub trait CampaignFacts {
     fn status(&self, campaign_id: &CampaignId) -> Option<CampaignStatus>;
+
+    /// Why a campaign that exists cannot take clicks now (its stored configuration cannot be used).
+    fn unusable(&self, _campaign_id: &CampaignId) -> Option<&str> {
+        None
+    }
 }
 
 impl CampaignFacts for HashMap<CampaignId, CampaignStatus> {
     fn status(&self, campaign_id: &CampaignId) -> Option<CampaignStatus> {
         self.get(campaign_id).copied()
+    }
+}
+
+/// The campaigns an upload may name: each usable one's status, and for each whose stored configuration cannot
+/// be loaded, the reason (its rows are rejected with it; every other campaign's rows go on).
+#[derive(Debug, Clone, Default)]
+pub struct CampaignDirectory {
+    pub statuses: HashMap<CampaignId, CampaignStatus>,
+    pub unusable: HashMap<CampaignId, String>,
+}
+
+impl CampaignFacts for CampaignDirectory {
+    fn status(&self, campaign_id: &CampaignId) -> Option<CampaignStatus> {
+        self.statuses.get(campaign_id).copied()
+    }
+
+    fn unusable(&self, campaign_id: &CampaignId) -> Option<&str> {
+        self.unusable.get(campaign_id).map(String::as_str)
     }
 }
 
@@ -177,6 +200,9 @@ fn build(values: Vec<(&Field, Cow<'_, str>)>, row_number: u64, ctx: &RowContext<
         (Some(row), None) => CampaignId::parse(row).map_err(|_| RejectReason::InvalidCampaign(row.into()))?,
         (None, None) => return Err(RejectReason::MissingCampaign),
     };
+    if let Some(reason) = ctx.campaigns.unusable(&campaign_id) {
+        return Err(RejectReason::UnusableCampaign { campaign: campaign_id.to_string(), reason: reason.to_owned() });
+    }
     match ctx.campaigns.status(&campaign_id) {
         None => return Err(RejectReason::UnknownCampaign(campaign_id.to_string())),
         Some(CampaignStatus::Archived) => return Err(RejectReason::ArchivedCampaign(campaign_id.to_string())),

@@ -68,8 +68,30 @@ pub async fn list(db: &impl GenericClient) -> Result<Vec<Campaign>, DbError> {
     db.query(&sql, &[]).await?.iter().map(from_row).collect()
 }
 
+/// Every campaign that loads, and for each one that does not (a zone PostgreSQL knows and the engine does not,
+/// say), its id and the reason: one bad row must not stop the work of every other campaign.
+pub async fn list_loadable(db: &impl GenericClient) -> Result<(Vec<Campaign>, Vec<(CampaignId, String)>), DbError> {
+    let sql = format!("SELECT {COLUMNS} FROM campaigns ORDER BY campaign_id");
+    let mut loaded = Vec::new();
+    let mut unloadable = Vec::new();
+    for row in db.query(&sql, &[]).await? {
+        match from_row(&row) {
+            Ok(campaign) => loaded.push(campaign),
+            Err(e) => {
+                let id: String = row.try_get("campaign_id")?;
+                tracing::warn!(campaign_id = id, error = %e, "campaign cannot be loaded");
+                if let Ok(id) = CampaignId::parse(id) {
+                    unloadable.push((id, e.to_string()));
+                }
+            }
+        }
+    }
+    Ok((loaded, unloadable))
+}
+
 pub(crate) fn from_row(row: &Row) -> Result<Campaign, DbError> {
-    let invalid = |what: &str| DbError::Invalid(format!("campaign row has an invalid {what}"));
+    let id: String = row.try_get("campaign_id")?;
+    let invalid = |what: &str| DbError::Invalid(format!("campaign {id:?} has an invalid {what}"));
     let status: String = row.try_get("status")?;
     let zone: String = row.try_get("time_zone")?;
     let mode: String = row.try_get("pacing_mode")?;
@@ -81,12 +103,12 @@ pub(crate) fn from_row(row: &Row) -> Result<Campaign, DbError> {
         _ => return Err(invalid("pacing mode")),
     };
     Ok(Campaign {
-        campaign_id: CampaignId::parse(row.try_get::<_, String>("campaign_id")?).map_err(|_| invalid("id"))?,
+        campaign_id: CampaignId::parse(id.clone()).map_err(|_| invalid("id"))?,
         name: row.try_get("name")?,
         partner_id: PartnerId::parse(row.try_get::<_, String>("partner_id")?).map_err(|_| invalid("partner"))?,
         status: CampaignStatus::parse(&status).ok_or_else(|| invalid("status"))?,
         // PostgreSQL may know zones chrono-tz does not (and the reverse): refuse rather than guess.
-        time_zone: zone.parse().map_err(|_| invalid("time zone"))?,
+        time_zone: zone.parse().map_err(|_| invalid(&format!("time zone {zone:?} (unknown to the pacing engine)")))?,
         flight_start: row.try_get::<_, Option<DateTime<Utc>>>("flight_start")?,
         flight_end: row.try_get::<_, Option<DateTime<Utc>>>("flight_end")?,
         pacing,

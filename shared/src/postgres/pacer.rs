@@ -57,6 +57,8 @@ pub struct ClaimSummary {
     pub deferred: BTreeMap<String, u64>,
     /// The earliest due time among the batches examined: how far behind the pacer runs.
     pub oldest_due_at: Option<DateTime<Utc>>,
+    /// Campaigns whose row could not be loaded, with the reason: their batches wait for a person to fix it.
+    pub invalid_campaigns: BTreeMap<String, String>,
 }
 
 /// What the pacer releases for a partner without a configured rate, over the rate the bridge learned for it.
@@ -189,7 +191,34 @@ pub async fn claim_due_batches(
             &[&campaign_ids],
         )
         .await?;
-    let campaign_list = campaign_rows.iter().map(campaigns::from_row).collect::<Result<Vec<_>, _>>()?;
+    // A campaign whose row cannot be loaded (a zone PostgreSQL knows and the engine does not, say) holds up only
+    // its own batches: they wait for the next run, with the reason reported, while every other campaign goes.
+    let mut campaign_list = Vec::with_capacity(campaign_rows.len());
+    for row in &campaign_rows {
+        match campaigns::from_row(row) {
+            Ok(campaign) => campaign_list.push(campaign),
+            Err(e) => {
+                let id: String = row.get("campaign_id");
+                tracing::warn!(campaign_id = id, error = %e, "campaign cannot be loaded; its batches wait");
+                summary.invalid_campaigns.insert(id, e.to_string());
+            }
+        }
+    }
+    if !summary.invalid_campaigns.is_empty() {
+        let held: Vec<i64> = batches
+            .iter()
+            .filter(|b| summary.invalid_campaigns.contains_key(b.campaign_id.as_str()))
+            .map(|b| b.batch_id)
+            .collect();
+        batches.retain(|b| !summary.invalid_campaigns.contains_key(b.campaign_id.as_str()));
+        tx.execute(
+            "UPDATE batches SET state = 'pending', lease_expires_at = NULL, due_at = GREATEST(due_at, $2),
+                    defer_reason = 'invalid_campaign'
+             WHERE batch_id = ANY($1)",
+            &[&held, &horizon_end],
+        )
+        .await?;
+    }
 
     let mut partner_ids: Vec<String> = campaign_list.iter().map(|c| c.partner_id.to_string()).collect();
     partner_ids.sort();
