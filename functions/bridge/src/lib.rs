@@ -137,6 +137,11 @@ pub enum MessageOutcome {
         batch_id: i64,
         until: DateTime<Utc>,
     },
+    /// The partner is disabled: nothing was sent, and the message went back with a long delay.
+    PartnerDisabled {
+        batch_id: i64,
+        until: DateTime<Utc>,
+    },
     /// Not a message the bridge can read: dead-lettered with the reason.
     Malformed {
         reason: String,
@@ -231,6 +236,13 @@ async fn deliver_batch<T: Transport, C: Clock>(
         requeue(bridge, &*client, release, until - now).await?;
         return Ok(MessageOutcome::Paused { batch_id: lease.batch_id, until });
     }
+    if !partner.enabled {
+        // Disabled by a person: the clicks wait, checked again every few minutes rather than spun through the
+        // queue, and nothing is logged until they move.
+        let until = now + DISABLED_PARTNER_RECHECK;
+        requeue(bridge, &*client, release, DISABLED_PARTNER_RECHECK).await?;
+        return Ok(MessageOutcome::PartnerDisabled { batch_id: lease.batch_id, until });
+    }
 
     let mut events = Vec::new();
     for click in clicks.iter().filter(|c| c.attempts == 0 && c.finished.is_none()) {
@@ -242,11 +254,7 @@ async fn deliver_batch<T: Transport, C: Clock>(
         clicks.iter().filter(|c| c.finished.is_none() && c.not_before.is_none_or(|t| t <= now)).collect();
 
     let Sent { records, requests: sent, resume_at } = match CompiledPartner::compile(&partner) {
-        Ok(compiled) if partner.enabled => {
-            send_clicks(bridge, client, &partner, &compiled, lease, &ready, &mut health).await
-        }
-        // Disabled: the clicks wait, nothing is sent.
-        Ok(_) => Sent { records: Vec::new(), requests: 0, resume_at: None },
+        Ok(compiled) => send_clicks(bridge, client, &partner, &compiled, lease, &ready, &mut health).await,
         Err(errors) => {
             let reason = format!("partner {} is misconfigured: {}", partner.partner_id, errors.join("; "));
             let records = ready
@@ -305,6 +313,10 @@ async fn deliver_batch<T: Transport, C: Clock>(
     }
     Ok(MessageOutcome::Delivered { batch_id: lease.batch_id, tally, sent, requeued })
 }
+
+/// How long a message for a disabled partner waits before the bridge looks again: enabling the partner resumes
+/// its clicks within this, and a large backlog for it costs one message per batch every few minutes.
+const DISABLED_PARTNER_RECHECK: chrono::Duration = chrono::Duration::minutes(5);
 
 /// What a delivery pass sent: the records of the clicks it attempted, how many requests went out, and when the
 /// clicks it did not attempt may go (a paced partner's next free slot, or the end of its Retry-After).

@@ -482,6 +482,32 @@ async fn a_message_lost_after_part_of_its_batch_was_delivered_comes_back_by_itse
 }
 
 #[tokio::test]
+async fn a_disabled_partner_parks_its_messages_instead_of_spinning_them_through_the_queue() {
+    let w = world().await;
+    let mut p = partner(&w.sim, "acme");
+    w.seed(&p, 3).await;
+    let messages = w.release().await;
+    // A person disables the partner after the batch was released.
+    p.enabled = false;
+    partners::upsert(&**w.db.client().await, &p).await.unwrap();
+    for _ in 0..3 {
+        let outcome = bridge::handle_message(&w.bridge, &messages[0]).await.unwrap();
+        assert!(matches!(outcome, MessageOutcome::PartnerDisabled { .. }), "{outcome:?}");
+    }
+    assert_eq!(w.sim.sim.report().total_requests, 0);
+    // The copies come back minutes later, not at once, and no pass logged the clicks again.
+    assert!(w.queue.receive(10, 1).await.unwrap().is_empty(), "no copy visible at once");
+    let outbox = clickpacer::postgres::bridge::outbox_depth(&**w.db.client().await).await.unwrap();
+    assert_eq!(outbox, 0, "no events while the partner is disabled");
+
+    // Enabled again: the next copy delivers.
+    p.enabled = true;
+    partners::upsert(&**w.db.client().await, &p).await.unwrap();
+    bridge::handle_message(&w.bridge, &messages[0]).await.unwrap();
+    assert_eq!(w.batch_state().await, "delivered");
+}
+
+#[tokio::test]
 async fn partner_urls_reaching_private_addresses_are_refused_when_sending() {
     let w = world_with(HttpTransport::new(false).unwrap()).await;
     for (id, url) in [
