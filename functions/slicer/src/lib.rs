@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use aws_lambda_events::event::s3::{S3Event, S3EventRecord};
 use chrono::Utc;
-use clickpacer::aws::s3::S3Objects;
+use clickpacer::aws::s3::{ObjectVersion, S3Objects};
 use clickpacer::domain::{Campaign, CampaignId};
 use clickpacer::ingest::{CampaignDirectory, UploadKey, campaign_from_key, decode_event_key, rejects};
 use clickpacer::postgres::uploads::{
@@ -205,18 +205,29 @@ async fn slice_object(
     if bucket.is_empty() || !key.starts_with("incoming/") {
         return Ok(UploadOutcome::Ignored { reason: "not under incoming/".into() });
     }
-    let version = record
-        .s3
-        .object
-        .version_id
-        .clone()
-        .filter(|v| !v.is_empty() && v != "null")
-        .or_else(|| record.s3.object.e_tag.clone())
-        .map(|v| v.trim_matches('"').to_owned());
+    let event_version = record.s3.object.version_id.clone().filter(|v| !v.is_empty() && v != "null");
+    let event_etag = record.s3.object.e_tag.clone().map(|v| v.trim_matches('"').to_owned()).filter(|v| !v.is_empty());
+    let version = event_version.clone().or(event_etag.clone());
 
     // The identity comes from the event when it carries one, so a duplicate event maps to the same upload
-    // even if the object was overwritten since; otherwise from the object itself.
-    let (info, body) = slicer.objects.open(&bucket, &key).await?;
+    // even if the object was overwritten since; otherwise from the object itself. The bytes read are the ones
+    // the event names (its version, or the object while its ETag is still the event's), never newer ones
+    // under the old identity: those have their own event.
+    let wanted = match (event_version, event_etag) {
+        (Some(id), _) => ObjectVersion::Version(id),
+        (None, Some(etag)) => ObjectVersion::ETag(etag),
+        (None, None) => ObjectVersion::Latest,
+    };
+    let Some((info, body)) = slicer.objects.open_version(&bucket, &key, &wanted).await? else {
+        let reason = match &wanted {
+            ObjectVersion::Version(id) => format!("version {id} of the object no longer exists"),
+            _ => "the object was overwritten or deleted after this event (its ETag no longer matches); \
+                  the newer object's own event ingests it"
+                .to_owned(),
+        };
+        tracing::warn!(bucket, key, reason, "event names bytes that are gone");
+        return Ok(UploadOutcome::Ignored { reason });
+    };
     let identity = UploadIdentity {
         bucket: bucket.clone(),
         key: key.clone(),

@@ -710,3 +710,43 @@ async fn a_campaign_that_cannot_be_loaded_rejects_only_its_own_rows() {
     assert!(report.contains("campaign \"\"summer\"\" cannot take clicks"), "{report}");
     assert!(report.contains("posix/America/New_York"), "{report}");
 }
+
+#[tokio::test]
+async fn the_bytes_named_by_the_event_are_ingested_even_when_the_key_was_overwritten_since() {
+    let w = world(1000).await;
+    // Versioned bucket: the event names version 1; version 2 has landed before the slicer reads.
+    w.objects
+        .client()
+        .put_bucket_versioning()
+        .bucket(&w.bucket)
+        .versioning_configuration(
+            aws_sdk_s3::types::VersioningConfiguration::builder()
+                .status(aws_sdk_s3::types::BucketVersioningStatus::Enabled)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let v1 = w.put("incoming/spring/a.csv", csv_rows(0..5)).await;
+    let v2 = w.put("incoming/spring/a.csv", csv_rows(100..103)).await;
+    assert_ne!(v1, v2);
+    let mut first = event(&[(&w.bucket, "incoming/spring/a.csv", "etag-of-v1")]);
+    first.records[0].s3.object.version_id = Some(v1.clone());
+    let reports = slicer::handle_event(&w.slicer, first, &Unlimited).await.unwrap();
+    assert_eq!(counts(&reports[0].outcome), (5, 5, 0, 0));
+    let mut second = event(&[(&w.bucket, "incoming/spring/a.csv", "etag-of-v2")]);
+    second.records[0].s3.object.version_id = Some(v2);
+    let reports = slicer::handle_event(&w.slicer, second, &Unlimited).await.unwrap();
+    assert_eq!(counts(&reports[0].outcome), (3, 3, 0, 0));
+    assert_eq!(w.scalar("SELECT count(*) FROM clicks WHERE click_id IN ('c0', 'c4', 'c100', 'c102')").await, 4);
+
+    // Unversioned bucket: the event's ETag no longer matches, and the new bytes are not taken under the old
+    // identity (their own event ingests them).
+    let w = world(1000).await;
+    let e1 = w.put("incoming/spring/b.csv", csv_rows(0..5)).await;
+    let e2 = w.put("incoming/spring/b.csv", csv_rows(100..103)).await;
+    let outcome = w.slice("incoming/spring/b.csv", &e1).await;
+    assert!(matches!(&outcome, UploadOutcome::Ignored { reason } if reason.contains("overwritten")), "{outcome:?}");
+    assert_eq!(w.scalar("SELECT count(*) FROM clicks").await, 0);
+    assert_eq!(counts(&w.slice("incoming/spring/b.csv", &e2).await), (3, 3, 0, 0));
+}

@@ -15,6 +15,17 @@ pub struct ObjectInfo {
     pub content_encoding: Option<String>,
 }
 
+/// Which bytes of a key to read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ObjectVersion {
+    /// Whatever the key holds now.
+    Latest,
+    /// A version of a versioned bucket.
+    Version(String),
+    /// The object as long as its ETag is still this one (an unversioned bucket keeps only the latest bytes).
+    ETag(String),
+}
+
 #[derive(Clone)]
 pub struct S3Objects {
     client: Client,
@@ -29,26 +40,53 @@ impl S3Objects {
         &self.client
     }
 
-    /// Opens the object as a stream: bytes arrive as they are read, the object is never held whole.
+    /// Opens the latest object as a stream: bytes arrive as they are read, the object is never held whole.
     pub async fn open(
         &self,
         bucket: &str,
         key: &str,
     ) -> Result<(ObjectInfo, impl AsyncRead + Send + Unpin + 'static), AwsError> {
-        let out = self
-            .client
-            .get_object()
-            .bucket(bucket)
-            .key(key)
-            .send()
-            .await
-            .map_err(|e| AwsError::from_sdk("s3 GetObject", e))?;
+        match self.open_version(bucket, key, &ObjectVersion::Latest).await? {
+            Some(opened) => Ok(opened),
+            None => Err(AwsError { operation: "s3 GetObject", message: format!("{key} is gone") }),
+        }
+    }
+
+    /// Opens exactly the bytes `version` names as a stream; `None` when they are no longer there (the version was
+    /// deleted, or an unversioned object was overwritten since: its ETag no longer matches).
+    pub async fn open_version(
+        &self,
+        bucket: &str,
+        key: &str,
+        version: &ObjectVersion,
+    ) -> Result<Option<(ObjectInfo, impl AsyncRead + Send + Unpin + 'static)>, AwsError> {
+        let request = self.client.get_object().bucket(bucket).key(key);
+        let request = match version {
+            ObjectVersion::Latest => request,
+            ObjectVersion::Version(id) => request.version_id(id),
+            ObjectVersion::ETag(etag) => request.if_match(format!("\"{}\"", etag.trim_matches('"'))),
+        };
+        let out = match request.send().await {
+            Ok(out) => out,
+            Err(e) => {
+                let status = e.raw_response().map(|r| r.status().as_u16());
+                let gone = match version {
+                    ObjectVersion::Latest => false,
+                    ObjectVersion::Version(_) => status == Some(404),
+                    ObjectVersion::ETag(_) => status == Some(412),
+                };
+                if gone {
+                    return Ok(None);
+                }
+                return Err(AwsError::from_sdk("s3 GetObject", e));
+            }
+        };
         let info = ObjectInfo {
             size: out.content_length(),
             version: out.version_id().or(out.e_tag()).unwrap_or_default().trim_matches('"').to_owned(),
             content_encoding: out.content_encoding().map(str::to_owned),
         };
-        Ok((info, out.body.into_async_read()))
+        Ok(Some((info, out.body.into_async_read())))
     }
 
     pub async fn get_bytes(&self, bucket: &str, key: &str) -> Result<Vec<u8>, AwsError> {
