@@ -16,7 +16,9 @@
 //! batch waits for the next run and what the campaign had reserved for it is given back (its day ledger and
 //! pacing counters), so no click is counted as released that no message carries; the partner's per-second
 //! counter keeps it (conservative: never over the partner's rate). Limits that accrue (the even plan, rates)
-//! then let the whole batch go in a later run.
+//! then let the whole batch go in a later run. A batch's reservation never crosses local midnight: one that
+//! would is given back and starts over on the new day, so its clicks, deliveries and spend all belong to one
+//! local day (the ledger row the bridge counts them on, at the price the claim reserved).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -162,6 +164,19 @@ pub fn plan_releases(input: PlanInput) -> ReleasePlan {
                     lane.blocked = Some((DeferReason::Archived, None));
                     continue;
                 };
+                if let Some((_, first)) = lane.partial {
+                    // A batch's reservation belongs to one local day (the ledger row its deliveries and spend are
+                    // counted on, and the day its cap counts it): one that would cross local midnight gives back
+                    // what it reserved and starts over on the new day.
+                    let started = now + Duration::seconds(i64::from(first));
+                    if local_date(campaign.time_zone, started) != local_date(campaign.time_zone, t) {
+                        if let Some(undo) = lane.undo.take() {
+                            *state = undo.state.clone();
+                            give_back(&mut plan, &lane.campaign_id, undo);
+                        }
+                        lane.partial = None;
+                    }
+                }
                 let partner = partners.entry(campaign.partner_id.clone()).or_insert_with(PartnerLimit::unlimited);
                 let remaining = lane.partial.map_or(batch.clicks, |(r, _)| r);
                 let answer = allowance(campaign, state, partner, remaining, t);
@@ -211,7 +226,11 @@ pub fn plan_releases(input: PlanInput) -> ReleasePlan {
                     }
                     state.record_release(campaign, t, take);
                     partner.record_release(t, take);
-                    let key = (lane.campaign_id.clone(), local_date(campaign.time_zone, t));
+                    // A batch's whole reservation belongs to the local day of its first click, the day the
+                    // bridge counts its deliveries and spend on, even if its spread crosses midnight.
+                    let first_slot = lane.partial.map_or(slot, |(_, first)| first);
+                    let first = now + Duration::seconds(i64::from(first_slot));
+                    let key = (lane.campaign_id.clone(), local_date(campaign.time_zone, first));
                     let reserved = DayReservation { clicks: take, micros: cost(campaign.cost_per_click, take) };
                     if let Some(undo) = lane.undo.as_mut() {
                         undo.ledger.push((key.clone(), reserved));
@@ -452,6 +471,22 @@ mod tests {
         let plan = plan_releases(input(vec![c], batches("a", 1, 3, 10, midnight), midnight));
         assert_eq!(plan.releases, vec![PlannedRelease { batch_id: 1, delay_seconds: 6, spread_seconds: 85 }]);
         assert_eq!(plan.ledger.values().map(|d| d.clicks).sum::<u64>(), 10);
+    }
+
+    #[test]
+    fn a_batch_is_never_reserved_across_local_midnight() {
+        let mut c = campaign("a");
+        c.max_per_second = Some(2);
+        c.cost_per_click = Micros(100);
+        let before_midnight: DateTime<Utc> = "2026-11-28T23:59:58Z".parse().unwrap();
+        let plan = plan_releases(input(vec![c], batches("a", 1, 1, 6, before_midnight), before_midnight));
+        // Two seconds before midnight would not carry it: it starts over at midnight, so its whole reservation is
+        // one day's, the day the bridge counts its deliveries on and the day its cap counts it.
+        assert_eq!(plan.releases, vec![PlannedRelease { batch_id: 1, delay_seconds: 2, spread_seconds: 3 }]);
+        let day = before_midnight.date_naive().succ_opt().unwrap();
+        let ledger: Vec<_> = plan.ledger.iter().map(|((_, d), r)| (*d, r.clicks, r.micros)).collect();
+        assert_eq!(ledger, vec![(day, 6, 600)]);
+        assert_eq!(plan.reservations[&1], (day, DayReservation { clicks: 6, micros: 600 }));
     }
 
     #[test]

@@ -508,6 +508,29 @@ async fn a_disabled_partner_parks_its_messages_instead_of_spinning_them_through_
 }
 
 #[tokio::test]
+async fn spend_counts_at_the_price_reserved_even_when_the_price_changed_since() {
+    let w = world().await;
+    let p = partner(&w.sim, "acme");
+    let campaign_id = w.seed(&p, 5).await;
+    let messages = w.release().await;
+    // The campaign manager doubles the price after the release (reserved at 1,000 micros a click).
+    let client = w.db.client().await;
+    client
+        .execute("UPDATE campaigns SET cost_per_click_micros = 2000 WHERE campaign_id = $1", &[&campaign_id.as_str()])
+        .await
+        .unwrap();
+    assert!(w.handle(messages).await.is_empty());
+    assert_eq!(w.batch_state().await, "delivered");
+    assert_eq!(w.sim.sim.report().accepted, 5);
+    let row = client
+        .query_one("SELECT delivered_clicks, spend_micros, reserved_micros FROM campaign_day_ledger", &[])
+        .await
+        .unwrap();
+    let ledger: (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!(ledger, (5, 5_000, 5_000), "spent what was reserved, at the reserved price");
+}
+
+#[tokio::test]
 async fn partner_urls_reaching_private_addresses_are_refused_when_sending() {
     let w = world_with(HttpTransport::new(false).unwrap()).await;
     for (id, url) in [

@@ -308,17 +308,27 @@ pub async fn record_pass(
             .await?;
         if ended == 1 {
             tally.finished = true;
-            // Delivered clicks and their spend count on the local day they were released: the row the pacer's
-            // reservation wrote. (An UPDATE, not an upsert: CHECK constraints judge an upsert's proposed row
-            // before the conflict turns it into an update.)
+            // Delivered clicks and their spend count on the row the claim's reservation wrote (its day, at its
+            // price per click), so a price change or a spread across local midnight since cannot break the
+            // row's CHECKs and roll the whole pass back. Batches claimed before reservations were recorded use
+            // their release day and today's price, bounded by what the row reserved. (An UPDATE, not an upsert:
+            // CHECK constraints judge an upsert's proposed row before the conflict turns it into an update.)
             let counted = tx
                 .execute(
-                    "UPDATE campaign_day_ledger l SET delivered_clicks = l.delivered_clicks + $2,
-                            failed_clicks = l.failed_clicks + $3,
-                            spend_micros = l.spend_micros + $2 * c.cost_per_click_micros, updated_at = now()
-                     FROM batches b JOIN campaigns c USING (campaign_id)
-                     WHERE b.batch_id = $1 AND l.campaign_id = b.campaign_id
-                       AND l.local_day = (COALESCE(b.release_at, now()) AT TIME ZONE c.time_zone)::date",
+                    "UPDATE campaign_day_ledger l
+                     SET delivered_clicks = LEAST(l.delivered_clicks + $2, l.released_clicks - l.failed_clicks),
+                         failed_clicks = LEAST(l.failed_clicks + $3,
+                                               l.released_clicks - LEAST(l.delivered_clicks + $2,
+                                                                         l.released_clicks - l.failed_clicks)),
+                         spend_micros = LEAST(l.spend_micros + $2 * x.price, l.reserved_micros), updated_at = now()
+                     FROM (SELECT b.campaign_id,
+                                  COALESCE(b.reserved_day,
+                                           (COALESCE(b.release_at, now()) AT TIME ZONE c.time_zone)::date) AS day,
+                                  CASE WHEN b.reserved_clicks > 0 THEN b.reserved_micros / b.reserved_clicks
+                                       ELSE c.cost_per_click_micros END AS price
+                           FROM batches b JOIN campaigns c USING (campaign_id)
+                           WHERE b.batch_id = $1) x
+                     WHERE l.campaign_id = x.campaign_id AND l.local_day = x.day",
                     &[&lease.batch_id, &(tally.delivered as i64), &(tally.dead as i64)],
                 )
                 .await?;
