@@ -8,6 +8,8 @@ use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 
+use crate::ingest::IngestLimits;
+
 /// The variable names, pinned: `template.yaml`, the local runner and the scripts all use these.
 pub mod vars {
     pub const DATABASE_URL: &str = "DATABASE_URL";
@@ -17,6 +19,11 @@ pub mod vars {
     pub const DEAD_LETTER_QUEUE_URL: &str = "DEAD_LETTER_QUEUE_URL";
     /// Local use only: lets partner URLs resolve to private and loopback addresses (the partner simulator).
     pub const ALLOW_PRIVATE_PARTNERS: &str = "ALLOW_PRIVATE_PARTNERS";
+    pub const SLICER_WRITERS: &str = "SLICER_WRITERS";
+    pub const SLICER_MAX_OBJECT_BYTES: &str = "SLICER_MAX_OBJECT_BYTES";
+    pub const SLICER_MAX_DECOMPRESSED_BYTES: &str = "SLICER_MAX_DECOMPRESSED_BYTES";
+    pub const SLICER_MAX_ROWS: &str = "SLICER_MAX_ROWS";
+    pub const SLICER_MAX_ROW_BYTES: &str = "SLICER_MAX_ROW_BYTES";
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -130,6 +137,41 @@ pub struct Config {
     pub dead_letter_queue_url: Option<String>,
     pub events_table: Option<String>,
     pub allow_private_partners: bool,
+    pub slicer: SlicerConfig,
+}
+
+/// The slicer's own settings (all optional).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlicerConfig {
+    /// Connections writing one upload's chunks at once (at most `DATABASE_POOL_SIZE`); `None`: the default.
+    pub writers: Option<usize>,
+    pub limits: IngestLimits,
+}
+
+impl SlicerConfig {
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let defaults = IngestLimits::default();
+        let limits = IngestLimits {
+            max_object_bytes: env.parsed_or(vars::SLICER_MAX_OBJECT_BYTES, defaults.max_object_bytes)?,
+            max_decompressed_bytes: env
+                .parsed_or(vars::SLICER_MAX_DECOMPRESSED_BYTES, defaults.max_decompressed_bytes)?,
+            max_rows: env.parsed_or(vars::SLICER_MAX_ROWS, defaults.max_rows)?,
+            max_row_bytes: env.parsed_or(vars::SLICER_MAX_ROW_BYTES, defaults.max_row_bytes)?,
+        };
+        for (name, zero) in [
+            (vars::SLICER_MAX_OBJECT_BYTES, limits.max_object_bytes == 0),
+            (vars::SLICER_MAX_DECOMPRESSED_BYTES, limits.max_decompressed_bytes == 0),
+            (vars::SLICER_MAX_ROWS, limits.max_rows == 0),
+            (vars::SLICER_MAX_ROW_BYTES, limits.max_row_bytes == 0),
+        ] {
+            if zero {
+                return Err(ConfigError::Invalid { name, reason: "must be at least 1".into() });
+            }
+        }
+        let writers =
+            env.optional(vars::SLICER_WRITERS).map(|_| env.parsed_or(vars::SLICER_WRITERS, 1usize)).transpose()?;
+        Ok(Self { writers, limits })
+    }
 }
 
 impl Config {
@@ -144,6 +186,7 @@ impl Config {
             dead_letter_queue_url: env.optional(vars::DEAD_LETTER_QUEUE_URL),
             events_table: env.optional(vars::EVENTS_TABLE),
             allow_private_partners: env.parsed_or(vars::ALLOW_PRIVATE_PARTNERS, false)?,
+            slicer: SlicerConfig::from_env(env)?,
         })
     }
 
@@ -186,6 +229,18 @@ mod tests {
             Config::load(&env, FunctionKind::Slicer).unwrap_err(),
             ConfigError::Missing { name: "DATABASE_URL" }
         );
+    }
+
+    #[test]
+    fn slicer_limits_have_defaults_and_are_named_when_invalid() {
+        let config = Config::load(&Env::from_pairs([DB]), FunctionKind::Slicer).unwrap();
+        assert_eq!(config.slicer, SlicerConfig { writers: None, limits: IngestLimits::default() });
+        let env = Env::from_pairs([DB, ("SLICER_MAX_ROWS", "1000"), ("SLICER_WRITERS", "3")]);
+        let config = Config::load(&env, FunctionKind::Slicer).unwrap();
+        assert_eq!((config.slicer.limits.max_rows, config.slicer.writers), (1000, Some(3)));
+        let env = Env::from_pairs([DB, ("SLICER_MAX_DECOMPRESSED_BYTES", "0")]);
+        let err = Config::load(&env, FunctionKind::Slicer).unwrap_err().to_string();
+        assert!(err.contains("SLICER_MAX_DECOMPRESSED_BYTES"), "{err}");
     }
 
     #[test]

@@ -19,7 +19,7 @@ use aws_lambda_events::event::s3::{S3Event, S3EventRecord};
 use chrono::Utc;
 use clickpacer::aws::s3::{ObjectVersion, S3Objects};
 use clickpacer::domain::{Campaign, CampaignId};
-use clickpacer::ingest::{CampaignDirectory, UploadKey, campaign_from_key, decode_event_key, rejects};
+use clickpacer::ingest::{CampaignDirectory, IngestLimits, UploadKey, campaign_from_key, decode_event_key, rejects};
 use clickpacer::postgres::uploads::{
     self, BatchTerms, ChunkError, ChunkResult, LeaseOutcome, UploadCounts, UploadIdentity, UploadLease,
 };
@@ -64,6 +64,8 @@ pub struct SlicerSettings {
     pub lease_for: Duration,
     /// Most rejected rows listed in one report (all are counted and kept in the database).
     pub max_report_rows: usize,
+    /// How much one file may hold.
+    pub limits: IngestLimits,
 }
 
 impl Default for SlicerSettings {
@@ -74,6 +76,7 @@ impl Default for SlicerSettings {
             reserve: Duration::from_secs(20),
             lease_for: Duration::from_secs(16 * 60),
             max_report_rows: 100_000,
+            limits: IngestLimits::default(),
         }
     }
 }
@@ -254,6 +257,14 @@ async fn slice_object(
             return fail(slicer, &lease, &upload_key, reason).await;
         }
     };
+    if let Some(size) = info.size.filter(|&size| size as u64 > slicer.settings.limits.max_object_bytes) {
+        let reason = format!(
+            "the object is {size} bytes, more than the limit of {} bytes ({})",
+            slicer.settings.limits.max_object_bytes,
+            clickpacer::config::vars::SLICER_MAX_OBJECT_BYTES
+        );
+        return fail(slicer, &lease, &upload_key, reason).await;
+    }
     let (campaign_list, unloadable) =
         campaigns::list_loadable(&**slicer.pool.get().await.map_err(DbError::from)?).await?;
     let statuses = CampaignDirectory {
@@ -273,6 +284,7 @@ async fn slice_object(
         campaigns: statuses,
         committed: std::mem::take(&mut lease.committed),
         chunk_rows: slicer.settings.chunk_rows,
+        limits: slicer.settings.limits,
     };
     let reading = tokio::task::spawn_blocking(move || reader::read_file(SyncIoBridge::new(body), plan, tx));
 

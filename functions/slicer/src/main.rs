@@ -13,11 +13,13 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     clickpacer::telemetry::init();
     let config = Config::from_process_env(FunctionKind::Slicer)?;
     let sdk = clickpacer::aws::load_sdk_config().await;
-    let mut settings = SlicerSettings { reserve: LAMBDA_RESERVE, ..SlicerSettings::default() };
-    // Connections writing one upload's chunks at once (at most DATABASE_POOL_SIZE).
-    if let Ok(writers) = std::env::var("SLICER_WRITERS") {
-        settings.writers = writers.parse().map_err(|e| format!("SLICER_WRITERS={writers:?}: {e}"))?;
-    }
+    let defaults = SlicerSettings::default();
+    let settings = SlicerSettings {
+        reserve: LAMBDA_RESERVE,
+        writers: config.slicer.writers.unwrap_or(defaults.writers),
+        limits: config.slicer.limits,
+        ..defaults
+    };
     let slicer = Slicer {
         pool: clickpacer::postgres::build_pool(&config.database)?,
         objects: S3Objects::new(clickpacer::aws::s3_client(&sdk)),

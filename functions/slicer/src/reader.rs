@@ -6,12 +6,16 @@
 //! A chunk is a contiguous run of rows none of which is committed yet: rows an earlier invocation committed
 //! are read past (not validated again), and a chunk ends where such a run begins.
 
+use std::cell::Cell;
 use std::io::{BufRead, BufReader, Read};
+use std::rc::Rc;
 
+use clickpacer::config::vars;
 use clickpacer::domain::CampaignId;
+use clickpacer::ingest::rejects::truncate_raw;
 use clickpacer::ingest::{
-    CampaignDirectory, ClickRow, Columns, FileError, FileFormat, RejectedRow, RowContext, is_gzip, validate_csv_record,
-    validate_json_line,
+    CampaignDirectory, ClickRow, Columns, FileError, FileFormat, IngestLimits, RejectReason, RejectedRow, RowContext,
+    is_gzip, validate_csv_record, validate_json_line,
 };
 use clickpacer::postgres::uploads::{ChunkRows, RowRange, StagedClick};
 use flate2::read::MultiGzDecoder;
@@ -57,6 +61,7 @@ pub struct ReadPlan {
     /// Rows already committed by an earlier invocation, in order and disjoint: read past, not validated again.
     pub committed: Vec<RowRange>,
     pub chunk_rows: usize,
+    pub limits: IngestLimits,
 }
 
 /// Reads `body` to the end (or until the receiver is dropped), sending chunks; the last message is `Err` when
@@ -70,24 +75,143 @@ pub fn read_file(body: impl Read, plan: ReadPlan, out: mpsc::Sender<Result<Chunk
 fn read_into(body: impl Read, plan: &ReadPlan, out: &mpsc::Sender<Result<Chunk, ReadError>>) -> Result<(), ReadError> {
     let mut raw = BufReader::with_capacity(256 * 1024, body);
     let head = raw.fill_buf().map_err(io_error)?.to_vec();
-    let decoded: Box<dyn Read> = if is_gzip(&plan.key, plan.content_encoding.as_deref(), &head) {
-        Box::new(MultiGzDecoder::new(raw))
-    } else {
-        Box::new(raw)
-    };
-    let mut input = BufReader::with_capacity(256 * 1024, decoded);
+    let gzip = is_gzip(&plan.key, plan.content_encoding.as_deref(), &head);
+    let decoded: Box<dyn Read> = if gzip { Box::new(MultiGzDecoder::new(raw)) } else { Box::new(raw) };
+    let guard = ReadGuard::new(&plan.limits, gzip);
+    let mut input = BufReader::with_capacity(READ_BUFFER, guard.wrap(decoded));
     let head = input.fill_buf().map_err(io_error)?;
     let format = match FileFormat::from_key(&plan.key) {
         Some(format) if !head.is_empty() => format,
         _ => FileFormat::sniff(head)?,
     };
-    let ctx = RowContext { key_campaign: plan.key_campaign.as_ref(), campaigns: &plan.campaigns };
+    let ctx = RowContext {
+        key_campaign: plan.key_campaign.as_ref(),
+        campaigns: &plan.campaigns,
+        max_row_bytes: plan.limits.max_row_bytes,
+    };
     let mut chunker = Chunker { plan, out, chunk: Chunk::default(), next_committed: 0 };
-    match format {
-        FileFormat::Csv => read_csv(input, &ctx, &mut chunker)?,
-        FileFormat::Ndjson => read_ndjson(input, &ctx, &mut chunker)?,
+    let read = match format {
+        FileFormat::Csv => read_csv(input, &ctx, &mut chunker, &guard),
+        FileFormat::Ndjson => read_ndjson(input, &ctx, &mut chunker),
+    };
+    match read {
+        // The file cannot be read on: the valid rows read so far are kept. (A transient failure is not flushed:
+        // the retry reads the chunk again.)
+        Err(ReadError::File(e)) => {
+            chunker.flush()?;
+            Err(ReadError::File(e))
+        }
+        other => {
+            other?;
+            chunker.flush()
+        }
     }
-    chunker.flush()
+}
+
+/// The buffer between the decoded stream and the row readers.
+const READ_BUFFER: usize = 256 * 1024;
+
+/// Watches the decoded bytes as the row readers pull them: the file's total against
+/// [`IngestLimits::max_decompressed_bytes`], and (for CSV) how far the record being read runs past its start.
+struct ReadGuard {
+    read: Rc<Cell<u64>>,
+    record_start: Rc<Cell<u64>>,
+    max_total: u64,
+    max_record: u64,
+    max_row_bytes: usize,
+    gzip: bool,
+}
+
+/// Why the guard stopped the bytes.
+#[derive(Debug)]
+enum Overrun {
+    Total { limit: u64, gzip: bool },
+    Record { limit: usize },
+}
+
+impl std::fmt::Display for Overrun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Total { limit, gzip: true } => {
+                write!(f, "the file decompresses to more than {limit} bytes ({})", vars::SLICER_MAX_DECOMPRESSED_BYTES)
+            }
+            Self::Total { limit, gzip: false } => {
+                write!(f, "the file holds more than {limit} bytes ({})", vars::SLICER_MAX_DECOMPRESSED_BYTES)
+            }
+            Self::Record { limit } => write!(
+                f,
+                "a row runs on far past the longest allowed, {limit} bytes (an unterminated quote?), so no later \
+                 row can be told apart ({})",
+                vars::SLICER_MAX_ROW_BYTES
+            ),
+        }
+    }
+}
+
+impl std::error::Error for Overrun {}
+
+impl ReadGuard {
+    fn new(limits: &IngestLimits, gzip: bool) -> Self {
+        Self {
+            read: Rc::default(),
+            record_start: Rc::default(),
+            max_total: limits.max_decompressed_bytes,
+            // What the readers buffer ahead comes on top of the record's own bytes.
+            max_record: limits.max_record_read() + READ_BUFFER as u64 + 64 * 1024,
+            max_row_bytes: limits.max_row_bytes,
+            gzip,
+        }
+    }
+
+    fn wrap<R: Read>(&self, inner: R) -> Guarded<R> {
+        Guarded {
+            inner,
+            read: Rc::clone(&self.read),
+            record_start: Rc::clone(&self.record_start),
+            max_total: self.max_total,
+            max_record: self.max_record,
+            max_row_bytes: self.max_row_bytes,
+            gzip: self.gzip,
+        }
+    }
+
+    /// The CSV reader finished a record at byte `offset` of the decoded stream.
+    fn record_ended(&self, offset: u64) {
+        self.record_start.set(offset);
+    }
+}
+
+struct Guarded<R> {
+    inner: R,
+    read: Rc<Cell<u64>>,
+    record_start: Rc<Cell<u64>>,
+    max_total: u64,
+    max_record: u64,
+    max_row_bytes: usize,
+    gzip: bool,
+}
+
+impl<R: Read> Read for Guarded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let read = self.read.get();
+        if read.saturating_sub(self.record_start.get()) > self.max_record {
+            return Err(std::io::Error::other(Overrun::Record { limit: self.max_row_bytes }));
+        }
+        // Up to the limit exactly, so every row within it is read; past it only to learn whether the file ends.
+        let room = self.max_total.saturating_sub(read);
+        let want = buf.len().min(usize::try_from(room).unwrap_or(usize::MAX)).max(1);
+        let n = self.inner.read(&mut buf[..want])?;
+        if room == 0 && n > 0 {
+            return Err(std::io::Error::other(Overrun::Total { limit: self.max_total, gzip: self.gzip }));
+        }
+        self.read.set(read + n as u64);
+        Ok(n)
+    }
+}
+
+/// The guard's refusal inside an I/O error, if that is what it is.
+fn overrun(e: &std::io::Error) -> Option<String> {
+    e.get_ref().and_then(|inner| inner.downcast_ref::<Overrun>()).map(Overrun::to_string)
 }
 
 struct Chunker<'a> {
@@ -136,9 +260,36 @@ impl Chunker<'_> {
         // A closed channel means the writer stopped (time budget, error): stop reading quietly.
         self.out.blocking_send(Ok(chunk)).map_err(|_| ReadError::Transient("writer stopped".into()))
     }
+
+    /// A limit was reached at `row_number`: that row is rejected with the reason (unless an earlier invocation
+    /// already recorded it), the rows before it are sent, and reading ends.
+    fn stop_at(&mut self, row_number: u64, limit: String, raw: &[u8]) -> ReadError {
+        let recorded = match self.committed(row_number) {
+            Ok(recorded) => recorded,
+            Err(e) => return e,
+        };
+        if !recorded {
+            let reject =
+                RejectedRow { row_number, reason: RejectReason::LimitReached(limit.clone()), raw: truncate_raw(raw) };
+            if let Err(e) = self.push(row_number, Err(reject)).and_then(|()| self.flush()) {
+                return e;
+            }
+        }
+        FileError::LimitReached { row: row_number, limit }.into()
+    }
 }
 
-fn read_csv(input: impl Read, ctx: &RowContext<'_>, chunker: &mut Chunker<'_>) -> Result<(), ReadError> {
+fn too_many_rows(limits: &IngestLimits) -> String {
+    format!("the file has more than {} rows ({})", limits.max_rows, vars::SLICER_MAX_ROWS)
+}
+
+fn read_csv(
+    input: impl Read,
+    ctx: &RowContext<'_>,
+    chunker: &mut Chunker<'_>,
+    guard: &ReadGuard,
+) -> Result<(), ReadError> {
+    let limits = chunker.plan.limits;
     let mut reader = csv::ReaderBuilder::new().flexible(true).has_headers(true).from_reader(input);
     let header = reader.byte_headers().map_err(csv_error)?.clone();
     let names: Vec<&str> = header
@@ -150,35 +301,98 @@ fn read_csv(input: impl Read, ctx: &RowContext<'_>, chunker: &mut Chunker<'_>) -
         return Err(FileError::Empty.into());
     }
     let columns = Columns::from_header(&names)?;
+    guard.record_ended(reader.position().byte());
     let mut record = csv::ByteRecord::new();
     let mut row_number = 0u64;
-    while reader.read_byte_record(&mut record).map_err(csv_error)? {
+    loop {
+        match reader.read_byte_record(&mut record) {
+            Ok(true) => {}
+            Ok(false) => return Ok(()),
+            Err(e) => {
+                if let csv::ErrorKind::Io(io) = e.kind()
+                    && let Some(limit) = overrun(io)
+                {
+                    return Err(chunker.stop_at(row_number + 1, limit, b""));
+                }
+                return Err(csv_error(e));
+            }
+        }
+        guard.record_ended(reader.position().byte());
         row_number += 1;
+        if row_number > limits.max_rows {
+            return Err(chunker.stop_at(row_number, too_many_rows(&limits), record.as_slice()));
+        }
         if chunker.committed(row_number)? {
             continue;
         }
         chunker.push(row_number, validate_csv_record(&columns, &record, row_number, ctx))?;
     }
-    Ok(())
 }
 
 fn read_ndjson(mut input: impl BufRead, ctx: &RowContext<'_>, chunker: &mut Chunker<'_>) -> Result<(), ReadError> {
+    let limits = chunker.plan.limits;
+    let max_row_bytes = limits.max_row_bytes;
     let mut line = Vec::with_capacity(1024);
     let mut row_number = 0u64;
     loop {
         line.clear();
-        if input.read_until(b'\n', &mut line).map_err(io_error)? == 0 {
+        let (consumed, overlong) = match read_line_bounded(&mut input, &mut line, max_row_bytes) {
+            Ok(read) => read,
+            Err(e) => match overrun(&e) {
+                Some(limit) => return Err(chunker.stop_at(row_number + 1, limit, &line)),
+                None => return Err(io_error(e)),
+            },
+        };
+        if consumed == 0 {
             return Ok(());
         }
         let trimmed = line.trim_ascii();
-        if trimmed.is_empty() {
+        if trimmed.is_empty() && !overlong {
             continue;
         }
         row_number += 1;
+        if row_number > limits.max_rows {
+            return Err(chunker.stop_at(row_number, too_many_rows(&limits), trimmed));
+        }
         if chunker.committed(row_number)? {
             continue;
         }
-        chunker.push(row_number, validate_json_line(trimmed, row_number, ctx))?;
+        let row = if overlong {
+            Err(RejectedRow { row_number, reason: RejectReason::RowTooLong(max_row_bytes), raw: truncate_raw(&line) })
+        } else {
+            validate_json_line(trimmed, row_number, ctx)
+        };
+        chunker.push(row_number, row)?;
+    }
+}
+
+/// Reads one line (through its newline) into `line`, keeping at most `max` bytes of it: a longer line is read
+/// past, never held whole. Returns the bytes consumed (0 at the end) and whether the line was longer than `max`.
+fn read_line_bounded(input: &mut impl BufRead, line: &mut Vec<u8>, max: usize) -> std::io::Result<(usize, bool)> {
+    let mut consumed = 0;
+    let mut overlong = false;
+    loop {
+        let buf = input.fill_buf()?;
+        if buf.is_empty() {
+            return Ok((consumed, overlong));
+        }
+        let (take, done) = match buf.iter().position(|&b| b == b'\n') {
+            Some(at) => (at + 1, true),
+            None => (buf.len(), false),
+        };
+        let room = max.saturating_sub(line.len());
+        let keep = take.min(room);
+        line.extend_from_slice(&buf[..keep]);
+        // The newline itself does not count against the row's length.
+        let content = if done { take - 1 } else { take };
+        if content > room {
+            overlong = true;
+        }
+        input.consume(take);
+        consumed += take;
+        if done {
+            return Ok((consumed, overlong));
+        }
     }
 }
 
@@ -221,6 +435,7 @@ mod tests {
             },
             committed,
             chunk_rows,
+            limits: IngestLimits::default(),
         };
         let (tx, mut rx) = mpsc::channel(1);
         let reading = std::thread::spawn(move || read_file(std::io::Cursor::new(body.into_bytes()), plan, tx));
@@ -291,6 +506,7 @@ mod tests {
             },
             committed: vec![RowRange { first: 2, last: 3 }],
             chunk_rows: 10,
+            limits: IngestLimits::default(),
         };
         let body = (1..=5).map(|i| format!("{{\"click_id\":\"n{i}\",\"ts\":1764324000}}\n\n")).collect::<String>();
         let (tx, mut rx) = mpsc::channel(1);

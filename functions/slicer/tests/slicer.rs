@@ -7,6 +7,7 @@ use std::time::Duration;
 use aws_lambda_events::event::s3::S3Event;
 use clickpacer::aws::s3::S3Objects;
 use clickpacer::domain::{Campaign, CampaignId, CampaignStatus, Partner, PartnerId};
+use clickpacer::ingest::IngestLimits;
 use clickpacer::postgres::{campaigns, partners};
 use clickpacer::testing::{TestAws, TestDb};
 use slicer::{Slicer, SlicerSettings, TimeBudget, UploadOutcome};
@@ -749,4 +750,91 @@ async fn the_bytes_named_by_the_event_are_ingested_even_when_the_key_was_overwri
     assert!(matches!(&outcome, UploadOutcome::Ignored { reason } if reason.contains("overwritten")), "{outcome:?}");
     assert_eq!(w.scalar("SELECT count(*) FROM clicks").await, 0);
     assert_eq!(counts(&w.slice("incoming/spring/b.csv", &e2).await), (3, 3, 0, 0));
+}
+
+fn limited(limits: IngestLimits) -> SlicerSettings {
+    SlicerSettings { chunk_rows: 4, reserve: Duration::from_secs(1), limits, ..SlicerSettings::default() }
+}
+
+/// The rejects report's lines after the header.
+async fn report_lines(w: &World, key: &str) -> Vec<String> {
+    let name = key.strip_prefix("incoming/").unwrap_or(key);
+    let report = w.objects.get_bytes(&w.bucket, &format!("rejects/{name}.csv")).await.unwrap();
+    String::from_utf8(report).unwrap().lines().skip(1).map(str::to_owned).collect()
+}
+
+#[tokio::test]
+async fn a_file_with_more_rows_than_allowed_keeps_the_rows_before_the_limit() {
+    let w = world_with(limited(IngestLimits { max_rows: 6, ..IngestLimits::default() })).await;
+    let etag = w.put("incoming/spring/long.csv", csv_rows(0..10)).await;
+    let outcome = w.slice("incoming/spring/long.csv", &etag).await;
+    assert!(
+        matches!(&outcome, UploadOutcome::Failed { reason, .. } if reason.contains("more than 6 rows")),
+        "{outcome:?}"
+    );
+    assert_eq!(counts(&outcome), (7, 6, 1, 0), "six rows kept, the seventh is where reading stopped");
+    assert_eq!(w.stored().await.0, 6);
+    let lines = report_lines(&w, "incoming/spring/long.csv").await;
+    assert!(lines.len() == 1 && lines[0].starts_with("7,") && lines[0].contains("SLICER_MAX_ROWS"), "{lines:?}");
+}
+
+#[tokio::test]
+async fn a_gzip_bomb_stops_at_the_decompressed_limit_and_keeps_what_came_before() {
+    let w = world_with(limited(IngestLimits { max_decompressed_bytes: 2_000, ..IngestLimits::default() })).await;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(csv_rows(0..1_000).as_bytes()).unwrap();
+    let body = gz.finish().unwrap();
+    let etag = w.put("incoming/spring/bomb.csv.gz", body).await;
+    let outcome = w.slice("incoming/spring/bomb.csv.gz", &etag).await;
+    assert!(
+        matches!(&outcome, UploadOutcome::Failed { reason, .. } if reason.contains("decompresses to more than 2000 bytes")),
+        "{outcome:?}"
+    );
+    let (rows, accepted, rejected, duplicate) = counts(&outcome);
+    assert!(accepted > 10 && accepted < 40, "the rows within the first 2,000 bytes: {accepted}");
+    assert_eq!((rows, rejected, duplicate), (accepted + 1, 1, 0));
+    assert_eq!(w.stored().await.0 as u64, accepted);
+    let lines = report_lines(&w, "incoming/spring/bomb.csv.gz").await;
+    assert!(lines[0].starts_with(&format!("{},", accepted + 1)), "{lines:?}");
+}
+
+#[tokio::test]
+async fn an_unterminated_quote_ends_the_file_without_reading_the_rest_into_one_row() {
+    let w = world_with(limited(IngestLimits { max_row_bytes: 1_000, ..IngestLimits::default() })).await;
+    let mut body = csv_rows(0..5);
+    body.push_str("c5,1764324000,10.0.0.5,\"Mozilla");
+    body.push_str(&"x".repeat(3 << 20));
+    let etag = w.put("incoming/spring/quote.csv", body).await;
+    let outcome = w.slice("incoming/spring/quote.csv", &etag).await;
+    assert!(matches!(&outcome, UploadOutcome::Failed { reason, .. } if reason.contains("row 6")), "{outcome:?}");
+    assert_eq!(counts(&outcome), (6, 5, 1, 0));
+    assert_eq!(w.stored().await.0, 5);
+}
+
+#[tokio::test]
+async fn an_overlong_json_line_is_rejected_and_the_lines_after_it_are_kept() {
+    let w = world_with(limited(IngestLimits { max_row_bytes: 100, ..IngestLimits::default() })).await;
+    let long = format!("{{\"click_id\": \"long\", \"clicked_at\": 1764324000, \"pad\": \"{}\"}}", "y".repeat(1 << 20));
+    let body = format!(
+        "{{\"click_id\": \"a\", \"clicked_at\": 1764324000}}\n{long}\n{{\"click_id\": \"b\", \"clicked_at\": 1764324000}}\n"
+    );
+    let etag = w.put("incoming/spring/lines.ndjson", body).await;
+    let outcome = w.slice("incoming/spring/lines.ndjson", &etag).await;
+    assert!(matches!(outcome, UploadOutcome::Completed { .. }), "{outcome:?}");
+    assert_eq!(counts(&outcome), (3, 2, 1, 0));
+    let lines = report_lines(&w, "incoming/spring/lines.ndjson").await;
+    assert!(lines[0].starts_with("2,row is longer than 100 bytes"), "{lines:?}");
+    assert!(lines[0].len() < 4_000, "the report repeats only the start of the row");
+}
+
+#[tokio::test]
+async fn an_object_larger_than_allowed_is_refused_before_reading() {
+    let w = world_with(limited(IngestLimits { max_object_bytes: 100, ..IngestLimits::default() })).await;
+    let etag = w.put("incoming/spring/big.csv", csv_rows(0..10)).await;
+    let outcome = w.slice("incoming/spring/big.csv", &etag).await;
+    assert!(
+        matches!(&outcome, UploadOutcome::Failed { reason, .. } if reason.contains("more than the limit of 100 bytes")),
+        "{outcome:?}"
+    );
+    assert_eq!(counts(&outcome), (0, 0, 0, 0));
 }

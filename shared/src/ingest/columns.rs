@@ -98,6 +98,9 @@ pub enum FileError {
     BadCompression(String),
     #[error("reading the file failed: {0}")]
     Read(String),
+    /// A limit of [`super::IngestLimits`] was reached at `row`: rows before it are kept.
+    #[error("reading stopped at row {row}: {limit}")]
+    LimitReached { row: u64, limit: String },
 }
 
 /// A CSV header, mapped.

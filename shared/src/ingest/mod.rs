@@ -3,17 +3,16 @@
 
 pub mod columns;
 pub mod key;
+pub mod limits;
 pub mod rejects;
 pub mod row;
 pub mod schedule;
 
 pub use columns::{Columns, Field, FileError, KnownField};
 pub use key::{UploadKey, campaign_from_key, decode_event_key, encode_event_key};
+pub use limits::IngestLimits;
 pub use rejects::{RejectReason, RejectedRow};
 pub use row::{
     CampaignDirectory, CampaignFacts, ClickRow, FileFormat, RowContext, is_gzip, validate_csv_record,
     validate_json_line,
 };
-
-/// Longest accepted row (raw bytes); longer rows are rejected without being parsed.
-pub const MAX_ROW_BYTES: usize = 64 * 1024;

@@ -35,6 +35,8 @@ pub enum RejectReason {
     InvalidUtf8,
     #[error("row is longer than {0} bytes")]
     RowTooLong(usize),
+    #[error("reading stopped here: {0}")]
+    LimitReached(String),
     #[error("invalid JSON: {0}")]
     InvalidJson(String),
     #[error("a JSON line must be an object")]

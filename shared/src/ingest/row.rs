@@ -109,6 +109,8 @@ pub struct RowContext<'a> {
     /// The campaign named by the key (`incoming/<campaign_id>/...`), if any.
     pub key_campaign: Option<&'a CampaignId>,
     pub campaigns: &'a dyn CampaignFacts,
+    /// Longest accepted row (raw bytes); longer rows are rejected without being parsed.
+    pub max_row_bytes: usize,
 }
 
 /// Validates one CSV record against the header.
@@ -119,8 +121,8 @@ pub fn validate_csv_record(
     ctx: &RowContext<'_>,
 ) -> Result<ClickRow, RejectedRow> {
     let reject = |reason| RejectedRow { row_number, reason, raw: truncate_raw(&raw_csv(record)) };
-    if record.as_slice().len() > super::MAX_ROW_BYTES {
-        return Err(reject(RejectReason::RowTooLong(super::MAX_ROW_BYTES)));
+    if record.as_slice().len() > ctx.max_row_bytes {
+        return Err(reject(RejectReason::RowTooLong(ctx.max_row_bytes)));
     }
     if record.len() != columns.fields.len() {
         return Err(reject(RejectReason::WrongColumnCount { expected: columns.fields.len(), found: record.len() }));
@@ -136,8 +138,8 @@ pub fn validate_csv_record(
 /// Validates one NDJSON line.
 pub fn validate_json_line(line: &[u8], row_number: u64, ctx: &RowContext<'_>) -> Result<ClickRow, RejectedRow> {
     let reject = |reason| RejectedRow { row_number, reason, raw: truncate_raw(line) };
-    if line.len() > super::MAX_ROW_BYTES {
-        return Err(reject(RejectReason::RowTooLong(super::MAX_ROW_BYTES)));
+    if line.len() > ctx.max_row_bytes {
+        return Err(reject(RejectReason::RowTooLong(ctx.max_row_bytes)));
     }
     let text = std::str::from_utf8(line).map_err(|_| reject(RejectReason::InvalidUtf8))?;
     let value: serde_json::Value =
@@ -285,7 +287,7 @@ mod tests {
     fn csv_row(header: &[&str], cells: &[&[u8]], key_campaign: Option<&CampaignId>) -> Result<ClickRow, RejectReason> {
         let columns = Columns::from_header(header).unwrap();
         let facts = campaigns();
-        let ctx = RowContext { key_campaign, campaigns: &facts };
+        let ctx = RowContext { key_campaign, campaigns: &facts, max_row_bytes: 64 * 1024 };
         validate_csv_record(&columns, &csv::ByteRecord::from(cells.to_vec()), 7, &ctx).map_err(|r| r.reason)
     }
 
@@ -340,7 +342,7 @@ mod tests {
     #[test]
     fn json_lines_validate_the_same_way() {
         let facts = campaigns();
-        let ctx = RowContext { key_campaign: None, campaigns: &facts };
+        let ctx = RowContext { key_campaign: None, campaigns: &facts, max_row_bytes: 64 * 1024 };
         let line = br#"{"click_id":"c1","campaign":"spring","clicked_at":1764324000123,"url":"https://x.example/a","tier":"gold"}"#;
         let row = validate_json_line(line, 1, &ctx).unwrap();
         assert_eq!(row.clicked_at.timestamp_millis(), 1_764_324_000_123);
