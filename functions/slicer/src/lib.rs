@@ -60,7 +60,8 @@ pub struct SlicerSettings {
     pub writers: usize,
     /// Stop taking new chunks when less than this is left: enough to commit one chunk and write the report.
     pub reserve: Duration,
-    /// Longest a lease lasts without renewal; a crashed invocation's upload is free again after it.
+    /// How long a lease lasts without renewal (it is renewed every third of it while the upload is worked on):
+    /// a crashed invocation's upload is free again after it.
     pub lease_for: Duration,
     /// Most rejected rows listed in one report (all are counted and kept in the database).
     pub max_report_rows: usize,
@@ -74,7 +75,7 @@ impl Default for SlicerSettings {
             chunk_rows: 10_000,
             writers: 2,
             reserve: Duration::from_secs(20),
-            lease_for: Duration::from_secs(16 * 60),
+            lease_for: Duration::from_secs(60),
             max_report_rows: 100_000,
             limits: IngestLimits::default(),
         }
@@ -221,31 +222,116 @@ async fn slice_object(
         (None, Some(etag)) => ObjectVersion::ETag(etag),
         (None, None) => ObjectVersion::Latest,
     };
-    let Some((info, body)) = slicer.objects.open_version(&bucket, &key, &wanted).await? else {
-        let reason = match &wanted {
-            ObjectVersion::Version(id) => format!("version {id} of the object no longer exists"),
-            _ => "the object was overwritten or deleted after this event (its ETag no longer matches); \
-                  the newer object's own event ingests it"
-                .to_owned(),
+    // A live lease elsewhere is waited out for one lease period: a holder that dies (killed, out of memory, at
+    // its timeout) stops renewing, and this invocation (often its own retry) takes the upload over; one still
+    // holding it after that is alive, and its own event's retries cover it from here on.
+    let started = std::time::Instant::now();
+    let poll = (slicer.settings.lease_for / 10).clamp(Duration::from_millis(100), Duration::from_secs(2));
+    let (lease, info, body) = loop {
+        let Some((info, body)) = slicer.objects.open_version(&bucket, &key, &wanted).await? else {
+            let reason = match &wanted {
+                ObjectVersion::Version(id) => format!("version {id} of the object no longer exists"),
+                _ => "the object was overwritten or deleted after this event (its ETag no longer matches); \
+                      the newer object's own event ingests it"
+                    .to_owned(),
+            };
+            tracing::warn!(bucket, key, reason, "event names bytes that are gone");
+            return Ok(UploadOutcome::Ignored { reason });
         };
-        tracing::warn!(bucket, key, reason, "event names bytes that are gone");
-        return Ok(UploadOutcome::Ignored { reason });
-    };
-    let identity = UploadIdentity {
-        bucket: bucket.clone(),
-        key: key.clone(),
-        version: version.unwrap_or(info.version.clone()),
-        size: info.size,
-    };
-
-    let client = slicer.pool.get().await.map_err(DbError::from)?;
-    let mut lease = match uploads::lease(&**client, &identity, slicer.settings.lease_for).await? {
-        LeaseOutcome::Acquired(lease) => lease,
-        LeaseOutcome::LeasedElsewhere { upload_id } => return Ok(UploadOutcome::InProgressElsewhere { upload_id }),
-        LeaseOutcome::Finished { upload_id, status, .. } => {
-            return Ok(UploadOutcome::AlreadyFinished { upload_id, status });
+        let identity = UploadIdentity {
+            bucket: bucket.clone(),
+            key: key.clone(),
+            version: version.clone().unwrap_or(info.version.clone()),
+            size: info.size,
+        };
+        let client = slicer.pool.get().await.map_err(DbError::from)?;
+        match uploads::lease(&**client, &identity, slicer.settings.lease_for).await? {
+            LeaseOutcome::Acquired(lease) => break (lease, info, body),
+            LeaseOutcome::Finished { upload_id, status, .. } => {
+                return Ok(UploadOutcome::AlreadyFinished { upload_id, status });
+            }
+            LeaseOutcome::LeasedElsewhere { upload_id } => {
+                // Not read while waiting: the stream is opened again once the lease is ours.
+                drop(body);
+                if started.elapsed() > slicer.settings.lease_for + poll {
+                    return Ok(UploadOutcome::InProgressElsewhere { upload_id });
+                }
+                if budget.remaining() < slicer.settings.reserve + 2 * poll {
+                    return Err(SlicerError::Transient(format!(
+                        "upload {upload_id} is leased elsewhere and time ran out waiting for it"
+                    )));
+                }
+                drop(client);
+                tokio::time::sleep(poll).await;
+            }
         }
     };
+    // The lease is renewed while the upload is worked on; if it is lost (the database judged it expired), the
+    // work stops: another invocation owns the upload now.
+    // On a task of its own, so that nothing the invocation does can starve it, and stopped with the invocation
+    // (a killed invocation's lease must run out).
+    let (lost, lease_lost) = tokio::sync::oneshot::channel();
+    let _heartbeat = AbortOnDrop(tokio::spawn(keep_leased(
+        slicer.pool.clone(),
+        slicer.settings.lease_for,
+        lease.upload_id,
+        lease.owner,
+        lost,
+    )));
+    tokio::select! {
+        biased;
+        outcome = ingest(slicer, lease, info, body, bucket, key, budget) => outcome,
+        Ok(()) = lease_lost => Err(SlicerError::LeaseLost),
+    }
+}
+
+/// A task that ends when its handle is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Renews the upload's lease every third of its length; says so on `lost` once it is no longer ours.
+async fn keep_leased(
+    pool: PgPool,
+    lease_for: Duration,
+    upload_id: i64,
+    owner: uuid::Uuid,
+    lost: tokio::sync::oneshot::Sender<()>,
+) {
+    loop {
+        tokio::time::sleep(lease_for / 3).await;
+        let renewed = match pool.get().await {
+            Ok(client) => uploads::renew(&**client, upload_id, owner, lease_for).await,
+            Err(e) => Err(DbError::from(e)),
+        };
+        match renewed {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(upload_id, "the upload's lease was taken over");
+                let _ = lost.send(());
+                return;
+            }
+            // The database is unreachable: the chunk fence decides; keep trying.
+            Err(e) => tracing::warn!(upload_id, error = %e, "lease not renewed"),
+        }
+    }
+}
+
+/// Reads the leased upload to its end (or its time budget) and finishes it.
+async fn ingest(
+    slicer: &Slicer,
+    mut lease: UploadLease,
+    info: clickpacer::aws::s3::ObjectInfo,
+    body: impl tokio::io::AsyncRead + Send + Unpin + 'static,
+    bucket: String,
+    key: String,
+    budget: &dyn TimeBudget,
+) -> Result<UploadOutcome, SlicerError> {
+    let client = slicer.pool.get().await.map_err(DbError::from)?;
     uploads::prepare_click_partitions(&**client).await?;
     drop(client);
 

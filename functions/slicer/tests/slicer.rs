@@ -430,7 +430,7 @@ impl World {
         }
     }
 
-    /// Time passes: the leases of crashed invocations expire.
+    /// The lease of an invocation that is still running expires (a long pause: the database judges it gone).
     async fn expire_leases(&self) {
         self.db
             .client()
@@ -555,6 +555,7 @@ async fn killed_at_any_point_resumes_without_loss_or_duplicates() {
         chunk_rows: 50,
         writers: 3,
         reserve: Duration::from_secs(1),
+        lease_for: Duration::from_secs(1),
         ..SlicerSettings::default()
     })
     .await;
@@ -563,7 +564,7 @@ async fn killed_at_any_point_resumes_without_loss_or_duplicates() {
     let ev = || event(&[(&w.bucket, "incoming/mixed.csv", &etag)]);
 
     // Killed while chunks are being written, four times: connections closed mid-transaction, the lease left
-    // behind until it expires.
+    // behind; the next invocation waits for it to run out by itself.
     for chunks in [2, 3, 7, 12] {
         let slicer = w.own_slicer();
         let kill = std::sync::Arc::new(tokio::sync::Notify::new());
@@ -574,7 +575,6 @@ async fn killed_at_any_point_resumes_without_loss_or_duplicates() {
             finished = slicer::handle_event(&slicer, ev(), &budget) => panic!("not killed: {finished:?}"),
         }
         drop(slicer);
-        w.expire_leases().await;
         let (rows, accepted, rejected, duplicate) = w.check_upload().await;
         assert_eq!(rows, accepted + rejected + duplicate);
         assert!(rows < expected.0, "killed before the end");
@@ -837,4 +837,73 @@ async fn an_object_larger_than_allowed_is_refused_before_reading() {
         "{outcome:?}"
     );
     assert_eq!(counts(&outcome), (0, 0, 0, 0));
+}
+
+/// Each chunk takes a while (a slow database, a huge file): an invocation outlives its first lease.
+struct SlowChunks(Duration);
+impl TimeBudget for SlowChunks {
+    fn remaining(&self) -> Duration {
+        std::thread::sleep(self.0);
+        Duration::from_secs(3600)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retry_of_a_crashed_invocation_takes_the_upload_over_by_itself() {
+    let w = world_with(SlicerSettings {
+        chunk_rows: 50,
+        reserve: Duration::from_secs(1),
+        lease_for: Duration::from_secs(2),
+        ..SlicerSettings::default()
+    })
+    .await;
+    let etag = w.put("incoming/spring/big.csv", csv_rows(0..1000)).await;
+    let ev = || event(&[(&w.bucket, "incoming/spring/big.csv", &etag)]);
+
+    // The invocation dies after a few chunks (its future and its connections are gone; its lease is left).
+    let slicer = w.own_slicer();
+    let kill = std::sync::Arc::new(tokio::sync::Notify::new());
+    let budget = SignalAfter { chunks: AtomicU32::new(4), signal: kill.clone() };
+    tokio::select! {
+        biased;
+        () = kill.notified() => {}
+        finished = slicer::handle_event(&slicer, ev(), &budget) => panic!("not killed: {finished:?}"),
+    }
+    drop(slicer);
+    assert_eq!(w.scalar("SELECT count(*) FROM uploads WHERE lease_owner IS NOT NULL").await, 1, "lease left");
+
+    // Lambda's retry comes at once: it waits for the dead holder's lease to run out and finishes the upload,
+    // instead of answering "in progress elsewhere" and ending the retries.
+    let done = slicer::handle_event(&w.slicer, ev(), &Unlimited).await.unwrap();
+    assert_eq!(counts(&done[0].outcome), (1000, 1000, 0, 0), "{done:?}");
+    assert_eq!(w.stored().await.0, 1000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_invocation_keeps_its_lease_and_a_duplicate_event_leaves_the_upload_to_it() {
+    let w = world_with(SlicerSettings {
+        chunk_rows: 100,
+        reserve: Duration::from_secs(1),
+        lease_for: Duration::from_secs(1),
+        ..SlicerSettings::default()
+    })
+    .await;
+    let etag = w.put("incoming/spring/slow.csv", csv_rows(0..1000)).await;
+    let ev = || event(&[(&w.bucket, "incoming/spring/slow.csv", &etag)]);
+    // Ten chunks of 250 ms: the holder outlives its first lease four times over and must renew it.
+    let slow = SlowChunks(Duration::from_millis(250));
+    let holder = slicer::handle_event(&w.slicer, ev(), &slow);
+    let duplicate = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        slicer::handle_event(&w.slicer, ev(), &Unlimited).await
+    };
+    let (held, dup) = tokio::join!(holder, duplicate);
+    let held = held.unwrap();
+    assert_eq!(counts(&held[0].outcome), (1000, 1000, 0, 0), "{held:?}");
+    let dup = dup.unwrap();
+    assert!(
+        matches!(dup[0].outcome, UploadOutcome::InProgressElsewhere { .. } | UploadOutcome::AlreadyFinished { .. }),
+        "{dup:?}"
+    );
+    assert_eq!(w.stored().await.0, 1000);
 }

@@ -700,6 +700,25 @@ pub async fn finish(
     Ok(())
 }
 
+/// Extends a live lease by `lease_for` from now; `false` when it is no longer `owner`'s (taken over after it
+/// expired, or the upload finished).
+pub async fn renew(
+    db: &impl tokio_postgres::GenericClient,
+    upload_id: i64,
+    owner: Uuid,
+    lease_for: Duration,
+) -> Result<bool, DbError> {
+    let lease_ms = i64::try_from(lease_for.as_millis()).unwrap_or(i64::MAX);
+    let renewed = db
+        .execute(
+            "UPDATE uploads SET lease_expires_at = now() + make_interval(secs => $3::bigint / 1000.0)
+             WHERE upload_id = $1 AND lease_owner = $2 AND status = 'processing' AND lease_expires_at > now()",
+            &[&upload_id, &owner, &lease_ms],
+        )
+        .await?;
+    Ok(renewed == 1)
+}
+
 /// Gives the lease up without finishing (time ran out): the next invocation resumes at once.
 pub async fn release(db: &impl tokio_postgres::GenericClient, lease: &UploadLease) -> Result<(), DbError> {
     db.execute(
