@@ -224,3 +224,66 @@ async fn concurrent_bridges_share_one_send_pace_and_learn_from_a_throttle() {
     let again = bridge::send_pace(&**client, &id).await.unwrap().unwrap();
     assert_eq!(again.rate, pace.rate);
 }
+
+#[tokio::test]
+async fn the_reconciliation_tells_justified_pending_clicks_from_stranded_ones() {
+    let db = TestDb::new().await;
+    seed(&db).await;
+    let client = db.client().await;
+    client.execute("SELECT ensure_click_partition(now())", &[]).await.unwrap();
+    let upload: i64 = client
+        .query_one(
+            "INSERT INTO uploads (bucket, object_key, object_version) VALUES ('b', 'incoming/k', 'v') RETURNING upload_id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    // One batch of two clicks per situation.
+    let situations = [
+        ("pending", "due_at = now() + interval '1 hour'"), // due later
+        ("pending", "due_at = now() + interval '5 hours', defer_reason = 'daily_cap'"), // deferred by a rule
+        ("claimed", "due_at = now(), lease_expires_at = now() + interval '1 minute'"), // claimed, live lease
+        ("queued", "due_at = now(), lease_expires_at = now() + interval '1 hour'"), // on the queue, live lease
+        ("queued", "due_at = now() - interval '3 hours', lease_expires_at = now() - interval '2 hours'"), // lost
+        ("pending", "due_at = now() - interval '2 hours'"), // nobody came
+        ("pending", "due_at = now() - interval '2 hours', defer_reason = 'paused'"), // rule relaxed long ago
+    ];
+    for (seq, (state, set)) in situations.iter().enumerate() {
+        let batch: i64 = client
+            .query_one(
+                "INSERT INTO batches (campaign_id, partner_id, upload_id, upload_seq, click_count, due_at)
+                 VALUES ('spring-sale', 'acme', $1, $2, 2, now()) RETURNING batch_id",
+                &[&upload, &(seq as i32)],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        let lease = if *state == "pending" { ", lease_expires_at = NULL" } else { "" };
+        client
+            .execute(&format!("UPDATE batches SET state = '{state}', {set}{lease} WHERE batch_id = $1"), &[&batch])
+            .await
+            .unwrap();
+        client
+            .execute(
+                "WITH ids AS (
+                     INSERT INTO click_ids (campaign_id, click_id, ingested_at)
+                     SELECT 'spring-sale', 'c' || $1::bigint || '-' || g, now() FROM generate_series(1, 2) g
+                     RETURNING click_id, ingested_at)
+                 INSERT INTO clicks (campaign_id, click_id, upload_id, row_number, batch_id, clicked_at, attributes,
+                                     ingested_at)
+                 SELECT 'spring-sale', click_id, $2, $1::bigint * 10 + row_number() OVER (), $1, now(), '{}', ingested_at
+                 FROM ids",
+                &[&batch, &upload],
+            )
+            .await
+            .unwrap();
+    }
+    let campaigns = postgres::reports::campaigns(&**client).await.unwrap();
+    let fates = &campaigns[0].fates;
+    assert_eq!((fates.accepted, fates.pending), (14, 14));
+    assert_eq!((fates.due, fates.deferred, fates.in_flight, fates.stranded), (2, 2, 4, 6), "{fates:?}");
+    assert!(!fates.holds(), "stranded clicks break the reconciliation");
+    let uploads = postgres::reports::uploads(&**client).await.unwrap();
+    assert_eq!(uploads[0].fates.stranded, 6);
+}

@@ -1,5 +1,6 @@
 //! Reconciliation: every accepted click is delivered, dead-lettered, cancelled or still pending, per upload and
-//! per campaign, and every row read is accepted, rejected with a reason, or a duplicate.
+//! per campaign, and every row read is accepted, rejected with a reason, or a duplicate. Pending must be
+//! justified (due later, deferred by a named rule, or in flight under a live lease); anything else is stranded.
 
 use serde::Serialize;
 use tokio_postgres::GenericClient;
@@ -13,17 +14,33 @@ pub struct ClickFates {
     pub delivered: i64,
     pub dead: i64,
     pub cancelled: i64,
-    /// Waiting, claimed, queued or being retried.
+    /// Waiting, claimed, queued or being retried: `due + deferred + in_flight + stranded`.
     pub pending: i64,
+    /// Pending and due in the future (or within a pacer period now).
+    pub due: i64,
+    /// Pending, held back by a named rule (cap, budget, daypart, pause...) until an instant still to come.
+    pub deferred: i64,
+    /// Claimed by a pacer or queued for the bridge under a live lease.
+    pub in_flight: i64,
+    /// Pending with nothing justifying it: due long ago with nobody coming, a rule that relaxed long ago, a lease
+    /// long expired. Must be 0.
+    pub stranded: i64,
     /// Clicks of a finished batch that are neither delivered nor dead: must be 0.
     pub unaccounted: i64,
 }
 
 impl ClickFates {
     pub fn holds(&self) -> bool {
-        self.unaccounted == 0 && self.accepted == self.delivered + self.dead + self.cancelled + self.pending
+        self.unaccounted == 0
+            && self.stranded == 0
+            && self.accepted == self.delivered + self.dead + self.cancelled + self.pending
+            && self.pending == self.due + self.deferred + self.in_flight + self.stranded
     }
 }
+
+/// How long past its due instant, or past its lease, pending work may wait for the next pacer run before it
+/// counts as stranded: the schedule's period (a minute) and a run's own length.
+pub const STRANDED_AFTER_SECONDS: i64 = 120;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct CampaignReconciliation {
@@ -61,6 +78,15 @@ impl UploadReconciliation {
 const FATES: &str = "
     WITH per_click AS (
         SELECT c.campaign_id, c.upload_id, b.state AS batch_state,
+               CASE
+                   WHEN b.state = 'pending' AND b.due_at > now() - make_interval(secs => $1::bigint)
+                       THEN CASE WHEN b.defer_reason IS NULL THEN 'due' ELSE 'deferred' END
+                   WHEN b.state IN ('claimed', 'queued')
+                        AND (b.lease_expires_at > now() - make_interval(secs => $1::bigint)
+                             OR b.delivery_lease_until > now())
+                       THEN 'in_flight'
+                   ELSE 'stranded'
+               END AS waiting,
                EXISTS (SELECT 1 FROM delivery_results d WHERE d.campaign_id = c.campaign_id
                        AND d.click_id = c.click_id AND d.outcome = 'delivered') AS delivered,
                EXISTS (SELECT 1 FROM delivery_results d WHERE d.batch_id = c.batch_id
@@ -74,6 +100,14 @@ const FATES: &str = "
            count(*) FILTER (WHERE NOT delivered AND NOT dead AND batch_state = 'cancelled') AS cancelled,
            count(*) FILTER (WHERE NOT delivered AND NOT dead AND batch_state IN ('pending', 'claimed', 'queued'))
                AS pending,
+           count(*) FILTER (WHERE NOT delivered AND NOT dead AND batch_state IN ('pending', 'claimed', 'queued')
+                            AND waiting = 'due') AS due,
+           count(*) FILTER (WHERE NOT delivered AND NOT dead AND batch_state IN ('pending', 'claimed', 'queued')
+                            AND waiting = 'deferred') AS deferred,
+           count(*) FILTER (WHERE NOT delivered AND NOT dead AND batch_state IN ('pending', 'claimed', 'queued')
+                            AND waiting = 'in_flight') AS in_flight,
+           count(*) FILTER (WHERE NOT delivered AND NOT dead AND batch_state IN ('pending', 'claimed', 'queued')
+                            AND waiting = 'stranded') AS stranded,
            count(*) FILTER (WHERE NOT delivered AND NOT dead
                             AND batch_state IN ('delivered', 'partially_failed', 'dead')) AS unaccounted
     FROM per_click GROUP BY 1";
@@ -85,20 +119,24 @@ fn fates(row: &tokio_postgres::Row) -> ClickFates {
         dead: row.get("dead"),
         cancelled: row.get("cancelled"),
         pending: row.get("pending"),
+        due: row.get("due"),
+        deferred: row.get("deferred"),
+        in_flight: row.get("in_flight"),
+        stranded: row.get("stranded"),
         unaccounted: row.get("unaccounted"),
     }
 }
 
 pub async fn campaigns(db: &impl GenericClient) -> Result<Vec<CampaignReconciliation>, DbError> {
     let sql = format!("{} ORDER BY 1", FATES.replace("{key}", "campaign_id"));
-    let rows = db.query(&sql, &[]).await?;
+    let rows = db.query(&sql, &[&STRANDED_AFTER_SECONDS]).await?;
     Ok(rows.iter().map(|r| CampaignReconciliation { campaign_id: r.get("key"), fates: fates(r) }).collect())
 }
 
 pub async fn uploads(db: &impl GenericClient) -> Result<Vec<UploadReconciliation>, DbError> {
     let sql = FATES.replace("{key}", "upload_id");
     let by_upload: std::collections::HashMap<i64, ClickFates> =
-        db.query(&sql, &[]).await?.iter().map(|r| (r.get("key"), fates(r))).collect();
+        db.query(&sql, &[&STRANDED_AFTER_SECONDS]).await?.iter().map(|r| (r.get("key"), fates(r))).collect();
     let rows = db
         .query(
             "SELECT u.upload_id, u.object_key, u.status, u.status_detail, u.rows_done, u.accepted_rows,

@@ -417,7 +417,7 @@ pub fn render_reconciliation(uploads: &[UploadReconciliation], campaigns: &[Camp
         let holds = u.holds();
         ok &= holds;
         out.push_str(&format!(
-            "  {} {:<46} {:>10}: rows {} = {} + {} + {}; {} = {} + {} + {} + {}  [{}]\n",
+            "  {} {:<46} {:>10}: rows {} = {} + {} + {}; {} = {} + {} + {} + {}  [{}]{}\n",
             if holds { "ok " } else { "BAD" },
             u.object_key,
             u.status,
@@ -431,6 +431,7 @@ pub fn render_reconciliation(uploads: &[UploadReconciliation], campaigns: &[Camp
             u.fates.cancelled,
             u.fates.pending,
             u.status_detail.as_deref().unwrap_or(""),
+            problems(&u.fates),
         ));
         for (reason, n) in &u.rejects {
             out.push_str(&format!("        rejected {n:>6} × {reason}\n"));
@@ -449,10 +450,22 @@ pub fn render_reconciliation(uploads: &[UploadReconciliation], campaigns: &[Camp
             c.fates.dead,
             c.fates.cancelled,
             c.fates.pending,
-            if c.fates.unaccounted > 0 { format!("  ({} unaccounted)", c.fates.unaccounted) } else { String::new() },
+            problems(&c.fates),
         ));
     }
     (out, ok)
+}
+
+/// What breaks a line beyond its sums: stranded and unaccounted clicks.
+fn problems(fates: &reports::ClickFates) -> String {
+    let mut out = String::new();
+    if fates.stranded > 0 {
+        out.push_str(&format!("  ({} stranded: pending with nothing coming for them)", fates.stranded));
+    }
+    if fates.unaccounted > 0 {
+        out.push_str(&format!("  ({} unaccounted)", fates.unaccounted));
+    }
+    out
 }
 
 /// The local endpoint leaves out record fields S3 always sends (who made the request and from where); they carry
