@@ -64,18 +64,46 @@ impl Names {
     }
 }
 
-/// How often things happen locally.
+/// How often things happen locally, and how long things may take.
 #[derive(Debug, Clone)]
 pub struct Timing {
     /// The pacer's schedule (60 s in AWS).
     pub pacer_every: Duration,
     /// How long a received message stays invisible before it comes back (a failed or unfinished one).
     pub visibility: Duration,
+    /// Each function's timeout, as `template.yaml` sets it: an invocation still running then is stopped where it
+    /// is, as Lambda stops it, and its event comes back after the visibility timeout.
+    pub timeouts: FunctionTimeouts,
+    /// Leases: the slicer's on an upload, the pacer's on a claimed and on a queued batch (see the functions'
+    /// settings); shorter ones make crashed work come back sooner (the chaos runner's rounds).
+    pub upload_lease: Duration,
+    pub claim_lease: Duration,
+    pub queued_lease: Duration,
+}
+
+/// The functions' timeouts in `template.yaml` (the template test checks they agree).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FunctionTimeouts {
+    pub slicer: Duration,
+    pub pacer: Duration,
+    pub bridge: Duration,
+}
+
+impl FunctionTimeouts {
+    pub const TEMPLATE: Self =
+        Self { slicer: Duration::from_secs(900), pacer: Duration::from_secs(60), bridge: Duration::from_secs(30) };
 }
 
 impl Default for Timing {
     fn default() -> Self {
-        Self { pacer_every: Duration::from_secs(60), visibility: Duration::from_secs(30) }
+        Self {
+            pacer_every: Duration::from_secs(60),
+            visibility: Duration::from_secs(30),
+            timeouts: FunctionTimeouts::TEMPLATE,
+            upload_lease: SlicerSettings::default().lease_for,
+            claim_lease: ClaimSettings::default().lease_for,
+            queued_lease: ClaimSettings::default().queued_lease,
+        }
     }
 }
 
@@ -136,12 +164,21 @@ impl Pipeline {
 
         let horizon = timing.pacer_every.as_secs().clamp(1, 60) as u32;
         Ok(Self {
-            slicer: Slicer { pool: pool.clone(), objects: objects.clone(), settings: SlicerSettings::default() },
+            slicer: Slicer {
+                pool: pool.clone(),
+                objects: objects.clone(),
+                settings: SlicerSettings { lease_for: timing.upload_lease, ..SlicerSettings::default() },
+            },
             pacer: Pacer {
                 pool: pool.clone(),
                 queue: click_queue.clone(),
                 settings: PacerSettings {
-                    claim: ClaimSettings { horizon_seconds: horizon, ..ClaimSettings::default() },
+                    claim: ClaimSettings {
+                        horizon_seconds: horizon,
+                        lease_for: timing.claim_lease,
+                        queued_lease: timing.queued_lease,
+                        ..ClaimSettings::default()
+                    },
                     ..PacerSettings::default()
                 },
             },
@@ -153,7 +190,7 @@ impl Pipeline {
                 click_queue: click_queue.clone(),
                 dead_letters: dead_letters.clone(),
                 events,
-                settings: BridgeSettings::default(),
+                settings: BridgeSettings { queued_lease: timing.queued_lease, ..BridgeSettings::default() },
                 partner_slots: Default::default(),
             },
             pool,
@@ -229,7 +266,8 @@ impl Pipeline {
         }
     }
 
-    async fn upload_loop(&self) {
+    /// The slicer's trigger: S3 notifications from the upload events queue, one invocation per message.
+    pub async fn upload_loop(&self) {
         loop {
             let messages = match self.upload_events.receive(10, 1).await {
                 Ok(m) => m,
@@ -251,35 +289,43 @@ impl Pipeline {
                     let _ = self.upload_events.delete(&message.receipt_handle).await;
                     continue;
                 };
-                // The budget of a 15-minute Lambda invocation.
-                let budget = Deadline(std::time::SystemTime::now() + Duration::from_secs(15 * 60));
-                match slicer::handle_event(&self.slicer, event, &budget).await {
-                    Ok(reports) => {
+                // The invocation's budget is the function's timeout, and the timeout is enforced.
+                let timeout = self.timing.timeouts.slicer;
+                let budget = Deadline(std::time::SystemTime::now() + timeout);
+                match tokio::time::timeout(timeout, slicer::handle_event(&self.slicer, event, &budget)).await {
+                    Ok(Ok(reports)) => {
                         for report in reports {
                             tracing::info!(key = report.key, outcome = ?report.outcome, "upload");
                         }
                         let _ = self.upload_events.delete(&message.receipt_handle).await;
                     }
                     // Left on the queue: it comes back after the visibility timeout, as Lambda retries.
-                    Err(e) => tracing::warn!(error = %e, "upload not finished; its event will come back"),
+                    Ok(Err(e)) => tracing::warn!(error = %e, "upload not finished; its event will come back"),
+                    Err(_) => tracing::warn!(timeout_s = timeout.as_secs(), "slicer stopped at its timeout"),
                 }
             }
         }
     }
 
-    async fn pacer_loop(&self) {
+    /// The pacer's schedule.
+    pub async fn pacer_loop(&self) {
         let mut tick = tokio::time::interval(self.timing.pacer_every);
         loop {
             tick.tick().await;
-            match pacer::run_once(&self.pacer, Utc::now()).await {
-                Ok(summary) if summary.examined > 0 => tracing::info!(summary = ?summary, "pacer"),
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "pacer run failed"),
+            let run = pacer::run_once(&self.pacer, Utc::now());
+            match tokio::time::timeout(self.timing.timeouts.pacer, run).await {
+                Ok(Ok(summary)) if summary.examined > 0 => tracing::info!(summary = ?summary, "pacer"),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "pacer run failed"),
+                Err(_) => tracing::warn!("pacer stopped at its timeout"),
             }
         }
     }
 
-    async fn bridge_loop(&self) {
+    /// The bridge's trigger: click queue messages, up to 10 an invocation. When the queue is idle, the event
+    /// outbox is flushed (what an invocation could not flush, a database restart say, must not wait for the
+    /// next click).
+    pub async fn bridge_loop(&self) {
         loop {
             let received = match self.click_queue.receive(10, 1).await {
                 Ok(m) => m,
@@ -290,6 +336,9 @@ impl Pipeline {
                 }
             };
             if received.is_empty() {
+                if let Err(e) = bridge::flush_events(&self.bridge).await {
+                    tracing::warn!(error = %e, "event outbox not flushed");
+                }
                 continue;
             }
             let mut handles = HashMap::new();
@@ -304,7 +353,13 @@ impl Pipeline {
                 handles.insert(m.message_id, m.receipt_handle);
                 event.records.push(message);
             }
-            let response = bridge::handle_event(&self.bridge, event).await;
+            let timeout = self.timing.timeouts.bridge;
+            let Ok(response) = tokio::time::timeout(timeout, bridge::handle_event(&self.bridge, event)).await else {
+                // Stopped where it was, as Lambda stops it: every message of the event comes back after the
+                // visibility timeout.
+                tracing::warn!(timeout_s = timeout.as_secs(), "bridge stopped at its timeout");
+                continue;
+            };
             // Partial batch response: only the reported failures stay on the queue.
             for failure in &response.batch_item_failures {
                 handles.remove(&failure.item_identifier);
@@ -491,4 +546,25 @@ pub fn s3_event_json(bucket: &str, key: &str, etag: &str) -> serde_json::Value {
                "bucket": {"name": bucket, "ownerIdentity": {"principalId": "local"}, "arn": format!("arn:aws:s3:::{bucket}")},
                "object": {"key": encode_event_key(key), "eTag": etag}}
     }]})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The timeout `template.yaml` gives a function (the first `Timeout:` after its resource name).
+    fn template_timeout(function: &str) -> Duration {
+        let template = include_str!("../../../template.yaml");
+        let at = template.find(&format!("\n  {function}:\n")).unwrap_or_else(|| panic!("{function} in the template"));
+        let line = template[at..].lines().find(|l| l.trim_start().starts_with("Timeout:")).unwrap();
+        Duration::from_secs(line.trim_start().trim_start_matches("Timeout:").trim().parse().unwrap())
+    }
+
+    #[test]
+    fn the_local_timeouts_are_the_templates() {
+        let t = FunctionTimeouts::TEMPLATE;
+        assert_eq!(t.slicer, template_timeout("SlicerFunction"));
+        assert_eq!(t.pacer, template_timeout("PacerFunction"));
+        assert_eq!(t.bridge, template_timeout("BridgeFunction"));
+    }
 }

@@ -69,8 +69,7 @@ async fn main() -> anyhow::Result<()> {
             std::process::exit(if ok { 0 } else { 1 });
         }
     };
-    let timing =
-        Timing { pacer_every: Duration::from_secs(if run.fast { 5 } else { 60 }), visibility: Duration::from_secs(30) };
+    let timing = Timing { pacer_every: Duration::from_secs(if run.fast { 5 } else { 60 }), ..Timing::default() };
     let pipeline = Pipeline::start(&sdk, &database, Names::local(), timing).await?;
     let sim = partner_sim::spawn(partner_sim::Config::default()).await?;
     demo::seed_partners(&pipeline.pool, &sim).await?;

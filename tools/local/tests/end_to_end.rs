@@ -16,7 +16,8 @@ async fn a_file_with_a_bad_row_a_duplicate_event_and_a_throttling_partner_reconc
     let db = TestDb::new().await;
     let aws = TestAws::new().await;
     let names = Names::with_prefix(&format!("e2e-{}", unique_suffix()));
-    let timing = Timing { pacer_every: Duration::from_secs(1), visibility: Duration::from_secs(5) };
+    let timing =
+        Timing { pacer_every: Duration::from_secs(1), visibility: Duration::from_secs(5), ..Timing::default() };
     let pipeline = Pipeline::start(&aws.sdk, &db.config, names.clone(), timing).await.unwrap();
 
     let sim = partner_sim::spawn(partner_sim::Config::default()).await.unwrap();
