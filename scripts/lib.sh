@@ -99,6 +99,9 @@ ensure_postgres() {
   fi
   export DATABASE_URL="postgres://postgres@127.0.0.1:$port/clickpacer"
   export CLICKPACER_OWN_PG=1
+  # Where the cluster is, for tools that restart it (the chaos runner).
+  export CLICKPACER_PG_BINDIR="$bindir" CLICKPACER_PG_DATA="$data"
+  if [ "$(id -u)" = 0 ]; then export CLICKPACER_PG_USER=postgres; fi
 }
 
 # Python tools live in project venvs, (re)installed when their requirements file changes: .venv for moto and

@@ -227,7 +227,7 @@ async fn deliver_batch<T: Transport, C: Clock>(
         let partner = partners::get(client, &lease.partner_id).await?.ok_or_else(|| {
             DbError::Invalid(format!("batch {} names unknown partner {}", lease.batch_id, lease.partner_id))
         })?;
-        let health = repo::partner_health(client, &lease.partner_id).await?;
+        let health = repo::partner_health(client, &lease.partner_id, now).await?;
         (partner, health, repo::batch_clicks(client, lease).await?)
     };
     let loaded_health = health.clone();
@@ -326,9 +326,11 @@ struct Sent {
     resume_at: Option<DateTime<Utc>>,
 }
 
-/// Delivers the ready clicks with bounded concurrency: to a partner with a configured rate at the batch's spread
-/// (the pacer reserved that rate second by second), to any other at the send pace the bridges learn together.
-/// Sending stops at a throttle (the rest wait for its Retry-After).
+/// Delivers the ready clicks with bounded concurrency, every request at a send slot of the partner's shared pace
+/// (see [`send_paced`]): at its configured rate under its AIMD allowance, or at the rate the bridges learn
+/// together for a partner without one. A batch spread by the pacer (a campaign's rate, its pacing plan) also
+/// holds each click until its share of the spread. Sending stops at a throttle (the rest wait for its
+/// Retry-After).
 async fn send_clicks<T: Transport, C: Clock>(
     bridge: &Bridge<T, C>,
     client: &mut tokio_postgres::Client,
@@ -338,11 +340,12 @@ async fn send_clicks<T: Transport, C: Clock>(
     ready: &[&PendingClick],
     health: &mut PartnerHealth,
 ) -> Sent {
-    let (outcomes, resume_at) = if partner.rate_per_second.is_some() || lease.spread_seconds > 1 {
-        send_spread(bridge, partner, compiled, lease, ready).await
-    } else {
-        send_paced(bridge, client, partner, compiled, ready).await
+    let rate = match partner.rate_per_second {
+        Some(rate) => repo::PaceRate::Configured(clickpacer::delivery::pace::configured_pace(rate, health.allowance)),
+        None => repo::PaceRate::Learned { initial: clickpacer::delivery::pace::initial_rate(partner.max_concurrency) },
     };
+    let not_before = spread_shares(lease, ready.len(), bridge.clock.now());
+    let (outcomes, resume_at) = send_paced(bridge, client, partner, compiled, ready, &not_before, rate).await;
     let mut sent = Sent { records: Vec::with_capacity(outcomes.len()), requests: 0, resume_at };
     for (record, outcome) in outcomes {
         if record.http_status.is_some() || record.latency_ms.is_some() {
@@ -354,64 +357,58 @@ async fn send_clicks<T: Transport, C: Clock>(
     sent
 }
 
-/// Click i of n goes at its share of the batch's spread: the pacer reserved the partner's capacity (or the
-/// campaign's plan accrues) second by second, so the partner sees the same flow. Clicks whose share is further
-/// away than `max_spread_wait` wait for the message to come back, shortly before the first of them.
-async fn send_spread<T: Transport, C: Clock>(
-    bridge: &Bridge<T, C>,
-    partner: &Partner,
-    compiled: &CompiledPartner,
-    lease: &BatchLease,
-    ready: &[&PendingClick],
-) -> (Vec<(DeliveryRecord, Outcome)>, Option<DateTime<Utc>>) {
-    let start = bridge.clock.now();
-    let release_at = lease.release_at.unwrap_or(start);
-    let spread_ms = i64::from(lease.spread_seconds.max(1)) * 1000;
-    let n = ready.len().max(1) as i64;
-    let slot = |i: usize| release_at + chrono::Duration::milliseconds(spread_ms * i as i64 / n);
-    let throttled = AtomicBool::new(false);
-    let max_wait = chrono::Duration::from_std(bridge.settings.max_spread_wait).unwrap_or_default();
-    let resume_at =
-        (0..ready.len()).map(slot).filter(|s| *s - start > max_wait).min().map(|s| s - chrono::Duration::seconds(1));
-    let outcomes = futures::stream::iter(ready.iter().enumerate())
-        .map(|(i, click)| {
-            let throttled = &throttled;
-            async move {
-                let slot = slot(i);
-                if slot - bridge.clock.now() > max_wait {
-                    return None;
-                }
-                attempt_at(bridge, partner, compiled, click, slot, throttled).await
-            }
-        })
-        .buffer_unordered(partner.max_concurrency.max(1) as usize)
-        .filter_map(|o| async move { o })
-        .collect()
-        .await;
-    (outcomes, resume_at)
+/// Click i of n may go at its share of the batch's spread, from its release: the pacer reserved the campaign's
+/// rate (or its plan accrues) second by second over it. Without a spread, all may go now.
+fn spread_shares(lease: &BatchLease, n: usize, now: DateTime<Utc>) -> Vec<DateTime<Utc>> {
+    if lease.spread_seconds <= 1 {
+        return vec![now; n];
+    }
+    let release_at = lease.release_at.unwrap_or(now);
+    let spread_ms = i64::from(lease.spread_seconds) * 1000;
+    let count = n.max(1) as i64;
+    (0..n).map(|i| release_at + chrono::Duration::milliseconds(spread_ms * i as i64 / count)).collect()
 }
 
 /// Sends at the partner's send pace, reserving slots in chunks of about [`PACE_CHUNK`] from the row every bridge
-/// shares, and reporting what the partner accepted so a throttle sets the pace to it.
+/// shares, and reporting what the partner accepted so a throttle sets the pace to it. Only clicks whose share of
+/// the spread (`not_before`, ascending) has come are reserved for; clicks whose share is further away than
+/// `max_spread_wait` wait for the message to come back, shortly before the first of them.
 async fn send_paced<T: Transport, C: Clock>(
     bridge: &Bridge<T, C>,
     client: &mut tokio_postgres::Client,
     partner: &Partner,
     compiled: &CompiledPartner,
     ready: &[&PendingClick],
+    not_before: &[DateTime<Utc>],
+    rate: repo::PaceRate,
 ) -> (Vec<(DeliveryRecord, Outcome)>, Option<DateTime<Utc>>) {
-    let initial_rate = clickpacer::delivery::pace::initial_rate(partner.max_concurrency);
     let horizon = chrono::Duration::from_std(bridge.settings.max_spread_wait).unwrap_or_default();
-    let mut chunk = chunk_for(initial_rate);
+    let mut chunk = chunk_for(match rate {
+        repo::PaceRate::Learned { initial } => initial,
+        repo::PaceRate::Configured(rate) => rate,
+    });
     let mut accepted: Vec<(DateTime<Utc>, u32)> = Vec::new();
     let mut out = Vec::with_capacity(ready.len());
     let mut resume_at = None;
     let mut next = 0;
+    // Not earlier than a share already waited for (a clock that moves only by hand, in tests, still moves on).
+    let mut waited = bridge.clock.now();
     while next < ready.len() {
-        let now = bridge.clock.now();
-        let want = chunk.min(ready.len() - next);
-        let reserved =
-            repo::reserve_send_slots(client, &partner.partner_id, want, now, initial_rate, horizon, &accepted).await;
+        let now = bridge.clock.now().max(waited);
+        // The clicks from `next` on whose share of the spread has come (the shares ascend).
+        let due = not_before[next..].iter().take_while(|at| **at <= now).count();
+        if due == 0 {
+            let at = not_before[next];
+            if at - now > horizon {
+                resume_at = Some(at - chrono::Duration::seconds(1));
+                break;
+            }
+            tokio::time::sleep((at - now).to_std().unwrap_or_default()).await;
+            waited = at;
+            continue;
+        }
+        let want = chunk.min(due);
+        let reserved = repo::reserve_send_slots(client, &partner.partner_id, want, now, rate, horizon, &accepted).await;
         let grant = match reserved {
             Ok(grant) => grant,
             Err(e) => {
@@ -519,6 +516,9 @@ async fn attempt_at<T: Transport, C: Clock>(
             Err((error, latency)) => (classify_transport(&error), None, Some(latency)),
         },
     };
+    // Crash point for the chaos runner: the partner answered (and may have accepted), nothing is recorded yet;
+    // armed with a probability, it also stops a delivery pass after k of its n clicks.
+    fail::fail_point!("bridge::after_partner_answer");
     if matches!(outcome, Outcome::Retry { throttled: true, .. }) {
         throttled.store(true, Ordering::SeqCst);
     }

@@ -16,16 +16,23 @@ use clickpacer::testing::{TestAws, TestDb};
 use pacer::{Pacer, PacerSettings};
 use partner_sim::{Behaviour, Running};
 
-/// A clock tests move by hand (milliseconds since the epoch).
+/// The wall clock, moved ahead by hand (milliseconds of offset): time runs as it does for the partner, and tests
+/// skip waits (backoffs, Retry-After) by jumping.
 struct TestClock(AtomicI64);
 impl Clock for TestClock {
     fn now(&self) -> DateTime<Utc> {
-        DateTime::from_timestamp_millis(self.0.load(Ordering::SeqCst)).unwrap_or_default()
+        Utc::now() + chrono::Duration::milliseconds(self.0.load(Ordering::SeqCst))
     }
 }
 impl TestClock {
     fn advance(&self, seconds: i64) {
         self.0.fetch_add(seconds * 1000, Ordering::SeqCst);
+    }
+
+    /// Moves the clock to `at` (never back).
+    fn set(&self, at: DateTime<Utc>) {
+        let ahead = (at - Utc::now()).num_milliseconds();
+        self.0.fetch_max(ahead, Ordering::SeqCst);
     }
 }
 
@@ -51,7 +58,7 @@ async fn world_with<T: Transport>(transport: T) -> World<T> {
     let bridge = Bridge {
         pool: db.pool.clone(),
         transport,
-        clock: TestClock(AtomicI64::new(Utc::now().timestamp_millis())),
+        clock: TestClock(AtomicI64::new(0)),
         click_queue: queue.clone(),
         dead_letters: dead.clone(),
         events,
@@ -455,7 +462,7 @@ async fn a_message_lost_after_part_of_its_batch_was_delivered_comes_back_by_itse
 
     // Once the lease runs out, the pacer takes the batch back with a new fence; the bridge sends only the six.
     let later = lease + chrono::Duration::seconds(1);
-    w.bridge.clock.0.store(later.timestamp_millis(), Ordering::SeqCst);
+    w.bridge.clock.set(later);
     let pacer = Pacer {
         pool: w.db.pool.clone(),
         queue: w.queue.clone(),
@@ -528,6 +535,44 @@ async fn spend_counts_at_the_price_reserved_even_when_the_price_changed_since() 
         .unwrap();
     let ledger: (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
     assert_eq!(ledger, (5, 5_000, 5_000), "spent what was reserved, at the reserved price");
+}
+
+#[tokio::test]
+async fn retries_to_a_rated_partner_keep_to_its_rate_at_the_partner() {
+    let w = world().await;
+    let mut p = partner(&w.sim, "rated");
+    p.rate_per_second = Some(10);
+    w.seed(&p, 20).await;
+    // Every click fails once: the pacer spread the batch over two seconds for the first pass.
+    w.sim.sim.set_behaviour("rated", Behaviour { status_override: Some(500), ..Behaviour::default() }).unwrap();
+    let pacer = Pacer {
+        pool: w.db.pool.clone(),
+        queue: w.queue.clone(),
+        settings: PacerSettings {
+            claim: ClaimSettings { horizon_seconds: 3, ..ClaimSettings::default() },
+            ..PacerSettings::default()
+        },
+    };
+    assert_eq!(pacer::run_once(&pacer, Utc::now()).await.unwrap().released, 1);
+    assert!(w.handle(w.receive().await).await.is_empty());
+    assert_eq!(w.outcomes().await, vec![("retrying".into(), 20)]);
+    w.sim.sim.clear_behaviour("rated");
+    w.sim.sim.reset();
+
+    // The retry pass: the partner sees its rate in every second, not the twenty at once.
+    w.bridge.clock.advance(1);
+    let again = w.receive().await;
+    assert!(w.handle(again).await.is_empty());
+    let mut rounds = 0;
+    while w.batch_state().await != "delivered" && rounds < 20 {
+        w.bridge.clock.advance(1);
+        let more = w.receive().await;
+        assert!(w.handle(more).await.is_empty());
+        rounds += 1;
+    }
+    let report = w.sim.sim.partner_report("rated").unwrap();
+    assert_eq!(report.accepted, 20);
+    assert!(report.max_requests_in_one_second <= 10, "{} in one second", report.max_requests_in_one_second);
 }
 
 #[tokio::test]

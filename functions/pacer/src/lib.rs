@@ -84,7 +84,10 @@ pub async fn run_once<Q: ClickQueue>(pacer: &Pacer<Q>, now: DateTime<Utc>) -> Re
         let mut client = pacer.pool.get().await.map_err(DbError::from)?;
         claim_due_batches(&mut client, now, &pacer.settings.claim).await?
     };
+    // Crash points for the chaos runner: claimed and reserved but not sent; sent but not marked queued.
+    fail::fail_point!("pacer::after_claim");
     let sent = send_all(pacer, now, &messages).await;
+    fail::fail_point!("pacer::after_send");
     let client = pacer.pool.get().await.map_err(DbError::from)?;
     mark_queued(&**client, &sent, pacer.settings.claim.queued_lease).await?;
     let summary = summarise(claim, now, messages.len() as u64, sent.len() as u64);

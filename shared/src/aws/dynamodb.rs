@@ -43,6 +43,10 @@ impl DynamoEventLog {
         &self.table
     }
 
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
     /// Writes one event unless an item with its key exists: retries and redeliveries never duplicate it.
     pub async fn put(&self, event: &ClickEvent) -> Result<PutOutcome, AwsError> {
         let result = self
@@ -77,6 +81,11 @@ impl DynamoEventLog {
     }
 
     async fn put_chunk(&self, chunk: &[ClickEvent]) -> Result<(), AwsError> {
+        // The chaos runner's "the event log is throttling us".
+        fail::fail_point!("dynamodb::put", |_| Err(AwsError {
+            operation: "dynamodb BatchWriteItem",
+            message: "ProvisionedThroughputExceededException (injected by a failpoint)".into(),
+        }));
         let mut requests: Vec<WriteRequest> = chunk
             .iter()
             .map(|e| {

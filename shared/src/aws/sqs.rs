@@ -55,6 +55,7 @@ impl SqsQueue {
     /// Sends up to [`MAX_BATCH_ENTRIES`] messages in one call and returns the entries that failed, so the
     /// caller retries only those.
     pub async fn send_batch(&self, messages: &[OutgoingMessage]) -> Result<Vec<FailedEntry>, AwsError> {
+        fail::fail_point!("sqs::send", |_| Err(injected("sqs SendMessageBatch")));
         if messages.is_empty() || messages.len() > MAX_BATCH_ENTRIES {
             return Err(AwsError {
                 operation: "sqs SendMessageBatch",
@@ -92,12 +93,24 @@ impl SqsQueue {
     }
 
     pub async fn receive(&self, max: i32, wait_seconds: i32) -> Result<Vec<ReceivedMessage>, AwsError> {
+        self.receive_hidden_for(max, wait_seconds, None).await
+    }
+
+    /// [`Self::receive`], with the messages hidden for `visibility_s` instead of the queue's visibility timeout.
+    pub async fn receive_hidden_for(
+        &self,
+        max: i32,
+        wait_seconds: i32,
+        visibility_s: Option<i32>,
+    ) -> Result<Vec<ReceivedMessage>, AwsError> {
+        fail::fail_point!("sqs::receive", |_| Err(injected("sqs ReceiveMessage")));
         let out = self
             .client
             .receive_message()
             .queue_url(&self.url)
             .max_number_of_messages(max)
             .wait_time_seconds(wait_seconds)
+            .set_visibility_timeout(visibility_s)
             .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::ApproximateReceiveCount)
             .send()
             .await
@@ -118,7 +131,21 @@ impl SqsQueue {
             .collect())
     }
 
+    /// Makes a received message visible again in `seconds`.
+    pub async fn hide_for(&self, receipt_handle: &str, seconds: i32) -> Result<(), AwsError> {
+        self.client
+            .change_message_visibility()
+            .queue_url(&self.url)
+            .receipt_handle(receipt_handle)
+            .visibility_timeout(seconds)
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk("sqs ChangeMessageVisibility", e))?;
+        Ok(())
+    }
+
     pub async fn delete(&self, receipt_handle: &str) -> Result<(), AwsError> {
+        fail::fail_point!("sqs::delete", |_| Err(injected("sqs DeleteMessage")));
         self.client
             .delete_message()
             .queue_url(&self.url)
@@ -185,4 +212,10 @@ async fn queue_arn(client: &Client, url: &str) -> Result<String, AwsError> {
         .attributes()
         .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
         .unwrap_or_default())
+}
+
+/// The error a failpoint injects (the chaos runner's "SQS is failing").
+#[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
+fn injected(operation: &'static str) -> AwsError {
+    AwsError { operation, message: "injected failure (failpoint)".into() }
 }

@@ -13,6 +13,10 @@
 //! - **Delivered**: `consecutive_failures` resets and the allowance grows by [`INCREASE_PER_SUCCESS`] (additive
 //!   increase: +0.05 per 10 deliveries, so from the floor back to 1 takes 190 deliveries), capped at 1.
 //! - **Permanent** answers (4xx) say nothing about load: they reset `consecutive_failures` only.
+//! - **Time**: an allowance recovers by [`RECOVERY_PER_IDLE_SECOND`] for every second since the row last changed
+//!   ([`PartnerHealth::allowance_after`]). With its allowance cut low, a partner may get too little rate for a
+//!   whole batch to go, and then nothing is sent and no delivery can raise it again; a partner that has had no
+//!   news for a while has had that long to recover, as TCP restarts after an idle period.
 //!
 //! The state is exactly the `partner_health` row (allowance, retry_after_until, consecutive_failures), so every
 //! bridge invocation can load it, apply its outcomes in order and store it back.
@@ -29,6 +33,8 @@ pub const MIN_ALLOWANCE: f64 = 0.05;
 pub const DECREASE_FACTOR: f64 = 0.5;
 /// Additive increase per delivered click.
 pub const INCREASE_PER_SUCCESS: f64 = 0.005;
+/// What an allowance recovers per second without news (from the floor back to 1 in under a minute).
+pub const RECOVERY_PER_IDLE_SECOND: f64 = 0.02;
 /// Consecutive non-throttling failures that count as one overload signal.
 pub const ERRORS_BEFORE_DECREASE: u32 = 3;
 /// The pause after a 429/503 without Retry-After.
@@ -54,6 +60,12 @@ impl PartnerHealth {
     pub fn normalised(mut self) -> Self {
         self.allowance = clamp_allowance(self.allowance);
         self
+    }
+
+    /// The allowance at `now` of a row last changed at `updated_at`: recovered for the time without news.
+    pub fn allowance_after(&self, updated_at: DateTime<Utc>, now: DateTime<Utc>) -> f64 {
+        let idle = (now - updated_at).as_seconds_f64().max(0.0);
+        clamp_allowance(self.allowance + idle * RECOVERY_PER_IDLE_SECOND)
     }
 
     /// Whether nothing may be sent to the partner at `now` (Retry-After).
@@ -110,6 +122,16 @@ fn clamp_allowance(value: f64) -> f64 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_idle_allowance_recovers_with_time() {
+        let t0: DateTime<Utc> = "2026-11-28T10:00:00Z".parse().unwrap();
+        let health = PartnerHealth { allowance: MIN_ALLOWANCE, ..PartnerHealth::default() };
+        assert_eq!(health.allowance_after(t0, t0), MIN_ALLOWANCE);
+        assert!((health.allowance_after(t0, t0 + TimeDelta::seconds(10)) - 0.25).abs() < 1e-9);
+        assert_eq!(health.allowance_after(t0, t0 + TimeDelta::minutes(5)), 1.0);
+        assert_eq!(health.allowance_after(t0, t0 - TimeDelta::seconds(10)), MIN_ALLOWANCE, "a clock behind");
+    }
+
     use chrono::TimeZone;
 
     use super::*;

@@ -15,12 +15,26 @@
 //! - **Probing**: after that the rate grows by [`PROBE_GROWTH`] per [`PROBE_STEP`] of backlogged sending, so a
 //!   partner that raises its limit is noticed, at the cost of an occasional throttled request.
 //!
+//! A partner with a configured rate takes its slots from the same stream at that rate (times its AIMD allowance
+//! and [`CONFIGURED_RATE_MARGIN`]), without learning: see [`configured_pace`].
+//!
 //! Slots follow the generic cell rate algorithm: `next_slot` is the earliest instant the next request may go; a
 //! reservation of k requests takes k slots `1/rate` apart from `max(next_slot, now, retry_after)` and moves
 //! `next_slot` past them. Concurrent bridges reserve in short chunks, so the partner sees one evenly spaced
 //! stream whoever sends it.
 
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
+
+/// The share of a configured rate the slots are spaced at. Requests leave at their slots and arrive a little
+/// later, each by its own delay: at `r` a second exactly, one delayed across a second's boundary would make `r + 1`
+/// arrivals in that second. Spaced at 95 %, `r` intervals take 1.05 s, so it takes 50 ms of jitter to do that.
+pub const CONFIGURED_RATE_MARGIN: f64 = 0.95;
+
+/// The send rate for a partner configured at `rate_per_second` whose AIMD allowance is `allowance`.
+pub fn configured_pace(rate_per_second: u32, allowance: f64) -> f64 {
+    let allowance = if allowance > 0.0 { allowance.min(1.0) } else { 0.0 };
+    (f64::from(rate_per_second) * allowance * CONFIGURED_RATE_MARGIN).max(MIN_RATE.min(f64::from(rate_per_second)))
+}
 
 /// The lowest starting rate: even a partner that takes one request at a time answers more than one a second.
 pub const INITIAL_RATE_FLOOR: f64 = 50.0;
@@ -124,7 +138,33 @@ impl SendPace {
         horizon: TimeDelta,
     ) -> SlotGrant {
         self.grow(now, initial_rate);
-        let rate = self.rate.unwrap_or(initial_rate).clamp(MIN_RATE, MAX_RATE);
+        let rate = self.rate.unwrap_or(initial_rate);
+        self.take(want, now, paused_until, rate, horizon)
+    }
+
+    /// [`Self::reserve`] at a rate set from outside (a partner's configured rate under its AIMD allowance) instead
+    /// of the learned one, from the same slot stream and pause: every request to the partner, first attempts,
+    /// retries and spread batches alike, by any bridge, takes its slot here.
+    pub fn reserve_at(
+        &mut self,
+        want: usize,
+        now: DateTime<Utc>,
+        paused_until: Option<DateTime<Utc>>,
+        rate: f64,
+        horizon: TimeDelta,
+    ) -> SlotGrant {
+        self.take(want, now, paused_until, rate, horizon)
+    }
+
+    fn take(
+        &mut self,
+        want: usize,
+        now: DateTime<Utc>,
+        paused_until: Option<DateTime<Utc>>,
+        rate: f64,
+        horizon: TimeDelta,
+    ) -> SlotGrant {
+        let rate = rate.clamp(MIN_RATE, MAX_RATE);
         let interval = TimeDelta::microseconds((1_000_000.0 / rate).round().max(1.0) as i64);
         let first = [Some(now), self.next_slot, paused_until].into_iter().flatten().max().unwrap_or(now);
         let room = (horizon - (first - now)).num_microseconds().unwrap_or(0).max(-1);

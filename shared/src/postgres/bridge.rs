@@ -359,21 +359,30 @@ pub async fn record_pass(
     Ok(tally)
 }
 
-/// The partner's observed health (defaults for a partner never seen).
-pub async fn partner_health(db: &impl GenericClient, partner_id: &PartnerId) -> Result<PartnerHealth, DbError> {
+/// The partner's observed health at `now` (defaults for a partner never seen), its allowance recovered for the
+/// time the row has had no news (see [`PartnerHealth::allowance_after`]).
+pub async fn partner_health(
+    db: &impl GenericClient,
+    partner_id: &PartnerId,
+    now: DateTime<Utc>,
+) -> Result<PartnerHealth, DbError> {
     let row = db
         .query_opt(
-            "SELECT allowance, retry_after_until, consecutive_failures FROM partner_health WHERE partner_id = $1",
+            "SELECT allowance, retry_after_until, consecutive_failures, updated_at FROM partner_health
+             WHERE partner_id = $1",
             &[&partner_id.as_str()],
         )
         .await?;
     Ok(match row {
-        Some(r) => PartnerHealth {
-            allowance: r.get("allowance"),
-            retry_after_until: r.get("retry_after_until"),
-            consecutive_failures: r.get::<_, i32>("consecutive_failures").max(0) as u32,
+        Some(r) => {
+            let stored = PartnerHealth {
+                allowance: r.get("allowance"),
+                retry_after_until: r.get("retry_after_until"),
+                consecutive_failures: r.get::<_, i32>("consecutive_failures").max(0) as u32,
+            }
+            .normalised();
+            PartnerHealth { allowance: stored.allowance_after(r.get("updated_at"), now), ..stored }
         }
-        .normalised(),
         None => PartnerHealth::default(),
     })
 }
@@ -381,7 +390,16 @@ pub async fn partner_health(db: &impl GenericClient, partner_id: &PartnerId) -> 
 /// Requests a partner accepted, by the instant of each answer (counted per second into its send pace).
 pub type Accepted = [(DateTime<Utc>, u32)];
 
-/// Reserves up to `want` send slots for a paced partner (see [`crate::delivery::pace`]) within `horizon`, after
+/// The rate a reservation spaces its slots at.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum PaceRate {
+    /// The rate the bridges learn from the partner, starting at this one.
+    Learned { initial: f64 },
+    /// A rate set from the partner's configuration (see [`crate::delivery::pace::configured_pace`]).
+    Configured(f64),
+}
+
+/// Reserves up to `want` send slots for a partner (see [`crate::delivery::pace`]) within `horizon`, after
 /// counting the requests it accepted since the caller's last call: one short transaction under the partner's
 /// health row lock, so every bridge draws from the same evenly spaced stream.
 pub async fn reserve_send_slots(
@@ -389,12 +407,13 @@ pub async fn reserve_send_slots(
     partner_id: &PartnerId,
     want: usize,
     now: DateTime<Utc>,
-    initial_rate: f64,
+    rate: PaceRate,
     horizon: chrono::TimeDelta,
     accepted: &Accepted,
 ) -> Result<SlotGrant, DbError> {
-    with_send_pace(client, partner_id, accepted, None, |pace, paused_until| {
-        pace.reserve(want, now, paused_until, initial_rate, horizon)
+    with_send_pace(client, partner_id, accepted, None, |pace, paused_until| match rate {
+        PaceRate::Learned { initial } => pace.reserve(want, now, paused_until, initial, horizon),
+        PaceRate::Configured(rate) => pace.reserve_at(want, now, paused_until, rate, horizon),
     })
     .await
 }

@@ -228,7 +228,7 @@ pub async fn claim_due_batches(
     // without one do not queue on their partner's row.
     let partner_rows = tx
         .query(
-            "SELECT p.partner_id, p.rate_per_second, p.enabled, h.allowance, h.retry_after_until,
+            "SELECT p.partner_id, p.rate_per_second, p.enabled, h.allowance, h.retry_after_until, h.updated_at,
                     CASE WHEN h.send_rate_learned THEN h.send_rate END AS learned_rate
              FROM partners p LEFT JOIN partner_health h USING (partner_id)
              WHERE p.partner_id = ANY($1)",
@@ -250,7 +250,12 @@ pub async fn claim_due_batches(
         let limit = PartnerLimit {
             // A disabled partner takes nothing: its rate is zero until a person enables it again.
             rate_per_second: if enabled { configured.or(learned) } else { Some(0) },
-            allowance: if learned.is_some() { 1.0 } else { row.get::<_, Option<f64>>("allowance").unwrap_or(1.0) },
+            allowance: match (learned, row.get::<_, Option<f64>>("allowance")) {
+                (Some(_), _) | (None, None) => 1.0,
+                // Recovered for the time the row has had no news (see `PartnerHealth::allowance_after`).
+                (None, Some(allowance)) => crate::delivery::PartnerHealth { allowance, ..Default::default() }
+                    .allowance_after(row.get("updated_at"), now),
+            },
             retry_after_until: row.get("retry_after_until"),
             second: WindowCount::default(),
         };

@@ -266,10 +266,14 @@ impl Pipeline {
         }
     }
 
-    /// The slicer's trigger: S3 notifications from the upload events queue, one invocation per message.
+    /// The slicer's trigger: S3 notifications from the upload events queue, one invocation per message. As S3's
+    /// asynchronous invocation does, an event is not handed out again while its invocation runs (it stays hidden
+    /// for the function's timeout), and one whose invocation failed or timed out comes back shortly after.
     pub async fn upload_loop(&self) {
+        let running_for = self.timing.timeouts.slicer.as_secs() as i32 + 5;
+        let retry_in = self.timing.visibility.as_secs() as i32;
         loop {
-            let messages = match self.upload_events.receive(10, 1).await {
+            let messages = match self.upload_events.receive_hidden_for(1, 1, Some(running_for)).await {
                 Ok(m) => m,
                 Err(e) => {
                     tracing::warn!(error = %e, "upload events not reachable");
@@ -299,9 +303,15 @@ impl Pipeline {
                         }
                         let _ = self.upload_events.delete(&message.receipt_handle).await;
                     }
-                    // Left on the queue: it comes back after the visibility timeout, as Lambda retries.
-                    Ok(Err(e)) => tracing::warn!(error = %e, "upload not finished; its event will come back"),
-                    Err(_) => tracing::warn!(timeout_s = timeout.as_secs(), "slicer stopped at its timeout"),
+                    // Left on the queue, back shortly, as Lambda retries a failed asynchronous invocation.
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "upload not finished; its event will come back");
+                        let _ = self.upload_events.hide_for(&message.receipt_handle, retry_in).await;
+                    }
+                    Err(_) => {
+                        tracing::warn!(timeout_s = timeout.as_secs(), "slicer stopped at its timeout");
+                        let _ = self.upload_events.hide_for(&message.receipt_handle, retry_in).await;
+                    }
                 }
             }
         }

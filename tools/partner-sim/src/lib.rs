@@ -64,6 +64,8 @@ pub struct Behaviour {
     pub body: String,
     /// `Retry-After` seconds on 429 (and on an overridden 429 or 503).
     pub retry_after_s: u64,
+    /// Send `Retry-After` as an HTTP date (`retry_after_s` from now) instead of seconds.
+    pub retry_after_as_date: bool,
     /// Fraction of admitted requests accepted and then answered by closing the connection, in `[0, 1]`.
     pub reset_rate: f64,
     /// When set, requests must carry a valid `X-ClickPacer-Signature` (else 401).
@@ -79,6 +81,7 @@ impl Default for Behaviour {
             status_override: None,
             body: "OK".into(),
             retry_after_s: 1,
+            retry_after_as_date: false,
             reset_rate: 0.0,
             signing_secret: None,
         }
@@ -225,6 +228,20 @@ impl Counters {
 struct KeyStats {
     requests: u32,
     accepted: u32,
+    /// When the first few acceptances were recorded (ms since the epoch).
+    accepted_at: Vec<u64>,
+}
+
+/// How many acceptance instants a key keeps: enough to tell a repeat after a confirmed delivery from the repeats
+/// an ambiguous outcome forces.
+const ACCEPTANCES_KEPT: usize = 8;
+
+/// A key the partner accepted more than once, with when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepeatedAcceptance {
+    pub partner: String,
+    pub idempotency_key: String,
+    pub accepted_at_ms: Vec<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -307,6 +324,22 @@ impl Simulator {
     }
 
     /// Everything received, with a report per partner.
+    /// Every key accepted more than once, with the instants of its acceptances.
+    pub fn repeated_acceptances(&self) -> Vec<RepeatedAcceptance> {
+        let inner = self.lock();
+        let mut out = Vec::new();
+        for (partner, state) in &inner.partners {
+            for (key, stats) in state.keys.iter().filter(|(_, s)| s.accepted > 1) {
+                out.push(RepeatedAcceptance {
+                    partner: partner.clone(),
+                    idempotency_key: key.clone(),
+                    accepted_at_ms: stats.accepted_at.clone(),
+                });
+            }
+        }
+        out
+    }
+
     pub fn report(&self) -> Report {
         let inner = self.lock();
         let mut report = inner.global.snapshot();
@@ -388,6 +421,9 @@ impl Simulator {
                 stats.requests += 1;
                 if accepted {
                     stats.accepted += 1;
+                    if stats.accepted_at.len() < ACCEPTANCES_KEPT {
+                        stats.accepted_at.push(now_ms);
+                    }
                     if stats.accepted > 1 {
                         inner.global.report.duplicate_accepted_requests += 1;
                         state.counters.report.duplicate_accepted_requests += 1;
@@ -536,7 +572,13 @@ fn answer(status: u16, behaviour: &Behaviour) -> Response {
     };
     let mut response = (code, body).into_response();
     if status == 429 || status == 503 {
-        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(behaviour.retry_after_s));
+        let value = if behaviour.retry_after_as_date {
+            let at = SystemTime::now() + Duration::from_secs(behaviour.retry_after_s);
+            HeaderValue::from_str(&httpdate::fmt_http_date(at)).unwrap_or(HeaderValue::from(behaviour.retry_after_s))
+        } else {
+            HeaderValue::from(behaviour.retry_after_s)
+        };
+        response.headers_mut().insert(header::RETRY_AFTER, value);
     }
     response
 }

@@ -63,6 +63,7 @@ async fn main() -> std::io::Result<()> {
             status_override: args.status_override,
             body: args.body,
             retry_after_s: args.retry_after_s,
+            retry_after_as_date: false,
             reset_rate: args.reset_rate,
             signing_secret: args.signing_secret,
         },
