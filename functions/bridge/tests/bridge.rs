@@ -391,8 +391,8 @@ async fn malformed_messages_are_dead_lettered_and_do_not_fail_the_others() {
     assert!(dead.iter().any(|m| m.body.contains("malformed release message")));
 }
 
-/// A fault injector around the real transport: the connection dies after `ok` requests (a bridge killed
-/// mid-batch: what it sent was sent, the rest never left).
+/// A fault injector around the real transport: the connection dies after `ok` requests (what was sent was sent,
+/// the rest never left). A bridge process killed mid-batch is the chaos runner's `crash-after-answer` fault.
 struct DiesAfter {
     inner: HttpTransport,
     ok: AtomicUsize,
@@ -413,7 +413,7 @@ impl Transport for DiesAfter {
 }
 
 #[tokio::test]
-async fn a_batch_killed_midway_resumes_without_resending_delivered_clicks() {
+async fn a_pass_whose_connection_dies_midway_resumes_without_resending_delivered_clicks() {
     let w = world_with(DiesAfter {
         inner: HttpTransport::new(true).unwrap(),
         ok: AtomicUsize::new(4),
