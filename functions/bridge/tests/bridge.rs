@@ -412,17 +412,24 @@ impl Transport for DiesAfter {
     }
 }
 
-#[tokio::test]
-async fn a_pass_whose_connection_dies_midway_resumes_without_resending_delivered_clicks() {
+/// A world whose connection to the partner dies after `ok` requests, with one batch of `clicks` sent one at a
+/// time.
+async fn cut_off_after(ok: usize, clicks: usize) -> World<DiesAfter> {
     let w = world_with(DiesAfter {
         inner: HttpTransport::new(true).unwrap(),
-        ok: AtomicUsize::new(4),
+        ok: AtomicUsize::new(ok),
         sent: AtomicUsize::new(0),
     })
     .await;
     let mut p = partner(&w.sim, "acme");
     p.max_concurrency = 1;
-    w.seed(&p, 10).await;
+    w.seed(&p, clicks).await;
+    w
+}
+
+#[tokio::test]
+async fn a_pass_whose_connection_dies_midway_resumes_without_resending_delivered_clicks() {
+    let w = cut_off_after(4, 10).await;
     let messages = w.release().await;
     assert!(w.handle(messages.clone()).await.is_empty());
     assert_eq!(w.sim.sim.report().accepted, 4);
@@ -437,15 +444,7 @@ async fn a_pass_whose_connection_dies_midway_resumes_without_resending_delivered
 
 #[tokio::test]
 async fn a_message_lost_after_part_of_its_batch_was_delivered_comes_back_by_itself_and_finishes_once() {
-    let w = world_with(DiesAfter {
-        inner: HttpTransport::new(true).unwrap(),
-        ok: AtomicUsize::new(4),
-        sent: AtomicUsize::new(0),
-    })
-    .await;
-    let mut p = partner(&w.sim, "acme");
-    p.max_concurrency = 1;
-    w.seed(&p, 10).await;
+    let w = cut_off_after(4, 10).await;
     let messages = w.release().await;
     let first = body(&messages);
     assert!(w.handle(messages).await.is_empty());

@@ -73,25 +73,15 @@ impl FaultKind {
         Self::ObjectOverwritten,
     ];
 
-    /// The faults injected while a round runs (the upload faults are injected when its files are dropped).
-    pub const RUNNING: [FaultKind; 16] = [
-        Self::KillWorker,
-        Self::CrashAfterClaim,
-        Self::CrashAfterSend,
-        Self::CrashAfterPartnerAnswer,
-        Self::SqsErrors,
-        Self::DynamoThrottling,
-        Self::PostgresRestart,
-        Self::BackendsTerminated,
-        Self::Partner5xx,
-        Self::Partner429Seconds,
-        Self::Partner429Date,
-        Self::PartnerTimeout,
-        Self::PartnerReset,
-        Self::PartnerHang,
-        Self::PartnerWrongBody,
-        Self::BridgeTimeout,
-    ];
+    /// Whether the fault is injected when a round's files are dropped (the others while it runs).
+    pub fn at_upload(self) -> bool {
+        matches!(self, Self::DuplicateEvents | Self::ObjectOverwritten)
+    }
+
+    /// The faults injected while a round runs.
+    pub fn running() -> Vec<FaultKind> {
+        Self::ALL.into_iter().filter(|k| !k.at_upload()).collect()
+    }
 
     pub fn name(self) -> &'static str {
         match self {
