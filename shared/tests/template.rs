@@ -678,6 +678,19 @@ fn events_table_matches_the_dynamodb_adapter() {
     assert_clean(check_events_table);
 }
 
+/// The bridge flushes its event outbox at the end of every invocation; one whose flush failed leaves events
+/// behind, and with no more clicks nothing would invoke it again: a schedule must.
+#[test]
+fn the_bridge_flushes_its_event_outbox_on_a_schedule() {
+    let t = load();
+    let events = at(&t, &["Resources", "BridgeFunction", "Properties", "Events"]).and_then(Value::as_mapping);
+    let scheduled = events.into_iter().flatten().any(|(_, e)| {
+        at(e, &["Type"]).and_then(Value::as_str) == Some("ScheduleV2")
+            && at(e, &["Properties", "ScheduleExpression"]).and_then(Value::as_str) == Some("rate(1 minute)")
+    });
+    assert!(scheduled, "BridgeFunction has no ScheduleV2 event at rate(1 minute)");
+}
+
 // ───────────────────────────────────────────── each check catches a broken template ─────────────────────────
 
 fn tag(name: &str, value: impl Into<Value>) -> Value {

@@ -177,6 +177,24 @@ pub async fn handle_event<T: Transport, C: Clock>(bridge: &Bridge<T, C>, event: 
     response
 }
 
+/// One invocation, whatever triggered it: an SQS event from the click queue is delivered ([`handle_event`], the
+/// answer is the partial batch response); anything else is the schedule's, which flushes the event outbox, so
+/// events a failed flush left behind do not wait for the next click.
+pub async fn handle_invocation<T: Transport, C: Clock>(
+    bridge: &Bridge<T, C>,
+    event: serde_json::Value,
+) -> Result<serde_json::Value, BridgeError> {
+    if event.get("Records").is_some() {
+        let event: SqsEvent = serde_json::from_value(event)
+            .map_err(|e| DbError::Invalid(format!("not an SQS event the bridge can read: {e}")))?;
+        let response = handle_event(bridge, event).await;
+        return serde_json::to_value(response).map_err(|e| DbError::Invalid(e.to_string()).into());
+    }
+    let flushed = flush_events(bridge).await?;
+    tracing::info!(flushed, "scheduled outbox flush");
+    Ok(serde_json::json!({ "flushed": flushed }))
+}
+
 pub async fn handle_message<T: Transport, C: Clock>(
     bridge: &Bridge<T, C>,
     message: &SqsMessage,

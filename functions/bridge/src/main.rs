@@ -1,4 +1,5 @@
-//! Lambda entry point (SQS event source with ReportBatchItemFailures): wiring only.
+//! Lambda entry point: SQS events from the click queue (with ReportBatchItemFailures) and the schedule's outbox
+//! flush. Wiring only.
 
 use bridge::{Bridge, BridgeSettings, HttpTransport, SystemClock};
 use clickpacer::aws::dynamodb::DynamoEventLog;
@@ -23,8 +24,8 @@ async fn main() -> Result<(), lambda_runtime::Error> {
         partner_slots: Default::default(),
     };
     let bridge = &bridge;
-    lambda_runtime::run(service_fn(move |event: LambdaEvent<aws_lambda_events::event::sqs::SqsEvent>| async move {
-        Ok::<_, lambda_runtime::Error>(bridge::handle_event(bridge, event.payload).await)
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<serde_json::Value>| async move {
+        bridge::handle_invocation(bridge, event.payload).await.map_err(lambda_runtime::Error::from)
     }))
     .await
 }

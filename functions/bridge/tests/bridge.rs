@@ -575,6 +575,35 @@ async fn retries_to_a_rated_partner_keep_to_its_rate_at_the_partner() {
 }
 
 #[tokio::test]
+async fn a_scheduled_invocation_flushes_events_the_last_delivery_could_not() {
+    let w = world().await;
+    let p = partner(&w.sim, "acme");
+    let campaign = w.seed(&p, 3).await;
+    // Delivered, but the flush at the end of the invocation did not happen (the event log was unreachable):
+    // handle_message records the pass without flushing.
+    let messages = w.release().await;
+    bridge::handle_message(&w.bridge, &messages[0]).await.unwrap();
+    let depth = || async { clickpacer::postgres::bridge::outbox_depth(&**w.db.client().await).await.unwrap() };
+    assert!(depth().await > 0);
+
+    // No more clicks come; the schedule's invocation (an EventBridge Scheduler event) flushes the outbox.
+    let scheduled = serde_json::json!({
+        "version": "0", "id": "53dc4d37-cffa-4f76-80c9-8b7d4a4d2eaa", "detail-type": "Scheduled Event",
+        "source": "aws.scheduler", "account": "123456789012", "time": "2026-12-02T03:00:00Z",
+        "region": "us-east-1", "resources": [], "detail": {}
+    });
+    let answer = bridge::handle_invocation(&w.bridge, scheduled).await.unwrap();
+    assert_eq!(answer["flushed"], 9, "{answer}");
+    assert_eq!(depth().await, 0);
+    let hour = Utc::now().format("%Y-%m-%dT%H").to_string();
+    assert!(w.bridge.events.campaign_hour(campaign.as_str(), &hour).await.unwrap().len() >= 9);
+
+    // An SQS event still goes to the delivery handler, and its answer is the partial batch response.
+    let answer = bridge::handle_invocation(&w.bridge, serde_json::json!({ "Records": [] })).await.unwrap();
+    assert_eq!(answer, serde_json::json!({ "batchItemFailures": [] }));
+}
+
+#[tokio::test]
 async fn partner_urls_reaching_private_addresses_are_refused_when_sending() {
     let w = world_with(HttpTransport::new(false).unwrap()).await;
     for (id, url) in [
