@@ -49,8 +49,6 @@ pub struct Bridge<T, C> {
     pub clock: C,
     /// The click queue: messages come back here, delayed, for clicks to try again.
     pub click_queue: SqsQueue,
-    /// Malformed messages and dead clicks, with their reasons, for people to look at and replay.
-    pub dead_letters: SqsQueue,
     pub events: DynamoEventLog,
     pub settings: BridgeSettings,
     /// Requests in flight per partner across every message this process handles.
@@ -142,7 +140,7 @@ pub enum MessageOutcome {
         batch_id: i64,
         until: DateTime<Utc>,
     },
-    /// Not a message the bridge can read: dead-lettered with the reason.
+    /// Not a message the bridge can read: kept with the reason (`unreadable_messages`).
     Malformed {
         reason: String,
     },
@@ -203,9 +201,11 @@ pub async fn handle_message<T: Transport, C: Clock>(
     let release: ReleaseMessage = match serde_json::from_str(body) {
         Ok(release) => release,
         Err(e) => {
+            // Kept in the database, not sent to the dead-letter queue: that queue holds only SQS's redrives, which
+            // can be moved back to the click queue as they are.
             let reason = format!("malformed release message: {e}");
-            let dead = serde_json::json!({ "reason": reason, "body": body });
-            send_one(&bridge.dead_letters, "malformed", dead.to_string(), 0).await?;
+            let client = bridge.pool.get().await.map_err(DbError::from)?;
+            repo::record_unreadable(&**client, message.message_id.as_deref(), body, &reason).await?;
             return Ok(MessageOutcome::Malformed { reason });
         }
     };
@@ -297,17 +297,8 @@ async fn deliver_batch<T: Transport, C: Clock>(
         let changed = (health != loaded_health).then_some(&health);
         repo::record_pass(client, lease, repo::tally_before(&clicks), &records, changed, &events).await?
     };
-    let dead: Vec<&DeliveryRecord> = records.iter().filter(|r| r.outcome == "dead").collect();
-    if !dead.is_empty() {
-        let body = serde_json::json!({
-            "batch_id": lease.batch_id,
-            "campaign_id": lease.campaign_id,
-            "partner_id": lease.partner_id,
-            "dead_clicks": dead.iter().map(|r| serde_json::json!({ "click_id": r.click_id, "attempts": r.attempt, "last_error": r.error })).collect::<Vec<_>>(),
-        });
-        send_one(&bridge.dead_letters, "dead-clicks", body.to_string(), 0).await?;
-    }
-
+    // Dead clicks are recorded with their last error (delivery_results) and logged as failures in the event log;
+    // nothing goes to the dead-letter queue, which holds only SQS's own redrives.
     // Clicks not final yet come back with the message, when the earliest of them may be tried again.
     let mut requeued = false;
     if !tally.finished {

@@ -60,7 +60,6 @@ async fn world_with<T: Transport>(transport: T) -> World<T> {
         transport,
         clock: TestClock(AtomicI64::new(0)),
         click_queue: queue.clone(),
-        dead_letters: dead.clone(),
         events,
         settings: BridgeSettings::default(),
         partner_slots: Default::default(),
@@ -161,6 +160,13 @@ impl<T: Transport> World<T> {
         event.records = messages;
         let response = bridge::handle_event(&self.bridge, event).await;
         response.batch_item_failures.into_iter().map(|f| f.item_identifier).collect()
+    }
+
+    /// The last error of each dead click.
+    async fn dead_reasons(&self) -> Vec<String> {
+        let client = self.db.client().await;
+        let rows = client.query("SELECT error FROM delivery_results WHERE outcome = 'dead' ORDER BY result_id", &[]);
+        rows.await.unwrap().iter().map(|r| r.get::<_, Option<String>>(0).unwrap_or_default()).collect()
     }
 
     async fn batch_state(&self) -> String {
@@ -286,9 +292,9 @@ async fn permanent_client_errors_are_dead_lettered_with_the_reason() {
     assert!(w.handle(w.release().await).await.is_empty());
     assert_eq!(w.outcomes().await, vec![("dead".into(), 2)]);
     assert_eq!(w.batch_state().await, "dead");
-    let dead = w.dead.receive(10, 1).await.unwrap();
-    assert_eq!(dead.len(), 1);
-    assert!(dead[0].body.contains("HTTP 400"), "{}", dead[0].body);
+    let reasons = w.dead_reasons().await;
+    assert!(reasons.len() == 2 && reasons.iter().all(|r| r.contains("HTTP 400")), "{reasons:?}");
+    assert!(w.dead.receive(10, 1).await.unwrap().is_empty(), "the dead-letter queue holds only SQS's redrives");
     assert_eq!(w.sim.sim.report().total_requests, 2, "no retry of a permanent failure");
     let failures = w.bridge.events.failures_on(&Utc::now().format("%Y-%m-%d").to_string()).await.unwrap();
     assert_eq!(failures.len(), 2, "the sparse failures index holds the dead events");
@@ -309,8 +315,9 @@ async fn retries_exhausted_end_in_the_dead_letter_queue() {
     assert!(messages.is_empty(), "no message after the last attempt");
     assert_eq!(w.outcomes().await, vec![("dead".into(), 1), ("retrying".into(), 2)]);
     assert_eq!(w.batch_state().await, "dead");
-    let dead = w.dead.receive(10, 1).await.unwrap();
-    assert!(dead[0].body.contains("attempt 3 of 3"), "{}", dead[0].body);
+    let reasons = w.dead_reasons().await;
+    assert!(reasons[0].contains("attempt 3 of 3"), "{reasons:?}");
+    assert!(w.dead.receive(10, 1).await.unwrap().is_empty(), "the dead-letter queue holds only SQS's redrives");
 }
 
 #[tokio::test]
@@ -376,7 +383,7 @@ async fn redelivered_and_stale_messages_send_nothing_again() {
 }
 
 #[tokio::test]
-async fn malformed_messages_are_dead_lettered_and_do_not_fail_the_others() {
+async fn malformed_messages_are_kept_with_the_reason_and_do_not_fail_the_others() {
     let w = world().await;
     let p = partner(&w.sim, "acme");
     w.seed(&p, 2).await;
@@ -387,8 +394,19 @@ async fn malformed_messages_are_dead_lettered_and_do_not_fail_the_others() {
     messages.push(junk);
     assert!(w.handle(messages).await.is_empty(), "nothing goes back to the queue");
     assert_eq!(w.batch_state().await, "delivered");
-    let dead = w.dead.receive(10, 1).await.unwrap();
-    assert!(dead.iter().any(|m| m.body.contains("malformed release message")));
+    let kept: Vec<(String, String)> =
+        w.db.client()
+            .await
+            .query("SELECT body, reason FROM unreadable_messages", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0].0, "{not json");
+    assert!(kept[0].1.contains("malformed release message"), "{kept:?}");
+    assert!(w.dead.receive(10, 1).await.unwrap().is_empty(), "the dead-letter queue holds only SQS's redrives");
 }
 
 /// A fault injector around the real transport: the connection dies after `ok` requests (what was sent was sent,

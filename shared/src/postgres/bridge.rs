@@ -522,6 +522,28 @@ async fn with_send_pace<R>(
     Ok(result)
 }
 
+/// Most of an unreadable message's body that is kept.
+pub const MAX_UNREADABLE_BODY: usize = 64 * 1024;
+
+/// Keeps a click-queue message the bridge cannot read, with the reason.
+pub async fn record_unreadable(
+    db: &impl GenericClient,
+    message_id: Option<&str>,
+    body: &str,
+    reason: &str,
+) -> Result<(), DbError> {
+    let mut end = body.len().min(MAX_UNREADABLE_BODY);
+    while !body.is_char_boundary(end) {
+        end -= 1;
+    }
+    db.execute(
+        "INSERT INTO unreadable_messages (message_id, body, reason) VALUES ($1, $2, $3)",
+        &[&message_id, &&body[..end], &reason],
+    )
+    .await?;
+    Ok(())
+}
+
 /// Up to `limit` outbox rows (each the events of one delivery pass), oldest first, locked so that concurrent
 /// flushers take different ones.
 pub async fn take_outbox(

@@ -434,7 +434,7 @@ impl World {
     }
 
     /// What one simulated Lambda execution environment is built from.
-    fn environment(&self, queue: &SqsQueue, dead: &SqsQueue, options: &Options, flush: bool) -> Environment {
+    fn environment(&self, queue: &SqsQueue, options: &Options, flush: bool) -> Environment {
         let defaults = BridgeSettings::default();
         let settings = BridgeSettings {
             message_concurrency: options.message_concurrency,
@@ -444,7 +444,6 @@ impl World {
         Environment {
             db_url: self.db.config.url.clone(),
             queue: queue.clone(),
-            dead: dead.clone(),
             events: self.events.clone(),
             meter: self.meter.clone(),
             settings,
@@ -459,7 +458,6 @@ impl World {
 struct Environment {
     db_url: String,
     queue: SqsQueue,
-    dead: SqsQueue,
     events: DynamoEventLog,
     meter: Arc<Meter>,
     settings: BridgeSettings,
@@ -473,7 +471,6 @@ impl Environment {
             transport: Metered { inner: HttpTransport::new(true)?, meter: self.meter.clone() },
             clock: SystemClock,
             click_queue: self.queue.clone(),
-            dead_letters: self.dead.clone(),
             events: self.events.clone(),
             settings: self.settings.clone(),
             partner_slots: Default::default(),
@@ -601,7 +598,7 @@ async fn throughput(world: &World, options: &Options, invocations: usize, flush:
     let name = format!("fast-{invocations}{}", if flush { "" } else { "-nolog" });
     let partner = world.partner(&name, options.concurrency, None)?;
     let (campaign, batches) = world.seed(&partner, options.clicks).await?;
-    let (queue, dead) = world.aws.queue_with_dead_letter(30, 5).await;
+    let (queue, _dead) = world.aws.queue_with_dead_letter(30, 5).await;
     let run = pacer::run_once(&pacer(&world.db.pool, &queue, 1), Utc::now()).await?;
     anyhow::ensure!(run.released == batches as u64, "the pacer released {} of {batches} batches", run.released);
     let messages = drain(&queue, batches as usize).await?;
@@ -616,7 +613,7 @@ async fn throughput(world: &World, options: &Options, invocations: usize, flush:
         tokio::time::sleep(wait).await;
     }
 
-    let environment = world.environment(&queue, &dead, options, flush);
+    let environment = world.environment(&queue, options, flush);
     let events = Arc::new(Mutex::new(events_of(messages)));
     world.meter.reset();
     let watch_pool = world.db.pool.clone();
@@ -777,8 +774,8 @@ async fn throttled(world: &World, options: &Options) -> anyhow::Result<Throttled
         .sim
         .set_behaviour(name, &Behaviour { rate_limit: Some(options.rate), retry_after_s: 1, ..Behaviour::default() })
         .await?;
-    let (queue, dead) = world.aws.queue_with_dead_letter(30, 5).await;
-    let environment = world.environment(&queue, &dead, options, true);
+    let (queue, _dead) = world.aws.queue_with_dead_letter(30, 5).await;
+    let environment = world.environment(&queue, options, true);
     world.sim.reset().await?;
     let before = Cpu::now(world.sim.pid());
     let started = Instant::now();

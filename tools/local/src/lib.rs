@@ -188,7 +188,6 @@ impl Pipeline {
                 transport: HttpTransport::new(true)?,
                 clock: SystemClock,
                 click_queue: click_queue.clone(),
-                dead_letters: dead_letters.clone(),
                 events,
                 settings: BridgeSettings { queued_lease: timing.queued_lease, ..BridgeSettings::default() },
                 partner_slots: Default::default(),
