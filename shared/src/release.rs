@@ -289,7 +289,8 @@ pub fn plan_releases(input: PlanInput) -> ReleasePlan {
     // What could not go within the horizon waits: due batches get a new due time (the instant the binding
     // rule relaxes, or the next run when the wait is not bounded by the clock) and the reason.
     for lane in &mut lanes {
-        if let Some(undo) = lane.undo.take() {
+        let Some(undo) = lane.undo.take() else { continue };
+        if !carry_beyond_the_run(&mut plan, lane, &mut campaigns, &mut partners, now, horizon_seconds) {
             give_back(&mut plan, &lane.campaign_id, undo);
         }
     }
@@ -307,6 +308,71 @@ pub fn plan_releases(input: PlanInput) -> ReleasePlan {
     }
     plan.partners = touched_partners.into_iter().filter_map(|p| partners.remove_entry(&p)).collect();
     plan
+}
+
+/// A batch that had the whole run and still could not be reserved in full, held back only by rates (a partner's,
+/// a campaign's per-second one), would wait forever for a run that takes it whole: with a low rate (a partner's
+/// allowance cut low) nothing would ever be released. It goes now, spread over the time its rate needs at the pace
+/// this run achieved (up to [`MAX_PLAN_SPREAD`]), if the campaign's caps and budgets take the rest of it, which is
+/// reserved with it; the bridge sends each click at its share of the spread, and every request to a partner at a
+/// slot of its shared send pace, so the rate still holds where it is measured. Returns whether it went.
+fn carry_beyond_the_run(
+    plan: &mut ReleasePlan,
+    lane: &mut Lane,
+    campaigns: &mut HashMap<CampaignId, (Campaign, PacingState)>,
+    partners: &mut HashMap<PartnerId, PartnerLimit>,
+    now: DateTime<Utc>,
+    horizon_seconds: u32,
+) -> bool {
+    let by_rates = match lane.blocked {
+        None => true,
+        Some((reason, _)) => matches!(
+            reason,
+            DeferReason::PartnerRate
+                | DeferReason::RatePerSecond
+                | DeferReason::RatePerMinute
+                | DeferReason::RatePerHour
+        ),
+    };
+    let (Some((remaining, 0)), true, Some(batch)) = (lane.partial, by_rates, lane.queue.front()) else {
+        return false;
+    };
+    let reserved = batch.clicks - remaining;
+    let Some((campaign, state)) = campaigns.get_mut(&lane.campaign_id) else { return false };
+    if reserved == 0 {
+        return false;
+    }
+    let spread = (batch.clicks * u64::from(horizon_seconds)).div_ceil(reserved);
+    if spread > MAX_PLAN_SPREAD.num_seconds() as u64 {
+        return false;
+    }
+    let day = local_date(campaign.time_zone, now);
+    let micros = cost(campaign.cost_per_click, remaining);
+    let fits = campaign.daily_cap.is_none_or(|cap| state.released_on(day) + remaining <= cap)
+        && campaign.daily_budget.is_none_or(|b| state.reserved_on(day).0.saturating_add(micros) <= b.0)
+        && campaign.total_budget.is_none_or(|b| state.reserved_total.0.saturating_add(micros) <= b.0);
+    if !fits {
+        return false;
+    }
+    // The rest counts in the run's last second (the campaign's day, rate windows and its partner's second):
+    // never less than what was released.
+    let last = now + Duration::seconds(i64::from(horizon_seconds.max(1) - 1));
+    state.record_release(campaign, last, remaining);
+    if let Some(partner) = partners.get_mut(&campaign.partner_id) {
+        partner.record_release(last, remaining);
+    }
+    plan.states.insert(lane.campaign_id.clone(), state.clone());
+    let entry = plan.ledger.entry((lane.campaign_id.clone(), day)).or_default();
+    entry.clicks += remaining;
+    entry.micros = entry.micros.saturating_add(micros);
+    plan.reservations.insert(
+        batch.batch_id,
+        (day, DayReservation { clicks: batch.clicks, micros: cost(campaign.cost_per_click, batch.clicks) }),
+    );
+    plan.releases.push(PlannedRelease { batch_id: batch.batch_id, delay_seconds: 0, spread_seconds: spread as u32 });
+    lane.queue.pop_front();
+    lane.partial = None;
+    true
 }
 
 /// Takes back what a batch that did not complete within the run had reserved.
@@ -487,6 +553,36 @@ mod tests {
         let ledger: Vec<_> = plan.ledger.iter().map(|((_, d), r)| (*d, r.clicks, r.micros)).collect();
         assert_eq!(ledger, vec![(day, 6, 600)]);
         assert_eq!(plan.reservations[&1], (day, DayReservation { clicks: 6, micros: 600 }));
+    }
+
+    #[test]
+    fn a_batch_no_run_can_carry_goes_spread_over_the_time_its_rate_needs() {
+        let mut c = campaign("a");
+        c.daily_cap = Some(100);
+        let mut inp = input(vec![c.clone()], batches("a", 1, 2, 10, now()), now());
+        inp.horizon_seconds = 1;
+        inp.partners.insert(
+            PartnerId::parse("p").unwrap(),
+            PartnerLimit { rate_per_second: Some(2), ..PartnerLimit::unlimited() },
+        );
+        let plan = plan_releases(inp);
+        // Two clicks a second and a one-second run: the batch of ten would wait forever for a run that can take
+        // it whole. It goes, spread over the five seconds its rate needs; the next one waits its turn.
+        assert_eq!(plan.releases, vec![PlannedRelease { batch_id: 1, delay_seconds: 0, spread_seconds: 5 }]);
+        assert_eq!(plan.ledger.values().map(|d| d.clicks).sum::<u64>(), 10);
+        assert_eq!(plan.states[&CampaignId::parse("a").unwrap()].released_today, 10);
+        assert_eq!(plan.deferrals.iter().map(|d| d.batch_id).collect::<Vec<_>>(), vec![2]);
+
+        // Unless the cap cannot take the rest: then it waits, nothing reserved.
+        c.daily_cap = Some(5);
+        let mut inp = input(vec![c], batches("a", 1, 1, 10, now()), now());
+        inp.horizon_seconds = 1;
+        inp.partners.insert(
+            PartnerId::parse("p").unwrap(),
+            PartnerLimit { rate_per_second: Some(2), ..PartnerLimit::unlimited() },
+        );
+        let plan = plan_releases(inp);
+        assert!(plan.releases.is_empty() && plan.ledger.is_empty(), "{:?}", plan.releases);
     }
 
     #[test]

@@ -424,23 +424,30 @@ async fn a_campaign_that_cannot_be_loaded_is_reported_and_holds_up_nobody_else()
 }
 
 #[tokio::test]
-async fn a_partner_cut_to_its_floor_recovers_with_time_when_nothing_is_sent() {
+async fn a_partner_cut_to_its_floor_still_gets_its_batches_and_recovers_with_time() {
     let db = TestDb::new().await;
     let aws = TestAws::new().await;
     let (queue, _dlq) = aws.queue_with_dead_letter(30, 5).await;
     seed(&db, &campaign("spring")).await;
     insert_batches(&db, "spring", 1, 10, t0()).await;
+    insert_batches(&db, "spring", 1, 10, t0() + Duration::minutes(2)).await;
     let client = db.client().await;
     client.execute("UPDATE partners SET rate_per_second = 10 WHERE partner_id = 'acme'", &[]).await.unwrap();
     // The partner's overload cut its allowance to the floor (1 click a second): a batch of 10 does not fit a
-    // one-second run, so nothing goes, and with nothing sent no delivery can raise the allowance again.
+    // one-second run. Held back, it would wait forever, and with nothing sent no delivery could raise the
+    // allowance again: it goes spread over the ten seconds the floor rate needs.
     client
         .execute("INSERT INTO partner_health (partner_id, allowance, updated_at) VALUES ('acme', 0.05, $1)", &[&t0()])
         .await
         .unwrap();
     let pacer = Pacer { pool: db.pool.clone(), queue: queue.clone(), settings: settings() };
-    assert_eq!(pacer::run_once(&pacer, t0()).await.unwrap().released, 0);
-    // An idle partner's allowance recovers with time (its last overload signal grows old): the batch goes.
+    assert_eq!(pacer::run_once(&pacer, t0()).await.unwrap().released, 1);
+    let first = drain(&queue).await;
+    assert_eq!((first.len(), first[0].spread_seconds), (1, 10), "{first:?}");
+    // An idle partner's allowance recovers with time (its last overload signal grows old): two minutes later the
+    // next batch fits one second again.
     let summary = pacer::run_once(&pacer, t0() + Duration::minutes(2)).await.unwrap();
     assert_eq!(summary.released, 1, "{summary:?}");
+    let second = drain(&queue).await;
+    assert_eq!(second[0].spread_seconds, 1, "{second:?}");
 }
