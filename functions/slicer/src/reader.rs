@@ -78,7 +78,7 @@ fn read_into(body: impl Read, plan: &ReadPlan, out: &mpsc::Sender<Result<Chunk, 
     let gzip = is_gzip(&plan.key, plan.content_encoding.as_deref(), &head);
     let decoded: Box<dyn Read> = if gzip { Box::new(MultiGzDecoder::new(raw)) } else { Box::new(raw) };
     let guard = ReadGuard::new(&plan.limits, gzip);
-    let mut input = BufReader::with_capacity(READ_BUFFER, guard.wrap(decoded));
+    let mut input = BufReader::with_capacity(READ_BUFFER, Guarded { inner: decoded, guard: Rc::clone(&guard) });
     let head = input.fill_buf().map_err(io_error)?;
     let format = match FileFormat::from_key(&plan.key) {
         Some(format) if !head.is_empty() => format,
@@ -112,10 +112,11 @@ fn read_into(body: impl Read, plan: &ReadPlan, out: &mpsc::Sender<Result<Chunk, 
 const READ_BUFFER: usize = 256 * 1024;
 
 /// Watches the decoded bytes as the row readers pull them: the file's total against
-/// [`IngestLimits::max_decompressed_bytes`], and (for CSV) how far the record being read runs past its start.
+/// [`IngestLimits::max_decompressed_bytes`], and (for CSV) how far the record being read runs past its start. The
+/// reader it wraps and the row loop share it.
 struct ReadGuard {
-    read: Rc<Cell<u64>>,
-    record_start: Rc<Cell<u64>>,
+    read: Cell<u64>,
+    record_start: Cell<u64>,
     max_total: u64,
     max_record: u64,
     max_row_bytes: usize,
@@ -151,28 +152,16 @@ impl std::fmt::Display for Overrun {
 impl std::error::Error for Overrun {}
 
 impl ReadGuard {
-    fn new(limits: &IngestLimits, gzip: bool) -> Self {
-        Self {
-            read: Rc::default(),
-            record_start: Rc::default(),
+    fn new(limits: &IngestLimits, gzip: bool) -> Rc<Self> {
+        Rc::new(Self {
+            read: Cell::new(0),
+            record_start: Cell::new(0),
             max_total: limits.max_decompressed_bytes,
             // What the readers buffer ahead comes on top of the record's own bytes.
             max_record: limits.max_record_read() + READ_BUFFER as u64 + 64 * 1024,
             max_row_bytes: limits.max_row_bytes,
             gzip,
-        }
-    }
-
-    fn wrap<R: Read>(&self, inner: R) -> Guarded<R> {
-        Guarded {
-            inner,
-            read: Rc::clone(&self.read),
-            record_start: Rc::clone(&self.record_start),
-            max_total: self.max_total,
-            max_record: self.max_record,
-            max_row_bytes: self.max_row_bytes,
-            gzip: self.gzip,
-        }
+        })
     }
 
     /// The CSV reader finished a record at byte `offset` of the decoded stream.
@@ -183,28 +172,24 @@ impl ReadGuard {
 
 struct Guarded<R> {
     inner: R,
-    read: Rc<Cell<u64>>,
-    record_start: Rc<Cell<u64>>,
-    max_total: u64,
-    max_record: u64,
-    max_row_bytes: usize,
-    gzip: bool,
+    guard: Rc<ReadGuard>,
 }
 
 impl<R: Read> Read for Guarded<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let read = self.read.get();
-        if read.saturating_sub(self.record_start.get()) > self.max_record {
-            return Err(std::io::Error::other(Overrun::Record { limit: self.max_row_bytes }));
+        let g = &self.guard;
+        let read = g.read.get();
+        if read.saturating_sub(g.record_start.get()) > g.max_record {
+            return Err(std::io::Error::other(Overrun::Record { limit: g.max_row_bytes }));
         }
         // Up to the limit exactly, so every row within it is read; past it only to learn whether the file ends.
-        let room = self.max_total.saturating_sub(read);
+        let room = g.max_total.saturating_sub(read);
         let want = buf.len().min(usize::try_from(room).unwrap_or(usize::MAX)).max(1);
         let n = self.inner.read(&mut buf[..want])?;
         if room == 0 && n > 0 {
-            return Err(std::io::Error::other(Overrun::Total { limit: self.max_total, gzip: self.gzip }));
+            return Err(std::io::Error::other(Overrun::Total { limit: g.max_total, gzip: g.gzip }));
         }
-        self.read.set(read + n as u64);
+        g.read.set(read + n as u64);
         Ok(n)
     }
 }
