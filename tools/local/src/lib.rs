@@ -189,13 +189,7 @@ impl Pipeline {
                 clock: SystemClock,
                 click_queue: click_queue.clone(),
                 events,
-                settings: BridgeSettings {
-                    queued_lease: timing.queued_lease,
-                    // A pass must end well within its invocation's timeout, or it is stopped before it records
-                    // what it sent, every time it comes back.
-                    max_spread_wait: BridgeSettings::default().max_spread_wait.min(timing.timeouts.bridge / 2),
-                    ..BridgeSettings::default()
-                },
+                settings: BridgeSettings { queued_lease: timing.queued_lease, ..BridgeSettings::default() },
                 partner_slots: Default::default(),
             },
             pool,
