@@ -139,24 +139,13 @@ impl SendPace {
     ) -> SlotGrant {
         self.grow(now, initial_rate);
         let rate = self.rate.unwrap_or(initial_rate);
-        self.take(want, now, paused_until, rate, horizon)
+        self.reserve_at(want, now, paused_until, rate, horizon)
     }
 
     /// [`Self::reserve`] at a rate set from outside (a partner's configured rate under its AIMD allowance) instead
     /// of the learned one, from the same slot stream and pause: every request to the partner, first attempts,
     /// retries and spread batches alike, by any bridge, takes its slot here.
     pub fn reserve_at(
-        &mut self,
-        want: usize,
-        now: DateTime<Utc>,
-        paused_until: Option<DateTime<Utc>>,
-        rate: f64,
-        horizon: TimeDelta,
-    ) -> SlotGrant {
-        self.take(want, now, paused_until, rate, horizon)
-    }
-
-    fn take(
         &mut self,
         want: usize,
         now: DateTime<Utc>,

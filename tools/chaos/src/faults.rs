@@ -123,7 +123,7 @@ impl FaultKind {
         match self {
             Self::CrashAfterClaim | Self::CrashAfterSend => Some(Role::Pacer),
             Self::CrashAfterPartnerAnswer | Self::DynamoThrottling => Some(Role::Bridge),
-            Self::SqsErrors => None,
+            // SQS errors hit any worker; the other faults need none.
             _ => None,
         }
     }
