@@ -1,6 +1,6 @@
 //! ClickPacer's library crate.
 //!
-//! - [`config`], [`telemetry`]: what every function needs at cold start.
+//! - [`config`], [`telemetry`]: what every function needs at cold start; [`invocation`]: the time it has.
 //! - [`domain`]: the business model (campaigns, partners, batches and their state machine). Pure: nothing here
 //!   knows about AWS or PostgreSQL.
 //! - [`postgres`], [`aws`]: the adapters that implement the ports against real services.
@@ -10,6 +10,7 @@ pub mod config;
 pub mod delivery;
 pub mod domain;
 pub mod ingest;
+pub mod invocation;
 pub mod pacing;
 pub mod postgres;
 pub mod release;

@@ -29,6 +29,7 @@ use futures::StreamExt;
 use serde::Serialize;
 use tokio::sync::Semaphore;
 
+pub use clickpacer::invocation::{Deadline, TimeBudget};
 pub use transport::{HttpTransport, PartnerAnswer, Transport};
 
 /// The time, injected so tests move it by hand.
@@ -83,6 +84,9 @@ pub struct BridgeSettings {
     pub delivery_lease: Duration,
     /// Longest the bridge waits within one invocation for a spread click's second; later ones go back delayed.
     pub max_spread_wait: Duration,
+    /// Time kept before the invocation's deadline for recording the last pass, sending its message back and
+    /// flushing events: no request starts later than this plus the partner's timeout before the deadline.
+    pub reserve: Duration,
     /// Messages of one event handled at once.
     pub message_concurrency: usize,
     /// Events flushed to the event log per invocation, at most.
@@ -97,6 +101,8 @@ impl Default for BridgeSettings {
         Self {
             delivery_lease: Duration::from_secs(60),
             max_spread_wait: Duration::from_secs(20),
+            // Of the function's 30 s timeout.
+            reserve: Duration::from_secs(5),
             message_concurrency: 4,
             // At least the events one full SQS event produces (10 messages x 100 clicks x 3 events).
             outbox_flush_limit: 5_000,
@@ -130,6 +136,10 @@ pub enum MessageOutcome {
         batch_id: i64,
         state: Option<String>,
     },
+    /// Too little of the invocation was left to deliver anything: the message went back to be handled at once.
+    OutOfTime {
+        batch_id: i64,
+    },
     /// The partner asked for a pause (Retry-After): the message went back with that delay.
     Paused {
         batch_id: i64,
@@ -147,11 +157,15 @@ pub enum MessageOutcome {
 }
 
 /// Handles one SQS event; reports only the messages that must come back.
-pub async fn handle_event<T: Transport, C: Clock>(bridge: &Bridge<T, C>, event: SqsEvent) -> SqsBatchResponse {
+pub async fn handle_event<T: Transport, C: Clock>(
+    bridge: &Bridge<T, C>,
+    event: SqsEvent,
+    budget: &dyn TimeBudget,
+) -> SqsBatchResponse {
     let results: Vec<(String, Result<MessageOutcome, BridgeError>)> = futures::stream::iter(event.records)
         .map(|message| async move {
             let id = message.message_id.clone().unwrap_or_default();
-            (id, handle_message(bridge, &message).await)
+            (id, handle_message(bridge, &message, budget).await)
         })
         .buffer_unordered(bridge.settings.message_concurrency.max(1))
         .collect()
@@ -168,7 +182,7 @@ pub async fn handle_event<T: Transport, C: Clock>(bridge: &Bridge<T, C>, event: 
             }
         }
     }
-    if let Err(e) = flush_events(bridge).await {
+    if let Err(e) = flush_events(bridge, budget).await {
         // The events stay in the outbox; the next invocation catches up.
         tracing::warn!(error = %e, "event log not reachable; events kept for later");
     }
@@ -181,14 +195,15 @@ pub async fn handle_event<T: Transport, C: Clock>(bridge: &Bridge<T, C>, event: 
 pub async fn handle_invocation<T: Transport, C: Clock>(
     bridge: &Bridge<T, C>,
     event: serde_json::Value,
+    budget: &dyn TimeBudget,
 ) -> Result<serde_json::Value, BridgeError> {
     if event.get("Records").is_some() {
         let event: SqsEvent = serde_json::from_value(event)
             .map_err(|e| DbError::Invalid(format!("not an SQS event the bridge can read: {e}")))?;
-        let response = handle_event(bridge, event).await;
+        let response = handle_event(bridge, event, budget).await;
         return serde_json::to_value(response).map_err(|e| DbError::Invalid(e.to_string()).into());
     }
-    let flushed = flush_events(bridge).await?;
+    let flushed = flush_events(bridge, budget).await?;
     tracing::info!(flushed, "scheduled outbox flush");
     Ok(serde_json::json!({ "flushed": flushed }))
 }
@@ -196,6 +211,7 @@ pub async fn handle_invocation<T: Transport, C: Clock>(
 pub async fn handle_message<T: Transport, C: Clock>(
     bridge: &Bridge<T, C>,
     message: &SqsMessage,
+    budget: &dyn TimeBudget,
 ) -> Result<MessageOutcome, BridgeError> {
     let body = message.body.as_deref().unwrap_or_default();
     let release: ReleaseMessage = match serde_json::from_str(body) {
@@ -209,14 +225,22 @@ pub async fn handle_message<T: Transport, C: Clock>(
             return Ok(MessageOutcome::Malformed { reason });
         }
     };
-    deliver(bridge, &release).await
+    deliver(bridge, &release, budget).await
 }
 
 async fn deliver<T: Transport, C: Clock>(
     bridge: &Bridge<T, C>,
     release: &ReleaseMessage,
+    budget: &dyn TimeBudget,
 ) -> Result<MessageOutcome, BridgeError> {
     let now = bridge.clock.now();
+    // Messages of one event wait for each other: one handled late in the invocation may find its time gone.
+    let Some(usable) = budget.remaining().checked_sub(bridge.settings.reserve) else {
+        let client = bridge.pool.get().await.map_err(DbError::from)?;
+        requeue(bridge, &**client, release, chrono::Duration::zero()).await?;
+        return Ok(MessageOutcome::OutOfTime { batch_id: release.batch_id });
+    };
+    let cutoff = now + chrono::Duration::from_std(usable).unwrap_or(chrono::Duration::MAX);
     let hold = now + chrono::Duration::from_std(bridge.settings.delivery_lease).unwrap_or(chrono::Duration::minutes(1));
     // One connection for the whole message (the pool holds one per concurrent message): taking a connection
     // from the pool verifies it with a round trip of its own.
@@ -227,7 +251,7 @@ async fn deliver<T: Transport, C: Clock>(
         BatchClaim::Stale { state } => return Ok(MessageOutcome::Stale { batch_id: release.batch_id, state }),
         BatchClaim::Busy => return Err(BridgeError::Busy(release.batch_id)),
     };
-    let result = deliver_batch(bridge, &mut client, release, &lease, now).await;
+    let result = deliver_batch(bridge, &mut client, release, &lease, now, cutoff).await;
     // Whatever happened, the next copy of the message may take the batch at once.
     let _ = repo::release_batch(&**client, &lease).await;
     result
@@ -239,6 +263,7 @@ async fn deliver_batch<T: Transport, C: Clock>(
     release: &ReleaseMessage,
     lease: &BatchLease,
     now: DateTime<Utc>,
+    cutoff: DateTime<Utc>,
 ) -> Result<MessageOutcome, BridgeError> {
     let (partner, mut health, clicks) = {
         let client = &*client;
@@ -272,7 +297,11 @@ async fn deliver_batch<T: Transport, C: Clock>(
         clicks.iter().filter(|c| c.finished.is_none() && c.not_before.is_none_or(|t| t <= now)).collect();
 
     let Sent { records, requests: sent, resume_at } = match CompiledPartner::compile(&partner) {
-        Ok(compiled) => send_clicks(bridge, client, &partner, &compiled, lease, &ready, &mut health).await,
+        Ok(compiled) => {
+            // The last instant a request may start and still be answered (or time out) before the cutoff.
+            let last_start = cutoff - chrono::Duration::milliseconds(partner.timeout_ms.into());
+            send_clicks(bridge, client, (&partner, &compiled), lease, &ready, &mut health, last_start).await
+        }
         Err(errors) => {
             let reason = format!("partner {} is misconfigured: {}", partner.partner_id, errors.join("; "));
             let records = ready
@@ -343,18 +372,19 @@ struct Sent {
 async fn send_clicks<T: Transport, C: Clock>(
     bridge: &Bridge<T, C>,
     client: &mut tokio_postgres::Client,
-    partner: &Partner,
-    compiled: &CompiledPartner,
+    (partner, compiled): (&Partner, &CompiledPartner),
     lease: &BatchLease,
     ready: &[&PendingClick],
     health: &mut PartnerHealth,
+    last_start: DateTime<Utc>,
 ) -> Sent {
     let rate = match partner.rate_per_second {
         Some(rate) => repo::PaceRate::Configured(clickpacer::delivery::pace::configured_pace(rate, health.allowance)),
         None => repo::PaceRate::Learned { initial: clickpacer::delivery::pace::initial_rate(partner.max_concurrency) },
     };
     let not_before = spread_shares(lease, ready.len(), bridge.clock.now());
-    let (outcomes, resume_at) = send_paced(bridge, client, partner, compiled, ready, &not_before, rate).await;
+    let paced = Paced { not_before: &not_before, rate, last_start };
+    let (outcomes, resume_at) = send_paced(bridge, client, partner, compiled, ready, paced).await;
     let mut sent = Sent { records: Vec::with_capacity(outcomes.len()), requests: 0, resume_at };
     for (record, outcome) in outcomes {
         if record.http_status.is_some() || record.latency_ms.is_some() {
@@ -378,20 +408,27 @@ fn spread_shares(lease: &BatchLease, n: usize, now: DateTime<Utc>) -> Vec<DateTi
     (0..n).map(|i| release_at + chrono::Duration::milliseconds(spread_ms * i as i64 / count)).collect()
 }
 
+/// When a pass may send: each ready click's share of the spread (ascending), the pace, and the last instant a
+/// request may start within the invocation.
+struct Paced<'a> {
+    not_before: &'a [DateTime<Utc>],
+    rate: repo::PaceRate,
+    last_start: DateTime<Utc>,
+}
+
 /// Sends at the partner's send pace, reserving slots in chunks of about [`PACE_CHUNK`] from the row every bridge
 /// shares, and reporting what the partner accepted so a throttle sets the pace to it. Only clicks whose share of
-/// the spread (`not_before`, ascending) has come are reserved for; clicks whose share is further away than
-/// `max_spread_wait` wait for the message to come back, shortly before the first of them.
+/// the spread has come are reserved for, and only slots before the pass's last start: clicks whose share or slot
+/// is further away (than `max_spread_wait`, or than the invocation lasts) wait for the message to come back.
 async fn send_paced<T: Transport, C: Clock>(
     bridge: &Bridge<T, C>,
     client: &mut tokio_postgres::Client,
     partner: &Partner,
     compiled: &CompiledPartner,
     ready: &[&PendingClick],
-    not_before: &[DateTime<Utc>],
-    rate: repo::PaceRate,
+    Paced { not_before, rate, last_start }: Paced<'_>,
 ) -> (Vec<(DeliveryRecord, Outcome)>, Option<DateTime<Utc>>) {
-    let horizon = chrono::Duration::from_std(bridge.settings.max_spread_wait).unwrap_or_default();
+    let max_wait = chrono::Duration::from_std(bridge.settings.max_spread_wait).unwrap_or_default();
     let mut chunk = chunk_for(match rate {
         repo::PaceRate::Learned { initial } => initial,
         repo::PaceRate::Configured(rate) => rate,
@@ -404,6 +441,12 @@ async fn send_paced<T: Transport, C: Clock>(
     let mut waited = bridge.clock.now();
     while next < ready.len() {
         let now = bridge.clock.now().max(waited);
+        let horizon = max_wait.min(last_start - now);
+        if horizon <= chrono::Duration::zero() {
+            // The invocation ends before another request could be answered: the rest go with the message.
+            resume_at = Some(now);
+            break;
+        }
         // The clicks from `next` on whose share of the spread has come (the shares ascend).
         let due = not_before[next..].iter().take_while(|at| **at <= now).count();
         if due == 0 {
@@ -438,7 +481,8 @@ async fn send_paced<T: Transport, C: Clock>(
             .map(|k| {
                 let throttled = &throttled;
                 let click = ready[next + k];
-                async move { attempt_at(bridge, partner, compiled, click, grant.slot(k), throttled).await }
+                let slot = grant.slot(k);
+                async move { attempt_at(bridge, (partner, compiled), click, (slot, last_start), throttled).await }
             })
             .buffer_unordered(partner.max_concurrency.max(1) as usize)
             .filter_map(|o| async move { o })
@@ -488,13 +532,13 @@ fn chunk_for(rate: f64) -> usize {
     (rate * PACE_CHUNK.as_secs_f64()).round().max(1.0) as usize
 }
 
-/// One attempt at `slot` (waits for it), unless a throttle in the same group of requests came first.
+/// One attempt at `slot` (waits for it), unless a throttle in the same group of requests came first or the
+/// partner's concurrency kept it waiting past the pass's last start.
 async fn attempt_at<T: Transport, C: Clock>(
     bridge: &Bridge<T, C>,
-    partner: &Partner,
-    compiled: &CompiledPartner,
+    (partner, compiled): (&Partner, &CompiledPartner),
     click: &PendingClick,
-    slot: DateTime<Utc>,
+    (slot, last_start): (DateTime<Utc>, DateTime<Utc>),
     throttled: &AtomicBool,
 ) -> Option<(DeliveryRecord, Outcome)> {
     if let Ok(wait) = (slot - bridge.clock.now()).to_std() {
@@ -502,7 +546,7 @@ async fn attempt_at<T: Transport, C: Clock>(
     }
     let slots = bridge.partner_slots.for_partner(partner);
     let _in_flight = slots.acquire().await.ok()?;
-    if throttled.load(Ordering::SeqCst) {
+    if throttled.load(Ordering::SeqCst) || bridge.clock.now() > last_start {
         return None;
     }
     let at = bridge.clock.now();
@@ -633,13 +677,17 @@ async fn send_one(queue: &SqsQueue, id: &str, body: String, delay_seconds: i32) 
     }
 }
 
+/// Time kept for one outbox write to the event log (a few DynamoDB batch writes with their retries).
+const FLUSH_WRITE_TIME: Duration = Duration::from_secs(1);
+
 /// Outbox rows taken per event-log write.
 const OUTBOX_ROWS_PER_FLUSH: i64 = 5;
 
-/// Moves queued events from the outbox to the event log; what fails stays for the next invocation.
-pub async fn flush_events<T, C>(bridge: &Bridge<T, C>) -> Result<u64, BridgeError> {
+/// Moves queued events from the outbox to the event log, while the invocation has time for another write; what
+/// is left or fails stays for the next invocation.
+pub async fn flush_events<T, C>(bridge: &Bridge<T, C>, budget: &dyn TimeBudget) -> Result<u64, BridgeError> {
     let mut flushed = 0u64;
-    while flushed < bridge.settings.outbox_flush_limit as u64 {
+    while flushed < bridge.settings.outbox_flush_limit as u64 && budget.remaining() > FLUSH_WRITE_TIME {
         let mut client = bridge.pool.get().await.map_err(DbError::from)?;
         let tx = client.transaction().await.map_err(DbError::from)?;
         // A row holds one pass's events (up to a few hundred).

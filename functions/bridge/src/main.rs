@@ -1,7 +1,7 @@
 //! Lambda entry point: SQS events from the click queue (with ReportBatchItemFailures) and the schedule's outbox
 //! flush. Wiring only.
 
-use bridge::{Bridge, BridgeSettings, HttpTransport, SystemClock};
+use bridge::{Bridge, BridgeSettings, Deadline, HttpTransport, SystemClock};
 use clickpacer::aws::dynamodb::DynamoEventLog;
 use clickpacer::aws::sqs::SqsQueue;
 use clickpacer::config::{Config, FunctionKind};
@@ -24,7 +24,9 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     };
     let bridge = &bridge;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<serde_json::Value>| async move {
-        bridge::handle_invocation(bridge, event.payload).await.map_err(lambda_runtime::Error::from)
+        bridge::handle_invocation(bridge, event.payload, &Deadline(event.context.deadline()))
+            .await
+            .map_err(lambda_runtime::Error::from)
     }))
     .await
 }

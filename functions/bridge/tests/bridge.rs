@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use clickpacer::aws::sqs::SqsQueue;
 use clickpacer::delivery::{RenderedRequest, TransportError};
 use clickpacer::domain::{Campaign, CampaignId, DeliveryFormat, Partner, PartnerId};
+use clickpacer::invocation::{Deadline, Unlimited};
 use clickpacer::postgres::pacer::ClaimSettings;
 use clickpacer::postgres::{campaigns, partners};
 use clickpacer::release::ReleaseMessage;
@@ -158,7 +159,7 @@ impl<T: Transport> World<T> {
     async fn handle(&self, messages: Vec<SqsMessage>) -> Vec<String> {
         let mut event = SqsEvent::default();
         event.records = messages;
-        let response = bridge::handle_event(&self.bridge, event).await;
+        let response = bridge::handle_event(&self.bridge, event, &Unlimited).await;
         response.batch_item_failures.into_iter().map(|f| f.item_identifier).collect()
     }
 
@@ -349,12 +350,12 @@ async fn retry_after_is_respected_before_any_new_request() {
     // Before Retry-After elapses: the redelivered message sends nothing.
     w.sim.sim.clear_behaviour("busy");
     w.bridge.clock.advance(10);
-    let outcome = bridge::handle_message(&w.bridge, &copy[0]).await.unwrap();
+    let outcome = bridge::handle_message(&w.bridge, &copy[0], &Unlimited).await.unwrap();
     assert!(matches!(outcome, MessageOutcome::Paused { .. }), "{outcome:?}");
     assert_eq!(w.sim.sim.report().total_requests, after_first);
 
     w.bridge.clock.advance(25);
-    bridge::handle_message(&w.bridge, &copy[0]).await.unwrap();
+    bridge::handle_message(&w.bridge, &copy[0], &Unlimited).await.unwrap();
     assert_eq!(w.batch_state().await, "delivered");
     assert_eq!(w.sim.sim.report().duplicate_accepted_keys, 0);
 }
@@ -377,7 +378,7 @@ async fn redelivered_and_stale_messages_send_nothing_again() {
     let mut message = SqsMessage::default();
     message.message_id = Some("stale".into());
     message.body = Some(serde_json::to_string(&stale).unwrap());
-    let outcome = bridge::handle_message(&w.bridge, &message).await.unwrap();
+    let outcome = bridge::handle_message(&w.bridge, &message, &Unlimited).await.unwrap();
     assert!(matches!(outcome, MessageOutcome::Stale { .. }), "{outcome:?}");
     assert_eq!(w.sim.sim.report().total_requests, 3);
 }
@@ -515,7 +516,7 @@ async fn a_disabled_partner_parks_its_messages_instead_of_spinning_them_through_
     p.enabled = false;
     partners::upsert(&**w.db.client().await, &p).await.unwrap();
     for _ in 0..3 {
-        let outcome = bridge::handle_message(&w.bridge, &messages[0]).await.unwrap();
+        let outcome = bridge::handle_message(&w.bridge, &messages[0], &Unlimited).await.unwrap();
         assert!(matches!(outcome, MessageOutcome::PartnerDisabled { .. }), "{outcome:?}");
     }
     assert_eq!(w.sim.sim.report().total_requests, 0);
@@ -527,7 +528,7 @@ async fn a_disabled_partner_parks_its_messages_instead_of_spinning_them_through_
     // Enabled again: the next copy delivers.
     p.enabled = true;
     partners::upsert(&**w.db.client().await, &p).await.unwrap();
-    bridge::handle_message(&w.bridge, &messages[0]).await.unwrap();
+    bridge::handle_message(&w.bridge, &messages[0], &Unlimited).await.unwrap();
     assert_eq!(w.batch_state().await, "delivered");
 }
 
@@ -592,6 +593,71 @@ async fn retries_to_a_rated_partner_keep_to_its_rate_at_the_partner() {
     assert!(report.max_requests_in_one_second <= 10, "{} in one second", report.max_requests_in_one_second);
 }
 
+/// Lambda stops an invocation at its timeout wherever it is; the bridge ends its pass before that, with what it
+/// sent recorded and the rest of the batch back on the queue, instead of waiting for slots past its deadline.
+#[tokio::test]
+async fn a_pass_ends_before_the_invocations_deadline_with_what_it_sent_recorded() {
+    let mut w = world().await;
+    w.bridge.settings.reserve = Duration::from_secs(1);
+    let mut p = partner(&w.sim, "slow");
+    p.rate_per_second = Some(2);
+    p.timeout_ms = 500;
+    w.seed(&p, 20).await;
+    let pacer = Pacer {
+        pool: w.db.pool.clone(),
+        queue: w.queue.clone(),
+        settings: PacerSettings {
+            claim: ClaimSettings { horizon_seconds: 15, ..ClaimSettings::default() },
+            ..PacerSettings::default()
+        },
+    };
+    assert_eq!(pacer::run_once(&pacer, Utc::now()).await.unwrap().released, 1);
+    let messages = w.receive().await;
+
+    // Twenty clicks at two a second take ten seconds; the invocation has four, and is killed at four.
+    let timeout = Duration::from_secs(4);
+    let mut event = SqsEvent::default();
+    event.records = messages;
+    let budget = Deadline::after(timeout);
+    let pass = bridge::handle_event(&w.bridge, event, &budget);
+    let response = tokio::time::timeout(timeout, pass).await.expect("the pass outlived its invocation");
+    assert!(response.batch_item_failures.is_empty());
+    let sent = w.sim.sim.report().accepted;
+    assert!(sent > 0 && sent < 20, "{sent} of 20 sent in the first invocation");
+    assert_eq!(w.outcomes().await, vec![("delivered".into(), sent as i64)]);
+
+    // The rest came back on the queue, and later invocations finish the batch once, at the partner's rate.
+    let mut rounds = 0;
+    while w.batch_state().await != "delivered" && rounds < 20 {
+        let mut event = SqsEvent::default();
+        event.records = w.receive().await;
+        let budget = Deadline::after(timeout);
+        let pass = bridge::handle_event(&w.bridge, event, &budget);
+        assert!(tokio::time::timeout(timeout, pass).await.expect("killed").batch_item_failures.is_empty());
+        rounds += 1;
+    }
+    let report = w.sim.sim.partner_report("slow").unwrap();
+    assert_eq!((report.accepted, report.duplicate_accepted_keys), (20, 0));
+    assert!(report.max_requests_in_one_second <= 2, "{} in one second", report.max_requests_in_one_second);
+}
+
+/// A message whose turn comes after the invocation's time is gone goes back to the queue untouched.
+#[tokio::test]
+async fn a_message_reached_too_late_in_its_invocation_goes_back_without_a_request() {
+    let w = world().await;
+    let p = partner(&w.sim, "acme");
+    w.seed(&p, 3).await;
+    let messages = w.release().await;
+    let budget = Deadline::after(w.bridge.settings.reserve / 2);
+    let outcome = bridge::handle_message(&w.bridge, &messages[0], &budget).await.unwrap();
+    assert!(matches!(outcome, MessageOutcome::OutOfTime { .. }), "{outcome:?}");
+    assert_eq!(w.sim.sim.report().total_requests, 0);
+    let again = w.receive().await;
+    assert_eq!(body(&again), body(&messages));
+    assert!(w.handle(again).await.is_empty());
+    assert_eq!(w.batch_state().await, "delivered");
+}
+
 #[tokio::test]
 async fn a_scheduled_invocation_flushes_events_the_last_delivery_could_not() {
     let w = world().await;
@@ -600,7 +666,7 @@ async fn a_scheduled_invocation_flushes_events_the_last_delivery_could_not() {
     // Delivered, but the flush at the end of the invocation did not happen (the event log was unreachable):
     // handle_message records the pass without flushing.
     let messages = w.release().await;
-    bridge::handle_message(&w.bridge, &messages[0]).await.unwrap();
+    bridge::handle_message(&w.bridge, &messages[0], &Unlimited).await.unwrap();
     let depth = || async { clickpacer::postgres::bridge::outbox_depth(&**w.db.client().await).await.unwrap() };
     assert!(depth().await > 0);
 
@@ -610,14 +676,14 @@ async fn a_scheduled_invocation_flushes_events_the_last_delivery_could_not() {
         "source": "aws.scheduler", "account": "123456789012", "time": "2026-12-02T03:00:00Z",
         "region": "us-east-1", "resources": [], "detail": {}
     });
-    let answer = bridge::handle_invocation(&w.bridge, scheduled).await.unwrap();
+    let answer = bridge::handle_invocation(&w.bridge, scheduled, &Unlimited).await.unwrap();
     assert_eq!(answer["flushed"], 9, "{answer}");
     assert_eq!(depth().await, 0);
     let hour = Utc::now().format("%Y-%m-%dT%H").to_string();
     assert!(w.bridge.events.campaign_hour(campaign.as_str(), &hour).await.unwrap().len() >= 9);
 
     // An SQS event still goes to the delivery handler, and its answer is the partial batch response.
-    let answer = bridge::handle_invocation(&w.bridge, serde_json::json!({ "Records": [] })).await.unwrap();
+    let answer = bridge::handle_invocation(&w.bridge, serde_json::json!({ "Records": [] }), &Unlimited).await.unwrap();
     assert_eq!(answer, serde_json::json!({ "batchItemFailures": [] }));
 }
 

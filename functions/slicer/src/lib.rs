@@ -29,21 +29,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::io::SyncIoBridge;
 
+pub use clickpacer::invocation::{Deadline, TimeBudget};
 pub use reader::{Chunk, ReadError};
-
-/// How much time the invocation has left. Lambda answers from its deadline; tests inject a fake clock.
-pub trait TimeBudget: Send + Sync {
-    fn remaining(&self) -> Duration;
-}
-
-/// The budget of a Lambda invocation: until its deadline.
-pub struct Deadline(pub std::time::SystemTime);
-
-impl TimeBudget for Deadline {
-    fn remaining(&self) -> Duration {
-        self.0.duration_since(std::time::SystemTime::now()).unwrap_or_default()
-    }
-}
 
 /// What the slicer needs, built once per execution environment.
 pub struct Slicer {

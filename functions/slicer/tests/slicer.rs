@@ -8,16 +8,10 @@ use aws_lambda_events::event::s3::S3Event;
 use clickpacer::aws::s3::S3Objects;
 use clickpacer::domain::{Campaign, CampaignId, CampaignStatus, Partner, PartnerId};
 use clickpacer::ingest::IngestLimits;
+use clickpacer::invocation::Unlimited;
 use clickpacer::postgres::{campaigns, partners};
 use clickpacer::testing::{TestAws, TestDb};
 use slicer::{Slicer, SlicerSettings, TimeBudget, UploadOutcome};
-
-struct Unlimited;
-impl TimeBudget for Unlimited {
-    fn remaining(&self) -> Duration {
-        Duration::from_secs(3600)
-    }
-}
 
 /// A fake clock: plenty of time for `chunks` chunks, then none.
 struct ChunksLeft(AtomicU32);

@@ -554,7 +554,7 @@ async fn poll_queue(bridge: &Bridge<Metered, SystemClock>) -> anyhow::Result<usi
             message
         })
         .collect();
-    let response = bridge::handle_event(bridge, event).await;
+    let response = bridge::handle_event(bridge, event, &clickpacer::invocation::Unlimited).await;
     let failed: HashSet<String> = response.batch_item_failures.into_iter().map(|f| f.item_identifier).collect();
     for m in got.iter().filter(|m| !failed.contains(&m.message_id)) {
         queue.delete(&m.receipt_handle).await?;
@@ -653,7 +653,10 @@ async fn throughput(world: &World, options: &Options, invocations: usize, flush:
                 let mut failures = 0;
                 loop {
                     let Some(event) = events.lock().unwrap_or_else(|e| e.into_inner()).pop_front() else { break };
-                    failures += bridge::handle_event(&bridge, event).await.batch_item_failures.len();
+                    failures += bridge::handle_event(&bridge, event, &clickpacer::invocation::Unlimited)
+                        .await
+                        .batch_item_failures
+                        .len();
                 }
                 // Then whatever came back to the queue (clicks to try again), until every batch is final.
                 let mut requeued = 0;

@@ -8,21 +8,15 @@ use std::time::{Duration, Instant};
 use aws_lambda_events::event::s3::S3Event;
 use clickpacer::aws::s3::S3Objects;
 use clickpacer::domain::{Campaign, CampaignId, Partner, PartnerId};
+use clickpacer::invocation::Unlimited;
 use clickpacer::postgres::{campaigns, partners};
 use clickpacer::testing::{TestAws, TestDb};
 use serde_json::json;
-use slicer::{Slicer, SlicerSettings, TimeBudget, UploadOutcome};
+use slicer::{Slicer, SlicerSettings, UploadOutcome};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::Type;
 
 use crate::{peak_rss_mib, reset_peak_rss};
-
-struct NoDeadline;
-impl TimeBudget for NoDeadline {
-    fn remaining(&self) -> Duration {
-        Duration::from_secs(86_400)
-    }
-}
 
 fn row(i: u64) -> String {
     format!(
@@ -97,7 +91,7 @@ async fn measure(rows: u64, db: &TestDb, objects: &S3Objects, bucket: &str) -> a
 
     reset_peak_rss();
     let started = Instant::now();
-    let reports = slicer::handle_event(&slicer, event, &NoDeadline).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let reports = slicer::handle_event(&slicer, event, &Unlimited).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     let ours = started.elapsed();
     let peak = peak_rss_mib();
     let UploadOutcome::Completed { counts, .. } = &reports[0].outcome else {

@@ -189,7 +189,12 @@ impl Pipeline {
                 clock: SystemClock,
                 click_queue: click_queue.clone(),
                 events,
-                settings: BridgeSettings { queued_lease: timing.queued_lease, ..BridgeSettings::default() },
+                settings: BridgeSettings {
+                    queued_lease: timing.queued_lease,
+                    // A third of a short timeout (the chaos runner's) is left for recording the last pass.
+                    reserve: (timing.timeouts.bridge / 3).min(BridgeSettings::default().reserve),
+                    ..BridgeSettings::default()
+                },
                 partner_slots: Default::default(),
             },
             pool,
@@ -294,7 +299,7 @@ impl Pipeline {
                 };
                 // The invocation's budget is the function's timeout, and the timeout is enforced.
                 let timeout = self.timing.timeouts.slicer;
-                let budget = Deadline(std::time::SystemTime::now() + timeout);
+                let budget = Deadline::after(timeout);
                 match tokio::time::timeout(timeout, slicer::handle_event(&self.slicer, event, &budget)).await {
                     Ok(Ok(reports)) => {
                         for report in reports {
@@ -345,7 +350,8 @@ impl Pipeline {
                 }
             };
             if received.is_empty() {
-                if let Err(e) = bridge::flush_events(&self.bridge).await {
+                if let Err(e) = bridge::flush_events(&self.bridge, &Deadline::after(self.timing.timeouts.bridge)).await
+                {
                     tracing::warn!(error = %e, "event outbox not flushed");
                 }
                 continue;
@@ -363,7 +369,9 @@ impl Pipeline {
                 event.records.push(message);
             }
             let timeout = self.timing.timeouts.bridge;
-            let Ok(response) = tokio::time::timeout(timeout, bridge::handle_event(&self.bridge, event)).await else {
+            let budget = Deadline::after(timeout);
+            let handled = bridge::handle_event(&self.bridge, event, &budget);
+            let Ok(response) = tokio::time::timeout(timeout, handled).await else {
                 // Stopped where it was, as Lambda stops it: every message of the event comes back after the
                 // visibility timeout.
                 tracing::warn!(timeout_s = timeout.as_secs(), "bridge stopped at its timeout");
