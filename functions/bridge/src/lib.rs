@@ -582,7 +582,7 @@ async fn attempt_at<T: Transport, C: Clock>(
             record(click, attempt, "dead", status, latency_ms, Some(reason.clone()), None, at)
         }
         Outcome::Retry { after, reason, ambiguous, .. } => {
-            if attempts_exhausted(attempt, partner.max_attempts) {
+            if attempts_exhausted(attempt - click.attempts_before_replay, partner.max_attempts) {
                 let reason = format!("{reason} (attempt {attempt} of {})", partner.max_attempts);
                 record(click, attempt, "dead", status, latency_ms, Some(reason), None, at)
             } else {

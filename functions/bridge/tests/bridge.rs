@@ -11,6 +11,7 @@ use clickpacer::delivery::{RenderedRequest, TransportError};
 use clickpacer::domain::{Campaign, CampaignId, DeliveryFormat, Partner, PartnerId};
 use clickpacer::invocation::{Deadline, Unlimited};
 use clickpacer::postgres::pacer::ClaimSettings;
+use clickpacer::postgres::replay::{self, ReplayScope, ReplaySummary};
 use clickpacer::postgres::{campaigns, partners};
 use clickpacer::release::ReleaseMessage;
 use clickpacer::testing::{TestAws, TestDb};
@@ -656,6 +657,57 @@ async fn a_message_reached_too_late_in_its_invocation_goes_back_without_a_reques
     assert_eq!(body(&again), body(&messages));
     assert!(w.handle(again).await.is_empty());
     assert_eq!(w.batch_state().await, "delivered");
+}
+
+/// Dead clicks replayed by a person are delivered once; the clicks delivered beside them are not sent again,
+/// and the day ledger counts every click once: released = delivered, none failed, spend for each delivery.
+#[tokio::test]
+async fn replayed_dead_clicks_are_delivered_once_without_resending_the_delivered_ones() {
+    let w = world_with(DiesAfter {
+        inner: HttpTransport::new(true).unwrap(),
+        ok: AtomicUsize::new(4),
+        sent: AtomicUsize::new(0),
+    })
+    .await;
+    let mut p = partner(&w.sim, "acme");
+    p.max_concurrency = 1;
+    p.max_attempts = 1;
+    let campaign = w.seed(&p, 10).await;
+    assert!(w.handle(w.release().await).await.is_empty());
+    assert_eq!(w.batch_state().await, "partially_failed");
+    assert_eq!(w.outcomes().await, vec![("dead".into(), 6), ("delivered".into(), 4)]);
+
+    // The partner is reachable again; a person replays the campaign's dead clicks.
+    w.bridge.transport.ok.store(usize::MAX, Ordering::SeqCst);
+    let scope = ReplayScope { campaign_id: campaign.clone(), batch_id: None };
+    let mut client = w.db.pool.get().await.unwrap();
+    let summary = replay::replay_dead(&mut client, &scope, "partner fixed").await.unwrap();
+    assert_eq!(summary, ReplaySummary { batches: 1, clicks: 6 });
+    assert_eq!(w.batch_state().await, "pending");
+    // Nothing left to replay.
+    let again = replay::replay_dead(&mut client, &scope, "twice").await.unwrap();
+    assert_eq!(again, ReplaySummary::default());
+
+    let messages = w.release().await;
+    assert_eq!(body(&messages).clicks, 6, "only the dead clicks are released again");
+    assert!(w.handle(messages).await.is_empty());
+    assert_eq!(w.batch_state().await, "delivered");
+    let report = w.sim.sim.report();
+    assert_eq!((report.accepted, report.duplicate_accepted_keys, report.total_requests), (10, 0, 10));
+    let ledger = client
+        .query_one(
+            "SELECT sum(released_clicks)::bigint, sum(delivered_clicks)::bigint, sum(failed_clicks)::bigint,
+                    sum(spend_micros)::bigint
+             FROM campaign_day_ledger WHERE campaign_id = $1",
+            &[&campaign.as_str()],
+        )
+        .await
+        .unwrap();
+    let counts: (i64, i64, i64, i64) = (ledger.get(0), ledger.get(1), ledger.get(2), ledger.get(3));
+    assert_eq!(counts, (10, 10, 0, 10_000));
+    let fates = clickpacer::postgres::reports::campaigns(&**client).await.unwrap();
+    let fates = &fates.iter().find(|c| c.campaign_id == campaign.as_str()).unwrap().fates;
+    assert_eq!((fates.accepted, fates.delivered, fates.dead, fates.pending), (10, 10, 0, 0));
 }
 
 #[tokio::test]

@@ -93,6 +93,8 @@ impl BatchState {
                 | (Queued, Delivered)
                 | (Queued, PartiallyFailed)
                 | (Queued, Dead)
+                | (Dead, Pending) // a person replays its dead clicks
+                | (PartiallyFailed, Pending)
                 | (Pending, Cancelled)
                 | (Claimed, Cancelled)
         )
@@ -104,10 +106,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn final_states_are_final() {
+    fn final_states_are_final_but_for_a_replay_of_dead_clicks() {
         for from in BatchState::ALL.into_iter().filter(|s| s.is_final()) {
             for to in BatchState::ALL {
-                assert!(!from.can_become(to), "{from:?} -> {to:?}");
+                let replay =
+                    matches!(from, BatchState::Dead | BatchState::PartiallyFailed) && to == BatchState::Pending;
+                assert_eq!(from.can_become(to), replay, "{from:?} -> {to:?}");
             }
         }
     }

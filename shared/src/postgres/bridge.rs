@@ -112,6 +112,9 @@ pub struct PendingClick {
     pub ingested_at: DateTime<Utc>,
     /// Attempts already recorded for this click.
     pub attempts: u32,
+    /// Attempts recorded before its last replay (0 if never replayed): a replayed click gets its full retry
+    /// policy again.
+    pub attempts_before_replay: u32,
     /// Earliest next attempt (from the last retryable failure's backoff).
     pub not_before: Option<DateTime<Utc>>,
     /// Final already: delivered (by any batch) or dead-lettered.
@@ -132,14 +135,17 @@ pub async fn batch_clicks(db: &impl GenericClient, lease: &BatchLease) -> Result
             // click belongs to one batch, so its results are all the batch's.
             "WITH h AS (
                  SELECT r.campaign_id, r.click_id, max(r.attempt) AS attempts, max(r.next_attempt_at) AS not_before,
-                        bool_or(r.outcome = 'delivered') AS delivered, bool_or(r.outcome = 'dead') AS dead
+                        bool_or(r.outcome = 'delivered') AS delivered,
+                        count(*) FILTER (WHERE r.outcome = 'dead') > count(*) FILTER (WHERE r.outcome = 'replayed')
+                            AS dead,
+                        max(r.attempt) FILTER (WHERE r.outcome = 'replayed') AS replayed_at
                  FROM delivery_results r
                  WHERE r.batch_id = $1
                  GROUP BY r.campaign_id, r.click_id
              )
              SELECT c.campaign_id, c.click_id, c.clicked_at, c.ip, c.user_agent, c.landing_url, c.sub_id,
                     c.attributes, c.ingested_at,
-                    COALESCE(h.attempts, 0) AS attempts, h.not_before,
+                    COALESCE(h.attempts, 0) AS attempts, COALESCE(h.replayed_at, 0) AS replayed_at, h.not_before,
                     COALESCE(h.delivered, false) AS delivered, COALESCE(h.dead, false) AS dead
              FROM clicks c
              LEFT JOIN h ON h.campaign_id = c.campaign_id AND h.click_id = c.click_id
@@ -178,6 +184,7 @@ pub async fn batch_clicks(db: &impl GenericClient, lease: &BatchLease) -> Result
                 },
                 ingested_at: row.get("ingested_at"),
                 attempts: row.get::<_, i32>("attempts").max(0) as u32,
+                attempts_before_replay: row.get::<_, i32>("replayed_at").max(0) as u32,
                 not_before: row.get("not_before"),
                 finished,
             })
@@ -310,18 +317,20 @@ pub async fn record_pass(
             tally.finished = true;
             // Delivered clicks and their spend count on the row the claim's reservation wrote (its day, at its
             // price per click), so a price change or a spread across local midnight since cannot break the
-            // row's CHECKs and roll the whole pass back. Batches claimed before reservations were recorded use
+            // row's CHECKs and roll the whole pass back. A replayed batch counts only what it delivered since its
+            // replay (its settled clicks were counted when it first ended). Batches claimed before reservations were recorded use
             // their release day and today's price, bounded by what the row reserved. (An UPDATE, not an upsert:
             // CHECK constraints judge an upsert's proposed row before the conflict turns it into an update.)
             let counted = tx
                 .execute(
                     "UPDATE campaign_day_ledger l
-                     SET delivered_clicks = LEAST(l.delivered_clicks + $2, l.released_clicks - l.failed_clicks),
+                     SET delivered_clicks = LEAST(l.delivered_clicks + x.delivered, l.released_clicks - l.failed_clicks),
                          failed_clicks = LEAST(l.failed_clicks + $3,
-                                               l.released_clicks - LEAST(l.delivered_clicks + $2,
+                                               l.released_clicks - LEAST(l.delivered_clicks + x.delivered,
                                                                          l.released_clicks - l.failed_clicks)),
-                         spend_micros = LEAST(l.spend_micros + $2 * x.price, l.reserved_micros), updated_at = now()
-                     FROM (SELECT b.campaign_id,
+                         spend_micros = LEAST(l.spend_micros + x.delivered * x.price, l.reserved_micros),
+                         updated_at = now()
+                     FROM (SELECT b.campaign_id, GREATEST($2::bigint - b.settled_clicks, 0) AS delivered,
                                   COALESCE(b.reserved_day,
                                            (COALESCE(b.release_at, now()) AT TIME ZONE c.time_zone)::date) AS day,
                                   CASE WHEN b.reserved_clicks > 0 THEN b.reserved_micros / b.reserved_clicks

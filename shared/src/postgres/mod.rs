@@ -5,6 +5,7 @@ pub mod bridge;
 pub mod campaigns;
 pub mod pacer;
 pub mod partners;
+pub mod replay;
 pub mod reports;
 pub mod uploads;
 

@@ -124,11 +124,13 @@ pub async fn claim_due_batches(
     let share = (settings.max_batches as i64 / ours.len() as i64).max(50).min(settings.max_batches as i64);
     let rows = tx
         .query(
+            // A replayed batch's settled clicks were delivered and counted before: only the others are released.
             "SELECT x.batch_id, x.campaign_id, x.click_count, x.due_at, x.state, x.reserved_day, x.reserved_clicks,
                     x.reserved_micros
              FROM campaigns c
              CROSS JOIN LATERAL (
-                 SELECT b.batch_id, b.campaign_id, b.click_count, b.due_at, b.state, b.reserved_day,
+                 SELECT b.batch_id, b.campaign_id, b.click_count - b.settled_clicks AS click_count, b.due_at, b.state,
+                        b.reserved_day,
                         b.reserved_clicks, b.reserved_micros
                  FROM batches b
                  WHERE b.campaign_id = c.campaign_id
@@ -314,8 +316,8 @@ pub async fn claim_due_batches(
              FROM unnest($1::bigint[], $4::int[], $5::int[], $6::date[], $7::int[], $8::bigint[])
                   AS r(batch_id, delay, spread, day, clicks, micros)
              WHERE b.batch_id = r.batch_id
-             RETURNING b.batch_id, b.fence, b.campaign_id, b.partner_id, b.click_count, b.spread_seconds,
-                       b.release_at",
+             RETURNING b.batch_id, b.fence, b.campaign_id, b.partner_id, b.click_count - b.settled_clicks AS click_count,
+                       b.spread_seconds, b.release_at",
             &[&ids, &lease_until, &now, &delays, &spreads, &reserved_days, &reserved_clicks, &reserved_micros],
         )
         .await?;

@@ -89,8 +89,10 @@ const FATES: &str = "
                END AS waiting,
                EXISTS (SELECT 1 FROM delivery_results d WHERE d.campaign_id = c.campaign_id
                        AND d.click_id = c.click_id AND d.outcome = 'delivered') AS delivered,
-               EXISTS (SELECT 1 FROM delivery_results d WHERE d.batch_id = c.batch_id
-                       AND d.campaign_id = c.campaign_id AND d.click_id = c.click_id AND d.outcome = 'dead') AS dead
+               -- Dead while it has more 'dead' results than 'replayed' ones (a replay follows each death it undoes).
+               (SELECT count(*) FILTER (WHERE d.outcome = 'dead') > count(*) FILTER (WHERE d.outcome = 'replayed')
+                FROM delivery_results d WHERE d.batch_id = c.batch_id
+                  AND d.campaign_id = c.campaign_id AND d.click_id = c.click_id) AS dead
         FROM clicks c JOIN batches b USING (batch_id)
     )
     SELECT {key} AS key,

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use clickpacer::config::{DatabaseConfig, Env};
+use clickpacer::postgres::replay::{self, ReplayScope};
 use local::{Names, Pipeline, Timing, demo, render_reconciliation};
 use tokio::sync::watch;
 
@@ -37,6 +38,18 @@ enum Command {
     },
     /// Print the reconciliation per upload and per campaign.
     Reconcile,
+    /// Give a campaign's dead clicks (or one batch's) another delivery; a running pipeline picks them up.
+    Replay {
+        /// The campaign whose dead clicks to replay.
+        #[arg(long)]
+        campaign: String,
+        /// Only this batch's dead clicks.
+        #[arg(long)]
+        batch: Option<i64>,
+        /// Why, kept with each replayed click's history.
+        #[arg(long, default_value = "replayed by an operator")]
+        reason: String,
+    },
 }
 
 #[derive(clap::Args)]
@@ -67,6 +80,18 @@ async fn main() -> anyhow::Result<()> {
             let (text, ok) = render_reconciliation(&uploads, &campaigns);
             print!("{text}");
             std::process::exit(if ok { 0 } else { 1 });
+        }
+        Command::Replay { campaign, batch, reason } => {
+            let campaign_id = clickpacer::domain::CampaignId::parse(campaign).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let pool = clickpacer::postgres::build_pool(&database)?;
+            let mut client = pool.get().await?;
+            let scope = ReplayScope { campaign_id, batch_id: batch };
+            let replayed = replay::replay_dead(&mut client, &scope, &reason).await?;
+            println!(
+                "replayed {} dead clicks in {} batches of {}",
+                replayed.clicks, replayed.batches, scope.campaign_id
+            );
+            return Ok(());
         }
     };
     let timing = Timing { pacer_every: Duration::from_secs(if run.fast { 5 } else { 60 }), ..Timing::default() };
