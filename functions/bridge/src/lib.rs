@@ -343,9 +343,10 @@ async fn deliver_batch<T: Transport, C: Clock>(
                     .map(|c| c.not_before.unwrap_or(resume_at.unwrap_or(now))),
             )
             .chain(health.retry_after_until)
-            .min()
-            .unwrap_or(now)
-            .max(now);
+            .min();
+        // From the end of the pass, which may have lasted most of the invocation.
+        let now = bridge.clock.now();
+        let next = next.unwrap_or(now).max(now);
         requeue(bridge, &*client, release, next - now).await?;
         requeued = true;
     }
@@ -382,7 +383,7 @@ async fn send_clicks<T: Transport, C: Clock>(
         Some(rate) => repo::PaceRate::Configured(clickpacer::delivery::pace::configured_pace(rate, health.allowance)),
         None => repo::PaceRate::Learned { initial: clickpacer::delivery::pace::initial_rate(partner.max_concurrency) },
     };
-    let not_before = spread_shares(lease, ready.len(), bridge.clock.now());
+    let not_before = spread_shares(lease, ready, bridge.clock.now());
     let paced = Paced { not_before: &not_before, rate, last_start };
     let (outcomes, resume_at) = send_paced(bridge, client, partner, compiled, ready, paced).await;
     let mut sent = Sent { records: Vec::with_capacity(outcomes.len()), requests: 0, resume_at };
@@ -396,16 +397,29 @@ async fn send_clicks<T: Transport, C: Clock>(
     sent
 }
 
-/// Click i of n may go at its share of the batch's spread, from its release: the pacer reserved the campaign's
-/// rate (or its plan accrues) second by second over it. Without a spread, all may go now.
-fn spread_shares(lease: &BatchLease, n: usize, now: DateTime<Utc>) -> Vec<DateTime<Utc>> {
+/// When each ready click may go: at its share of the batch's spread (click i of n at `i/n` of it, from the
+/// release; the pacer reserved the campaign's rate, or its plan accrues, second by second over it), and never
+/// closer than one share's spacing after the click before it. A click whose share passed while no pass ran
+/// (its message came back late) goes at the spread's pace from now, not at once with every other late one.
+/// Without a spread, all may go now.
+fn spread_shares(lease: &BatchLease, ready: &[&PendingClick], now: DateTime<Utc>) -> Vec<DateTime<Utc>> {
     if lease.spread_seconds <= 1 {
-        return vec![now; n];
+        return vec![now; ready.len()];
     }
     let release_at = lease.release_at.unwrap_or(now);
     let spread_ms = i64::from(lease.spread_seconds) * 1000;
-    let count = n.max(1) as i64;
-    (0..n).map(|i| release_at + chrono::Duration::milliseconds(spread_ms * i as i64 / count)).collect()
+    let count = i64::from(lease.clicks.max(1));
+    let spacing = chrono::Duration::milliseconds(spread_ms / count);
+    let mut earliest = now;
+    ready
+        .iter()
+        .map(|click| {
+            let share = release_at + chrono::Duration::milliseconds(spread_ms * click.position as i64 / count);
+            let at = share.max(earliest);
+            earliest = at + spacing;
+            at
+        })
+        .collect()
 }
 
 /// When a pass may send: each ready click's share of the spread (ascending), the pace, and the last instant a

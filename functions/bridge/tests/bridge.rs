@@ -710,6 +710,52 @@ async fn replayed_dead_clicks_are_delivered_once_without_resending_the_delivered
     assert_eq!((fates.accepted, fates.delivered, fates.dead, fates.pending), (10, 10, 0, 0));
 }
 
+/// A spread batch's clicks keep the spread's pace on every pass: clicks whose share came while no pass was
+/// running (the message came back late) go one spacing apart from now, not all at once.
+#[tokio::test]
+async fn a_later_pass_of_a_spread_batch_keeps_its_pace_for_overdue_clicks() {
+    let mut w = world().await;
+    w.bridge.settings.reserve = Duration::from_secs(1);
+    let mut p = partner(&w.sim, "spread");
+    p.timeout_ms = 500;
+    let campaign = w.seed(&p, 40).await;
+    let client = w.db.client().await;
+    client
+        .execute("UPDATE campaigns SET max_per_second = 1 WHERE campaign_id = $1", &[&campaign.as_str()])
+        .await
+        .unwrap();
+    let pacer = Pacer {
+        pool: w.db.pool.clone(),
+        queue: w.queue.clone(),
+        settings: PacerSettings {
+            claim: ClaimSettings { horizon_seconds: 60, ..ClaimSettings::default() },
+            ..PacerSettings::default()
+        },
+    };
+    assert_eq!(pacer::run_once(&pacer, Utc::now()).await.unwrap().released, 1);
+    let messages = w.receive().await;
+    assert!(body(&messages).spread_seconds >= 39, "spread over {} s", body(&messages).spread_seconds);
+    // Invocations of five seconds: a pass sends what the spread allows in them.
+    let within = |messages: Vec<SqsMessage>| async {
+        let mut event = SqsEvent::default();
+        event.records = messages;
+        let budget = Deadline::after(Duration::from_secs(5));
+        bridge::handle_event(&w.bridge, event, &budget).await.batch_item_failures.is_empty()
+    };
+    assert!(within(messages).await);
+    let first = w.sim.sim.report().accepted;
+    assert!((2..=6).contains(&first), "{first} sent in the first pass");
+
+    // The message comes back twenty seconds late: about twenty clicks' shares have passed meanwhile.
+    w.bridge.clock.advance(20);
+    w.sim.sim.reset();
+    let again = w.receive().await;
+    assert!(within(again).await);
+    let report = w.sim.sim.partner_report("spread").unwrap();
+    assert!(report.accepted >= 2, "{} sent in the second pass", report.accepted);
+    assert!(report.max_requests_in_one_second <= 2, "{} in one second", report.max_requests_in_one_second);
+}
+
 #[tokio::test]
 async fn a_scheduled_invocation_flushes_events_the_last_delivery_could_not() {
     let w = world().await;

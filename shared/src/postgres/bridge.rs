@@ -21,6 +21,8 @@ pub struct BatchLease {
     pub partner_id: PartnerId,
     pub release_at: Option<DateTime<Utc>>,
     pub spread_seconds: u32,
+    /// Clicks of the batch, delivered or not.
+    pub clicks: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,7 +54,7 @@ pub async fn take_batch(
                     released_at = COALESCE(released_at, $3)
              WHERE batch_id = $1 AND fence = $2 AND state IN ('claimed', 'queued')
                AND (delivery_lease_until IS NULL OR delivery_lease_until < $3)
-             RETURNING campaign_id, partner_id, release_at, spread_seconds",
+             RETURNING campaign_id, partner_id, release_at, spread_seconds, click_count",
             &[&batch_id, &fence, &now, &hold_until, &queued_until],
         )
         .await?;
@@ -64,6 +66,7 @@ pub async fn take_batch(
             partner_id: parse(row.get("partner_id"), PartnerId::parse)?,
             release_at: row.get("release_at"),
             spread_seconds: row.get::<_, i32>("spread_seconds").max(1) as u32,
+            clicks: row.get::<_, i32>("click_count").max(1) as u32,
         }));
     }
     let current = db.query_opt("SELECT state, fence FROM batches WHERE batch_id = $1", &[&batch_id]).await?;
@@ -119,6 +122,8 @@ pub struct PendingClick {
     pub not_before: Option<DateTime<Utc>>,
     /// Final already: delivered (by any batch) or dead-lettered.
     pub finished: Option<FinalOutcome>,
+    /// Its place in the batch (upload row order): its share of the batch's spread.
+    pub position: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,7 +160,8 @@ pub async fn batch_clicks(db: &impl GenericClient, lease: &BatchLease) -> Result
         )
         .await?;
     rows.iter()
-        .map(|row| {
+        .enumerate()
+        .map(|(position, row)| {
             let campaign_id = parse(row.get("campaign_id"), CampaignId::parse)?;
             let click_id = parse(row.get("click_id"), ClickId::parse)?;
             let attributes = match row.get::<_, serde_json::Value>("attributes") {
@@ -187,6 +193,7 @@ pub async fn batch_clicks(db: &impl GenericClient, lease: &BatchLease) -> Result
                 attempts_before_replay: row.get::<_, i32>("replayed_at").max(0) as u32,
                 not_before: row.get("not_before"),
                 finished,
+                position,
             })
         })
         .collect()
