@@ -309,3 +309,33 @@ async fn the_reconciliation_tells_justified_pending_clicks_from_stranded_ones() 
     let uploads = postgres::reports::uploads(&**client).await.unwrap();
     assert_eq!(uploads[0].fates.stranded, 6);
 }
+
+/// Two bridges load a partner's health at the same moment: one sees a throttle, the other deliveries. Whichever
+/// records last, the cut holds (the row is changed by arithmetic, not overwritten with a value computed from
+/// what each loaded).
+#[tokio::test]
+async fn concurrent_health_updates_keep_every_cut() {
+    use clickpacer::delivery::{ObservedHealth, Outcome};
+    use clickpacer::postgres::bridge::{partner_health, record_health};
+    let db = TestDb::new().await;
+    seed(&db).await;
+    let client = db.client().await;
+    let id = partner().partner_id;
+    let now = chrono::Utc::now();
+    let loaded = partner_health(&**client, &id, now).await.unwrap();
+    assert_eq!(loaded.allowance, 1.0);
+
+    let mut throttled = ObservedHealth::new(loaded.clone());
+    let retry = Outcome::Retry { after: None, throttled: true, ambiguous: false, reason: "429".into() };
+    throttled.observe(&retry, now);
+    let mut delivering = ObservedHealth::new(loaded);
+    for _ in 0..10 {
+        delivering.observe(&Outcome::Delivered, now);
+    }
+    record_health(&**client, &id, &throttled).await.unwrap();
+    record_health(&**client, &id, &delivering).await.unwrap();
+
+    let stored = partner_health(&**client, &id, now).await.unwrap();
+    assert!(stored.allowance < 0.6, "the throttle's cut was erased: allowance {}", stored.allowance);
+    assert!(stored.retry_after_until.is_some(), "the pause holds");
+}

@@ -18,7 +18,8 @@ use chrono::{DateTime, Utc};
 use clickpacer::aws::dynamodb::DynamoEventLog;
 use clickpacer::aws::sqs::{OutgoingMessage, SqsQueue};
 use clickpacer::delivery::{
-    CompiledPartner, Outcome, PartnerHealth, attempts_exhausted, backoff, classify, classify_transport, next_attempt_at,
+    CompiledPartner, ObservedHealth, Outcome, attempts_exhausted, backoff, classify, classify_transport,
+    next_attempt_at,
 };
 use clickpacer::domain::events::{ClickEvent, ClickEventKind};
 use clickpacer::domain::{Partner, PartnerId};
@@ -270,11 +271,10 @@ async fn deliver_batch<T: Transport, C: Clock>(
         let partner = partners::get(client, &lease.partner_id).await?.ok_or_else(|| {
             DbError::Invalid(format!("batch {} names unknown partner {}", lease.batch_id, lease.partner_id))
         })?;
-        let health = repo::partner_health(client, &lease.partner_id, now).await?;
+        let health = ObservedHealth::new(repo::partner_health(client, &lease.partner_id, now).await?);
         (partner, health, repo::batch_clicks(client, lease).await?)
     };
-    let loaded_health = health.clone();
-    if let Some(until) = health.retry_after_until.filter(|_| health.is_paused(now)) {
+    if let Some(until) = health.health.retry_after_until.filter(|_| health.health.is_paused(now)) {
         // No request to this partner before its Retry-After: the whole message waits.
         requeue(bridge, &*client, release, until - now).await?;
         return Ok(MessageOutcome::Paused { batch_id: lease.batch_id, until });
@@ -323,7 +323,7 @@ async fn deliver_batch<T: Transport, C: Clock>(
     }
 
     let tally = {
-        let changed = (health != loaded_health).then_some(&health);
+        let changed = (!health.change.is_empty()).then_some(&health);
         repo::record_pass(client, lease, repo::tally_before(&clicks), &records, changed, &events).await?
     };
     // Dead clicks are recorded with their last error (delivery_results) and logged as failures in the event log;
@@ -342,7 +342,7 @@ async fn deliver_batch<T: Transport, C: Clock>(
                     .filter(|c| c.finished.is_none() && !delivered_now.contains(&c.click.click_id.as_str()))
                     .map(|c| c.not_before.unwrap_or(resume_at.unwrap_or(now))),
             )
-            .chain(health.retry_after_until)
+            .chain(health.health.retry_after_until)
             .min();
         // From the end of the pass, which may have lasted most of the invocation.
         let now = bridge.clock.now();
@@ -376,11 +376,13 @@ async fn send_clicks<T: Transport, C: Clock>(
     (partner, compiled): (&Partner, &CompiledPartner),
     lease: &BatchLease,
     ready: &[&PendingClick],
-    health: &mut PartnerHealth,
+    health: &mut ObservedHealth,
     last_start: DateTime<Utc>,
 ) -> Sent {
     let rate = match partner.rate_per_second {
-        Some(rate) => repo::PaceRate::Configured(clickpacer::delivery::pace::configured_pace(rate, health.allowance)),
+        Some(rate) => {
+            repo::PaceRate::Configured(clickpacer::delivery::pace::configured_pace(rate, health.health.allowance))
+        }
         None => repo::PaceRate::Learned { initial: clickpacer::delivery::pace::initial_rate(partner.max_concurrency) },
     };
     let not_before = spread_shares(lease, ready, bridge.clock.now());

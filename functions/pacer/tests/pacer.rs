@@ -437,7 +437,10 @@ async fn a_partner_cut_to_its_floor_still_gets_its_batches_and_recovers_with_tim
     // one-second run. Held back, it would wait forever, and with nothing sent no delivery could raise the
     // allowance again: it goes spread over the ten seconds the floor rate needs.
     client
-        .execute("INSERT INTO partner_health (partner_id, allowance, updated_at) VALUES ('acme', 0.05, $1)", &[&t0()])
+        .execute(
+            "INSERT INTO partner_health (partner_id, allowance, allowance_changed_at) VALUES ('acme', 0.05, $1)",
+            &[&t0()],
+        )
         .await
         .unwrap();
     let pacer = Pacer { pool: db.pool.clone(), queue: queue.clone(), settings: settings() };

@@ -18,8 +18,9 @@
 //!   whole batch to go, and then nothing is sent and no delivery can raise it again; a partner that has had no
 //!   news for a while has had that long to recover, as TCP restarts after an idle period.
 //!
-//! The state is exactly the `partner_health` row (allowance, retry_after_until, consecutive_failures), so every
-//! bridge invocation can load it, apply its outcomes in order and store it back.
+//! The state is the `partner_health` row (allowance, retry_after_until, consecutive_failures). A bridge pass
+//! loads it, applies its outcomes in order for its own decisions, and records them as a [`HealthChange`]:
+//! arithmetic applied to the row as it is then, in one statement, so concurrent passes compose.
 
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
@@ -73,36 +74,35 @@ impl PartnerHealth {
         self.retry_after_until.is_some_and(|until| until > now)
     }
 
-    pub fn on_success(&mut self) {
+    pub fn on_success(&mut self) -> Step {
         self.consecutive_failures = 0;
         self.allowance = clamp_allowance(self.allowance + INCREASE_PER_SUCCESS);
+        Step::Increase
     }
 
     /// A 429 or 503, with the instant its Retry-After names, if any.
-    pub fn on_throttled(&mut self, now: DateTime<Utc>, retry_after: Option<DateTime<Utc>>) {
+    pub fn on_throttled(&mut self, now: DateTime<Utc>, retry_after: Option<DateTime<Utc>>) -> Step {
         self.consecutive_failures = self.consecutive_failures.saturating_add(1);
-        if !self.is_paused(now) {
-            self.decrease();
-        }
+        let step = if self.is_paused(now) { Step::Failure } else { self.decrease() };
         let until = retry_after.unwrap_or(now + DEFAULT_THROTTLE_PAUSE);
         self.retry_after_until = Some(self.retry_after_until.map_or(until, |current| current.max(until)));
+        step
     }
 
     /// A retryable failure that is not throttling (5xx, 408, 425, timeout, connection error).
-    pub fn on_error(&mut self) {
+    pub fn on_error(&mut self) -> Step {
         self.consecutive_failures = self.consecutive_failures.saturating_add(1);
-        if self.consecutive_failures.is_multiple_of(ERRORS_BEFORE_DECREASE) {
-            self.decrease();
-        }
+        if self.consecutive_failures.is_multiple_of(ERRORS_BEFORE_DECREASE) { self.decrease() } else { Step::Failure }
     }
 
     /// A permanent answer: the partner is up and not overloaded, but nothing was delivered.
-    pub fn on_permanent(&mut self) {
+    pub fn on_permanent(&mut self) -> Step {
         self.consecutive_failures = 0;
+        Step::Reset
     }
 
     /// Applies one attempt's outcome.
-    pub fn observe(&mut self, outcome: &Outcome, now: DateTime<Utc>) {
+    pub fn observe(&mut self, outcome: &Outcome, now: DateTime<Utc>) -> Step {
         match outcome {
             Outcome::Delivered => self.on_success(),
             Outcome::Retry { throttled: true, after, .. } => self.on_throttled(now, *after),
@@ -111,8 +111,90 @@ impl PartnerHealth {
         }
     }
 
-    fn decrease(&mut self) {
+    fn decrease(&mut self) -> Step {
         self.allowance = clamp_allowance(self.allowance * DECREASE_FACTOR);
+        Step::Decrease
+    }
+}
+
+/// What one observation did to the state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// A delivery: the streak of failures ended and the allowance grew additively.
+    Increase,
+    /// An overload signal: the streak grew and the allowance was cut multiplicatively.
+    Decrease,
+    /// A failure that changed only the streak.
+    Failure,
+    /// A permanent answer: the streak ended.
+    Reset,
+}
+
+/// A delivery pass's observations, as arithmetic on whatever the stored state is when the pass records them:
+/// `allowance × factor + increase` (then clamped), the failure streak continued or restarted, and the pause
+/// extended. Other bridges write the same row meanwhile; a pass that stored the value it computed from what it
+/// loaded would erase their cuts (the last writer wins), while these compose: a cut made anywhere holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthChange {
+    pub factor: f64,
+    pub increase: f64,
+    /// Failures since the pass's last delivery or permanent answer (all of its observations, if it had none).
+    pub failures: u32,
+    /// The pass saw a delivery or a permanent answer: the stored streak restarts at `failures`.
+    pub streak_ended: bool,
+    pub retry_after_until: Option<DateTime<Utc>>,
+}
+
+impl Default for HealthChange {
+    fn default() -> Self {
+        Self { factor: 1.0, increase: 0.0, failures: 0, streak_ended: false, retry_after_until: None }
+    }
+}
+
+impl HealthChange {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    fn record(&mut self, step: Step, retry_after_until: Option<DateTime<Utc>>) {
+        match step {
+            Step::Increase => {
+                self.increase += INCREASE_PER_SUCCESS;
+                (self.failures, self.streak_ended) = (0, true);
+            }
+            Step::Decrease => {
+                self.factor *= DECREASE_FACTOR;
+                self.increase *= DECREASE_FACTOR;
+                self.failures += 1;
+            }
+            Step::Failure => self.failures += 1,
+            Step::Reset => (self.failures, self.streak_ended) = (0, true),
+        }
+        self.retry_after_until = self.retry_after_until.max(retry_after_until);
+    }
+
+    /// The change applied to a stored allowance (already recovered for its idle time).
+    pub fn allowance_from(&self, stored: f64) -> f64 {
+        clamp_allowance(stored * self.factor + self.increase)
+    }
+}
+
+/// The state a pass loaded, moved by what it observes (its decisions within the pass), and the same
+/// observations as a [`HealthChange`] to record.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ObservedHealth {
+    pub health: PartnerHealth,
+    pub change: HealthChange,
+}
+
+impl ObservedHealth {
+    pub fn new(health: PartnerHealth) -> Self {
+        Self { health, change: HealthChange::default() }
+    }
+
+    pub fn observe(&mut self, outcome: &Outcome, now: DateTime<Utc>) {
+        let step = self.health.observe(outcome, now);
+        self.change.record(step, self.health.retry_after_until);
     }
 }
 
@@ -220,6 +302,19 @@ mod tests {
             h.observe(&Outcome::Retry { after: None, throttled: false, ambiguous: true, reason: String::new() }, after);
         }
         assert!((h.allowance - 0.2525).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_change_applied_to_what_was_loaded_gives_what_the_pass_computed() {
+        let error = Outcome::Retry { after: None, throttled: false, ambiguous: false, reason: String::new() };
+        let mut observed = ObservedHealth::new(PartnerHealth { allowance: 0.8, ..PartnerHealth::default() });
+        for outcome in [&Outcome::Delivered, &error, &error, &error, &Outcome::Delivered, &error] {
+            observed.observe(outcome, t0());
+        }
+        assert!((observed.change.allowance_from(0.8) - observed.health.allowance).abs() < 1e-9);
+        assert_eq!((observed.change.failures, observed.change.streak_ended), (1, true));
+        // Applied to a row another pass cut meanwhile, the cut holds.
+        assert!(observed.change.allowance_from(0.2) < 0.2);
     }
 
     #[test]

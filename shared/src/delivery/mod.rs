@@ -30,7 +30,7 @@ use crate::domain::{CampaignId, ClickId, PartnerId};
 use crate::ingest::row::ClickRow;
 
 pub use backoff::{attempts_exhausted, backoff, next_attempt_at};
-pub use health::PartnerHealth;
+pub use health::{HealthChange, ObservedHealth, PartnerHealth};
 pub use outcome::{Outcome, TransportError, classify, classify_transport, parse_retry_after};
 pub use render::{
     CompiledPartner, IDEMPOTENCY_HEADER, RenderError, RenderRequestError, RenderedRequest, SIGNATURE_HEADER,

@@ -8,7 +8,7 @@ use tokio_postgres::GenericClient;
 
 use super::DbError;
 use crate::delivery::pace::{AcceptedWindow, SendPace, SlotGrant};
-use crate::delivery::{ClickForDelivery, PartnerHealth, idempotency_key};
+use crate::delivery::{ClickForDelivery, ObservedHealth, PartnerHealth, idempotency_key};
 use crate::domain::events::ClickEvent;
 use crate::domain::{CampaignId, ClickId, PartnerId};
 
@@ -243,7 +243,7 @@ pub async fn record_pass(
     lease: &BatchLease,
     before: BatchTally,
     records: &[DeliveryRecord],
-    health: Option<&PartnerHealth>,
+    health: Option<&ObservedHealth>,
     events: &[ClickEvent],
 ) -> Result<BatchTally, DbError> {
     let tx = client.transaction().await?;
@@ -356,23 +356,50 @@ pub async fn record_pass(
     // Last, and only when it changed: every delivery pass and every send-slot reservation for the partner
     // goes through this row's lock.
     if let Some(health) = health {
-        tx.execute(
-            "INSERT INTO partner_health (partner_id, allowance, retry_after_until, consecutive_failures, updated_at)
-         VALUES ($1, $2, $3, $4, now())
-         ON CONFLICT (partner_id) DO UPDATE SET allowance = EXCLUDED.allowance,
-             retry_after_until = GREATEST(partner_health.retry_after_until, EXCLUDED.retry_after_until),
-             consecutive_failures = EXCLUDED.consecutive_failures, updated_at = now()",
-            &[
-                &lease.partner_id.as_str(),
-                &health.allowance,
-                &health.retry_after_until,
-                &(health.consecutive_failures as i32),
-            ],
-        )
-        .await?;
+        record_health(&tx, &lease.partner_id, health).await?;
     }
     tx.commit().await?;
     Ok(tally)
+}
+
+/// Records what a pass observed of a partner's health, as arithmetic on the row as it is now (see
+/// [`crate::delivery::HealthChange`]): the stored allowance, recovered for its idle time as
+/// [`PartnerHealth::allowance_after`] does, times the pass's factor plus its increase; the failure streak
+/// continued or restarted; the pause only ever extended.
+pub async fn record_health(
+    db: &impl GenericClient,
+    partner_id: &PartnerId,
+    observed: &ObservedHealth,
+) -> Result<(), DbError> {
+    use crate::delivery::health::{MIN_ALLOWANCE, RECOVERY_PER_IDLE_SECOND};
+    let change = &observed.change;
+    db.execute(
+        "INSERT INTO partner_health (partner_id, allowance, retry_after_until, consecutive_failures,
+                                     allowance_changed_at, updated_at)
+         VALUES ($1, LEAST(1.0, GREATEST($6::float8, $2::float8 + $3::float8)), $4, $5::int, now(), now())
+         ON CONFLICT (partner_id) DO UPDATE SET
+             allowance = LEAST(1.0, GREATEST($6,
+                 LEAST(1.0, partner_health.allowance
+                            + GREATEST(0, extract(epoch FROM now() - partner_health.allowance_changed_at))::float8
+                              * $7::float8)
+                 * $2 + $3)),
+             allowance_changed_at = now(),
+             retry_after_until = GREATEST(partner_health.retry_after_until, EXCLUDED.retry_after_until),
+             consecutive_failures = CASE WHEN $8::bool THEN $5::int ELSE partner_health.consecutive_failures + $5::int END,
+             updated_at = now()",
+        &[
+            &partner_id.as_str(),
+            &change.factor,
+            &change.increase,
+            &change.retry_after_until,
+            &(change.failures.min(i32::MAX as u32) as i32),
+            &MIN_ALLOWANCE,
+            &RECOVERY_PER_IDLE_SECOND,
+            &change.streak_ended,
+        ],
+    )
+    .await?;
+    Ok(())
 }
 
 /// The partner's observed health at `now` (defaults for a partner never seen), its allowance recovered for the
@@ -384,7 +411,7 @@ pub async fn partner_health(
 ) -> Result<PartnerHealth, DbError> {
     let row = db
         .query_opt(
-            "SELECT allowance, retry_after_until, consecutive_failures, updated_at FROM partner_health
+            "SELECT allowance, retry_after_until, consecutive_failures, allowance_changed_at FROM partner_health
              WHERE partner_id = $1",
             &[&partner_id.as_str()],
         )
@@ -397,7 +424,7 @@ pub async fn partner_health(
                 consecutive_failures: r.get::<_, i32>("consecutive_failures").max(0) as u32,
             }
             .normalised();
-            PartnerHealth { allowance: stored.allowance_after(r.get("updated_at"), now), ..stored }
+            PartnerHealth { allowance: stored.allowance_after(r.get("allowance_changed_at"), now), ..stored }
         }
         None => PartnerHealth::default(),
     })

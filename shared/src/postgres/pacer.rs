@@ -230,7 +230,7 @@ pub async fn claim_due_batches(
     // without one do not queue on their partner's row.
     let partner_rows = tx
         .query(
-            "SELECT p.partner_id, p.rate_per_second, p.enabled, h.allowance, h.retry_after_until, h.updated_at,
+            "SELECT p.partner_id, p.rate_per_second, p.enabled, h.allowance, h.retry_after_until, h.allowance_changed_at,
                     CASE WHEN h.send_rate_learned THEN h.send_rate END AS learned_rate
              FROM partners p LEFT JOIN partner_health h USING (partner_id)
              WHERE p.partner_id = ANY($1)",
@@ -256,7 +256,7 @@ pub async fn claim_due_batches(
                 (Some(_), _) | (None, None) => 1.0,
                 // Recovered for the time the row has had no news (see `PartnerHealth::allowance_after`).
                 (None, Some(allowance)) => crate::delivery::PartnerHealth { allowance, ..Default::default() }
-                    .allowance_after(row.get("updated_at"), now),
+                    .allowance_after(row.get("allowance_changed_at"), now),
             },
             retry_after_until: row.get("retry_after_until"),
             second: WindowCount::default(),
