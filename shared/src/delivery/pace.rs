@@ -8,10 +8,12 @@
 //!   once carry if each takes [`ASSUMED_LATENCY`] (at least [`INITIAL_RATE_FLOOR`]), and doubles every
 //!   [`SLOW_START_STEP`] of
 //!   backlogged sending, so a partner without a limit soon runs at whatever its concurrency allows.
-//! - **Throttled** (429/503, once per overload episode): the rate becomes what the partner accepted in the last
-//!   full second or in the second so far, whichever is more (the delivery rate it demonstrably takes, as BBR
-//!   measures its bottleneck), times [`BACKOFF_MARGIN`]; slow start ends. No slot is granted before the
-//!   Retry-After instant.
+//! - **Throttled** (429/503, once per overload episode): sending at the pace, the rate becomes what the partner
+//!   accepted in the last full second or in the second so far, whichever is more (the delivery rate it
+//!   demonstrably takes, as BBR measures its bottleneck), times [`BACKOFF_MARGIN`]; sending below the pace, or
+//!   with nothing accepted, that count is our demand or an outage, not the partner's capacity (BBR ignores such
+//!   app-limited samples), and the rate is cut by [`THROTTLE_CUT`] instead. Slow start ends. No slot is granted
+//!   before the Retry-After instant.
 //! - **Probing**: after that the rate grows by [`PROBE_GROWTH`] per [`PROBE_STEP`] of backlogged sending, so a
 //!   partner that raises its limit is noticed, at the cost of an occasional throttled request.
 //!
@@ -50,6 +52,9 @@ pub fn initial_rate(max_concurrency: u32) -> f64 {
 pub const SLOW_START_STEP: TimeDelta = TimeDelta::milliseconds(250);
 /// The share of the measured accepted rate the bridge sends at after a throttle.
 pub const BACKOFF_MARGIN: f64 = 0.97;
+/// The cut on a throttle that measured nothing about the partner's capacity (sending below the pace, or
+/// nothing accepted): multiplicative decrease, as TCP halves its window on a loss.
+pub const THROTTLE_CUT: f64 = 0.5;
 /// Growth per [`PROBE_STEP`] once a throttle taught the partner's rate.
 pub const PROBE_GROWTH: f64 = 0.01;
 pub const PROBE_STEP: TimeDelta = TimeDelta::seconds(10);
@@ -165,14 +170,18 @@ impl SendPace {
         SlotGrant { first, interval, count }
     }
 
-    /// The partner throttled at `now`: the rate becomes the accepted rate it showed (at least [`MIN_RATE`]).
+    /// The partner throttled at `now`. Sending at the pace, the rate becomes the accepted rate it showed (at least
+    /// [`MIN_RATE`]): what it demonstrably takes. Sending below the pace, or with nothing accepted, the count
+    /// tells only what we asked (or an outage), not what it takes: the rate is cut by [`THROTTLE_CUT`] instead.
     /// Called once per overload episode (not for every 429 of requests already in flight).
     pub fn on_throttled(&mut self, now: DateTime<Utc>, paused_until: DateTime<Utc>) {
         let shown = f64::from(self.window.rate_at(now));
+        let backlogged = self.next_slot.is_some_and(|slot| slot >= now - IDLE_AFTER);
         let current = self.rate.unwrap_or(shown);
         // The partner took `shown`; sending at `current` was too much. A count that lags (requests still in
         // flight elsewhere) must not raise the rate.
-        let rate = (shown * BACKOFF_MARGIN).min(current).clamp(MIN_RATE, MAX_RATE);
+        let measured = if backlogged && shown > 0.0 { shown * BACKOFF_MARGIN } else { current * THROTTLE_CUT };
+        let rate = measured.min(current).clamp(MIN_RATE, MAX_RATE);
         self.rate = Some(rate);
         self.learned = true;
         self.grown_at = Some(paused_until);
@@ -263,6 +272,8 @@ mod tests {
         pace.reserve(1, t0(), None, 64.0, TimeDelta::seconds(20));
         pace.rate = Some(512.0);
         let now = t0() + ms(1400);
+        // Sending at the pace: its next slot is now.
+        pace.next_slot = Some(now);
         pace.window.add(t0() + ms(200), 150);
         pace.window.add(t0() + ms(1100), 200);
         pace.on_throttled(now, now + TimeDelta::seconds(1));
@@ -275,13 +286,26 @@ mod tests {
 
     #[test]
     fn a_lagging_count_never_raises_the_rate() {
-        let mut pace = SendPace { rate: Some(50.0), learned: true, ..SendPace::default() };
+        let mut pace = SendPace { rate: Some(50.0), learned: true, next_slot: Some(t0()), ..SendPace::default() };
         pace.window.add(t0(), 400);
         pace.on_throttled(t0(), t0() + TimeDelta::seconds(1));
         assert_eq!(pace.rate, Some(50.0));
-        let mut silent = SendPace { rate: Some(50.0), ..SendPace::default() };
+        let mut silent = SendPace { rate: Some(50.0), next_slot: Some(t0()), ..SendPace::default() };
         silent.on_throttled(t0(), t0());
-        assert_eq!(silent.rate, Some(MIN_RATE), "nothing accepted: the floor, from which probing grows");
+        assert_eq!(silent.rate, Some(25.0), "nothing accepted (an outage, say): cut, not set to nothing");
+    }
+
+    /// Sending far below its pace (the campaigns wanted one click a second), the bridge is throttled: what the
+    /// partner accepted is what we asked, not what it takes. The rate is cut, not set to that demand, from
+    /// which probing at 1 % per 10 s would take an hour to come back.
+    #[test]
+    fn a_throttle_while_sending_below_the_pace_cuts_the_rate_instead_of_learning_the_demand() {
+        let mut pace = SendPace { rate: Some(100.0), learned: true, ..SendPace::default() };
+        pace.next_slot = Some(t0() - TimeDelta::seconds(5));
+        pace.window.add(t0() - ms(500), 1);
+        pace.window.add(t0(), 1);
+        pace.on_throttled(t0(), t0() + TimeDelta::seconds(1));
+        assert_eq!(pace.rate, Some(100.0 * THROTTLE_CUT));
     }
 
     #[test]
