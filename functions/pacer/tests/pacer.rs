@@ -454,3 +454,64 @@ async fn a_partner_cut_to_its_floor_still_gets_its_batches_and_recovers_with_tim
     let second = drain(&queue).await;
     assert_eq!(second[0].spread_seconds, 1, "{second:?}");
 }
+
+/// Two runs plan the same minute for two campaigns of one partner (two pacers, or a run and the next): the
+/// partner's counts of every second the first planned are seen by the second, so together they keep to its rate
+/// in each second, not only in the last one the first run planned.
+#[tokio::test]
+async fn overlapping_runs_keep_a_partners_rate_in_every_second_they_plan() {
+    let db = TestDb::new().await;
+    let aws = TestAws::new().await;
+    let (queue, _dlq) = aws.queue_with_dead_letter(30, 5).await;
+    seed(&db, &campaign("spring")).await;
+    seed(&db, &campaign("autumn")).await;
+    let client = db.client().await;
+    client.execute("UPDATE partners SET rate_per_second = 2 WHERE partner_id = 'acme'", &[]).await.unwrap();
+    let settings = PacerSettings {
+        claim: ClaimSettings { horizon_seconds: 60, ..ClaimSettings::default() },
+        ..PacerSettings::default()
+    };
+    let pacer = Pacer { pool: db.pool.clone(), queue: queue.clone(), settings };
+    insert_batches(&db, "spring", 40, 1, t0()).await;
+    assert_eq!(pacer::run_once(&pacer, t0()).await.unwrap().released, 40);
+    insert_batches(&db, "autumn", 40, 1, t0()).await;
+    assert_eq!(pacer::run_once(&pacer, t0() + Duration::seconds(1)).await.unwrap().released, 40);
+
+    // Each message is delayed to its second: read the plan from the batches.
+    let rows = client
+        .query("SELECT extract(epoch FROM date_trunc('second', release_at))::bigint, sum(click_count)::bigint FROM batches GROUP BY 1", &[])
+        .await
+        .unwrap();
+    let per_second: HashMap<i64, i64> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let busiest = per_second.values().max().copied().unwrap_or(0);
+    assert!(busiest <= 2, "{busiest} clicks planned for the partner in one second: {per_second:?}");
+}
+
+/// The same for a campaign's own per-second limit: a run planning more of its batches after an earlier run
+/// planned the minute sees every second the earlier one filled.
+#[tokio::test]
+async fn overlapping_runs_keep_a_campaigns_per_second_limit_in_every_second() {
+    let db = TestDb::new().await;
+    let aws = TestAws::new().await;
+    let (queue, _dlq) = aws.queue_with_dead_letter(30, 5).await;
+    let mut c = campaign("spring");
+    c.max_per_second = Some(2);
+    seed(&db, &c).await;
+    let settings = PacerSettings {
+        claim: ClaimSettings { horizon_seconds: 60, ..ClaimSettings::default() },
+        ..PacerSettings::default()
+    };
+    let pacer = Pacer { pool: db.pool.clone(), queue: queue.clone(), settings };
+    insert_batches(&db, "spring", 40, 1, t0()).await;
+    assert_eq!(pacer::run_once(&pacer, t0()).await.unwrap().released, 40);
+    insert_batches(&db, "spring", 40, 1, t0()).await;
+    assert_eq!(pacer::run_once(&pacer, t0() + Duration::seconds(1)).await.unwrap().released, 40);
+    let rows = db
+        .client()
+        .await
+        .query("SELECT date_trunc('second', release_at), sum(click_count)::bigint FROM batches GROUP BY 1", &[])
+        .await
+        .unwrap();
+    let busiest = rows.iter().map(|r| r.get::<_, i64>(1)).max().unwrap_or(0);
+    assert!(busiest <= 2, "{busiest} clicks of the campaign planned in one second");
+}

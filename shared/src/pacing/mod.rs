@@ -38,4 +38,4 @@ mod proptests;
 
 pub use calendar::{LocalDay, LocalHour, local_date, local_hour};
 pub use engine::{Allowance, DeferReason, PlanSpread, allowance, plan_spread};
-pub use state::{PacingState, PartnerLimit, RateWindow, WindowCount};
+pub use state::{PacingState, PartnerLimit, RateWindow, WindowCounts};

@@ -1,7 +1,7 @@
 //! What the engine needs to know about the past: counters per local day, per rate window, and per partner.
 //!
 //! Every counter carries the day or window it belongs to, so a counter left over from an earlier day or window
-//! reads as zero. A pacer that loads a row written an hour ago therefore cannot be misled by it, and the rows can be
+//! reads as zero (rate windows are kept for every window still ahead, see [`WindowCounts`]). A pacer that loads a row written an hour ago therefore cannot be misled by it, and the rows can be
 //! updated with a plain "reset if the key changed, then add" in the same transaction as the claim.
 
 use chrono::{DateTime, Duration, NaiveDate, Utc};
@@ -11,8 +11,8 @@ use super::calendar::{at_millis, clamp, local_date};
 use crate::domain::{Campaign, Micros, Partner};
 
 /// A fixed UTC window for rate limits, aligned to the Unix epoch: `[12:34:56, 12:34:57)`, `[12:34, 12:35)`,
-/// `[12:00, 13:00)`. Fixed rather than sliding windows because a fixed window is a single `(start, count)` pair that
-/// Postgres can update atomically; UTC rather than local because a rate is about the partner's load, not the
+/// `[12:00, 13:00)`. Fixed rather than sliding windows because fixed windows are `(start, count)` pairs that the
+/// claim's row lock keeps consistent; UTC rather than local because a rate is about the partner's load, not the
 /// campaign's calendar (and local hours can be 30 minutes long).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -45,25 +45,35 @@ impl RateWindow {
     }
 }
 
-/// Clicks released in one rate window.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct WindowCount {
-    /// Start of the window the count belongs to (see [`RateWindow::start_of`]).
-    pub start: DateTime<Utc>,
-    pub released: u64,
-}
+/// Clicks released per rate window, for every window still ahead: a run plans a minute of one-second slots, and
+/// an overlapping run (another pacer holding other campaigns of the same partner, or the next run) must see each
+/// of those seconds, not only the last one planned. Windows that ended are dropped when the counts are stored
+/// ([`WindowCounts::forget_before`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct WindowCounts(Vec<(DateTime<Utc>, u64)>);
 
-impl WindowCount {
-    /// Clicks released in the window starting at `window_start`: zero when this count belongs to another window.
+impl WindowCounts {
+    /// Clicks released in the window starting at `window_start` (zero for a window nobody released in).
     pub fn released_in(&self, window_start: DateTime<Utc>) -> u64 {
-        if self.start == window_start { self.released } else { 0 }
+        self.0.iter().find(|(start, _)| *start == window_start).map_or(0, |(_, n)| *n)
     }
 
     fn add(&mut self, window_start: DateTime<Utc>, clicks: u64) {
-        if self.start != window_start {
-            *self = Self { start: window_start, released: 0 };
+        match self.0.binary_search_by_key(&window_start, |(start, _)| *start) {
+            Ok(i) => self.0[i].1 = self.0[i].1.saturating_add(clicks),
+            Err(i) => self.0.insert(i, (window_start, clicks)),
         }
-        self.released = self.released.saturating_add(clicks);
+    }
+
+    /// Drops the windows that start before `window_start` (they ended: nothing can be released in them).
+    pub fn forget_before(&mut self, window_start: DateTime<Utc>) {
+        self.0.retain(|(start, _)| *start >= window_start);
+    }
+
+    /// The windows with releases, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (DateTime<Utc>, u64)> + '_ {
+        self.0.iter().copied()
     }
 }
 
@@ -78,9 +88,9 @@ pub struct PacingState {
     pub reserved_today: Micros,
     /// Spend reserved over the campaign's life.
     pub reserved_total: Micros,
-    pub second: WindowCount,
-    pub minute: WindowCount,
-    pub hour: WindowCount,
+    pub second: WindowCounts,
+    pub minute: WindowCounts,
+    pub hour: WindowCounts,
 }
 
 impl PacingState {
@@ -94,7 +104,7 @@ impl PacingState {
         if self.day == Some(date) { self.reserved_today } else { Micros(0) }
     }
 
-    pub fn window(&self, window: RateWindow) -> &WindowCount {
+    pub fn window(&self, window: RateWindow) -> &WindowCounts {
         match window {
             RateWindow::Second => &self.second,
             RateWindow::Minute => &self.minute,
@@ -144,14 +154,14 @@ pub struct PartnerLimit {
     pub allowance: f64,
     /// The partner asked us (Retry-After) not to send anything before this instant.
     pub retry_after_until: Option<DateTime<Utc>>,
-    /// Clicks released to this partner, by all its campaigns, in the current second.
-    pub second: WindowCount,
+    /// Clicks released to this partner, by all its campaigns, per second ahead.
+    pub second: WindowCounts,
 }
 
 impl PartnerLimit {
     /// A partner that takes anything: no rate, full allowance, no Retry-After.
     pub fn unlimited() -> Self {
-        Self { rate_per_second: None, allowance: 1.0, retry_after_until: None, second: WindowCount::default() }
+        Self { rate_per_second: None, allowance: 1.0, retry_after_until: None, second: WindowCounts::default() }
     }
 
     /// A healthy partner at its configured rate.
@@ -215,7 +225,12 @@ mod tests {
             (state.released_today, state.reserved_today, state.reserved_total),
             (1, Micros(250_000), Micros(1_250_000))
         );
-        assert_eq!((state.second.released, state.minute.released, state.hour.released), (1, 1, 1));
+        let counts = |w: RateWindow| state.window(w).released_in(w.start_of(midnight));
+        assert_eq!((counts(RateWindow::Second), counts(RateWindow::Minute), counts(RateWindow::Hour)), (1, 1, 1));
+        // Every window keeps its count until it is forgotten.
+        assert_eq!(state.second.released_in(RateWindow::Second.start_of(evening)), 4);
+        state.second.forget_before(RateWindow::Second.start_of(midnight));
+        assert_eq!(state.second.iter().collect::<Vec<_>>(), vec![(RateWindow::Second.start_of(midnight), 1)]);
     }
 
     #[test]
@@ -228,7 +243,7 @@ mod tests {
         let day = at.date_naive();
         state.give_back(day, 5, Micros(50));
         assert_eq!((state.released_today, state.reserved_today, state.reserved_total), (2, Micros(20), Micros(20)));
-        assert_eq!(state.second.released, 7, "the partner may have seen them");
+        assert_eq!(state.second.released_in(at), 7, "the partner may have seen them");
         // A reservation of another day: only the campaign's total; never below zero.
         state.give_back(day.pred_opt().unwrap(), 1, Micros(100));
         assert_eq!((state.released_today, state.reserved_today, state.reserved_total), (2, Micros(20), Micros(0)));

@@ -14,7 +14,7 @@ use tokio_postgres::{Client, Row};
 use super::DbError;
 use super::campaigns;
 use crate::domain::{CampaignId, Micros, PartnerId};
-use crate::pacing::{PacingState, PartnerLimit, WindowCount};
+use crate::pacing::{PacingState, PartnerLimit, RateWindow, WindowCounts};
 use crate::release::{CandidateBatch, PlanInput, ReleaseMessage, plan_releases};
 
 #[derive(Debug, Clone)]
@@ -259,7 +259,7 @@ pub async fn claim_due_batches(
                     .allowance_after(row.get("allowance_changed_at"), now),
             },
             retry_after_until: row.get("retry_after_until"),
-            second: WindowCount::default(),
+            second: WindowCounts::default(),
         };
         partners.insert(parse_partner(row.get("partner_id"))?, limit);
     }
@@ -270,14 +270,14 @@ pub async fn claim_due_batches(
         .await?;
     let counters = tx
         .query(
-            "SELECT partner_id, second_start, second_released FROM partner_pacing
+            "SELECT partner_id, second_windows FROM partner_pacing
              WHERE partner_id = ANY($1) ORDER BY partner_id FOR UPDATE",
             &[&limited],
         )
         .await?;
     for row in &counters {
         if let Some(limit) = partners.get_mut(&parse_partner(row.get("partner_id"))?) {
-            limit.second = WindowCount { start: row.get("second_start"), released: count(row, "second_released") };
+            limit.second = windows_from(row, "second_windows");
         }
     }
 
@@ -357,11 +357,11 @@ pub async fn claim_due_batches(
             states_out.entry(id).or_insert(state);
         }
     }
-    write_states(&tx, &states_out).await?;
+    write_states(&tx, &states_out, now).await?;
     // Counters of partners without a rate were not locked, and say nothing: not written.
     let counted: HashMap<PartnerId, PartnerLimit> =
         plan.partners.into_iter().filter(|(_, l)| l.rate_per_second.is_some()).collect();
-    write_partners(&tx, &counted).await?;
+    write_partners(&tx, &counted, now).await?;
     write_ledger(&tx, &plan.ledger).await?;
     tx.commit().await?;
     Ok((messages, summary))
@@ -434,63 +434,73 @@ async fn give_back_reservations(
 async fn write_states(
     tx: &tokio_postgres::Transaction<'_>,
     states: &HashMap<CampaignId, PacingState>,
+    now: DateTime<Utc>,
 ) -> Result<(), DbError> {
     if states.is_empty() {
         return Ok(());
     }
     let mut ids = Vec::new();
     let mut days: Vec<Option<NaiveDate>> = Vec::new();
-    let mut cols: [Vec<i64>; 6] = Default::default();
-    let mut starts: [Vec<DateTime<Utc>>; 3] = Default::default();
+    let mut cols: [Vec<i64>; 3] = Default::default();
+    let mut windows: [Vec<serde_json::Value>; 3] = Default::default();
     for (id, s) in states {
         ids.push(id.to_string());
         days.push(s.day);
-        for (col, value) in cols.iter_mut().zip([
-            s.released_today as i64,
-            s.reserved_today.0,
-            s.reserved_total.0,
-            s.second.released as i64,
-            s.minute.released as i64,
-            s.hour.released as i64,
-        ]) {
+        for (col, value) in cols.iter_mut().zip([s.released_today as i64, s.reserved_today.0, s.reserved_total.0]) {
             col.push(value);
         }
-        starts[0].push(s.second.start);
-        starts[1].push(s.minute.start);
-        starts[2].push(s.hour.start);
+        for (col, (window, counts)) in windows.iter_mut().zip([
+            (RateWindow::Second, &s.second),
+            (RateWindow::Minute, &s.minute),
+            (RateWindow::Hour, &s.hour),
+        ]) {
+            col.push(windows_ahead(counts, window, now)?);
+        }
     }
     tx.execute(
         "UPDATE campaign_pacing p SET local_day = s.day, released_today = s.released_today,
                 reserved_today_micros = s.reserved_today, reserved_total_micros = s.reserved_total,
-                second_start = s.second_start, second_released = s.second_released,
-                minute_start = s.minute_start, minute_released = s.minute_released,
-                hour_start = s.hour_start, hour_released = s.hour_released, updated_at = now()
-         FROM unnest($1::text[], $2::date[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[],
-                     $7::bigint[], $8::bigint[], $9::timestamptz[], $10::timestamptz[], $11::timestamptz[])
-              AS s(campaign_id, day, released_today, reserved_today, reserved_total, second_released,
-                   minute_released, hour_released, second_start, minute_start, hour_start)
+                second_windows = s.second_windows, minute_windows = s.minute_windows,
+                hour_windows = s.hour_windows, updated_at = now()
+         FROM unnest($1::text[], $2::date[], $3::bigint[], $4::bigint[], $5::bigint[], $6::jsonb[], $7::jsonb[],
+                     $8::jsonb[])
+              AS s(campaign_id, day, released_today, reserved_today, reserved_total, second_windows,
+                   minute_windows, hour_windows)
          WHERE p.campaign_id = s.campaign_id",
-        &[&ids, &days, &cols[0], &cols[1], &cols[2], &cols[3], &cols[4], &cols[5], &starts[0], &starts[1], &starts[2]],
+        &[&ids, &days, &cols[0], &cols[1], &cols[2], &windows[0], &windows[1], &windows[2]],
     )
     .await?;
     Ok(())
 }
 
+/// The counts of the windows not yet ended at `now`, as stored.
+fn windows_ahead(counts: &WindowCounts, window: RateWindow, now: DateTime<Utc>) -> Result<serde_json::Value, DbError> {
+    let mut ahead = counts.clone();
+    ahead.forget_before(window.start_of(now));
+    serde_json::to_value(&ahead).map_err(|e| DbError::Invalid(format!("rate windows not encodable: {e}")))
+}
+
+fn windows_from(row: &Row, column: &str) -> WindowCounts {
+    // A value this code did not write reads as no releases; the next write replaces it.
+    serde_json::from_value(row.get::<_, serde_json::Value>(column)).unwrap_or_default()
+}
+
 async fn write_partners(
     tx: &tokio_postgres::Transaction<'_>,
     partners: &HashMap<PartnerId, PartnerLimit>,
+    now: DateTime<Utc>,
 ) -> Result<(), DbError> {
     if partners.is_empty() {
         return Ok(());
     }
     let ids: Vec<String> = partners.keys().map(|p| p.to_string()).collect();
-    let starts: Vec<DateTime<Utc>> = partners.values().map(|p| p.second.start).collect();
-    let released: Vec<i64> = partners.values().map(|p| p.second.released as i64).collect();
+    let windows =
+        partners.values().map(|p| windows_ahead(&p.second, RateWindow::Second, now)).collect::<Result<Vec<_>, _>>()?;
     tx.execute(
-        "UPDATE partner_pacing p SET second_start = s.start, second_released = s.released, updated_at = now()
-         FROM unnest($1::text[], $2::timestamptz[], $3::bigint[]) AS s(partner_id, start, released)
+        "UPDATE partner_pacing p SET second_windows = s.windows, updated_at = now()
+         FROM unnest($1::text[], $2::jsonb[]) AS s(partner_id, windows)
          WHERE p.partner_id = s.partner_id",
-        &[&ids, &starts, &released],
+        &[&ids, &windows],
     )
     .await?;
     Ok(())
@@ -526,9 +536,9 @@ fn pacing_state(row: &Row) -> PacingState {
         released_today: count(row, "released_today"),
         reserved_today: Micros(row.get("reserved_today_micros")),
         reserved_total: Micros(row.get("reserved_total_micros")),
-        second: WindowCount { start: row.get("second_start"), released: count(row, "second_released") },
-        minute: WindowCount { start: row.get("minute_start"), released: count(row, "minute_released") },
-        hour: WindowCount { start: row.get("hour_start"), released: count(row, "hour_released") },
+        second: windows_from(row, "second_windows"),
+        minute: windows_from(row, "minute_windows"),
+        hour: windows_from(row, "hour_windows"),
     }
 }
 
