@@ -28,6 +28,10 @@ use serde::{Deserialize, Serialize};
 use crate::domain::{Campaign, CampaignId, Micros, PartnerId};
 use crate::pacing::{DeferReason, PacingState, PartnerLimit, PlanSpread, allowance, local_date, plan_spread};
 
+/// How long batches held by a rule that does not relax with time (a pause, an archive, the end of the flight, the
+/// total budget) sleep before a run looks at them again, when no change to the campaign woke them first.
+pub const DORMANT_RECHECK: chrono::Duration = chrono::Duration::hours(1);
+
 /// The longest a batch released ahead of its plan is spread (the bridge delivers its clicks over that time).
 pub const MAX_PLAN_SPREAD: Duration = Duration::minutes(15);
 
@@ -296,7 +300,10 @@ pub fn plan_releases(input: PlanInput) -> ReleasePlan {
     }
     for lane in lanes {
         let (reason, until) = match lane.blocked {
-            Some((reason, until)) => (reason, until.unwrap_or(horizon_end).max(horizon_end)),
+            // A rule only a person can relax (paused, archived, past the flight, out of total budget) lets its
+            // batches sleep: they are looked at again after `DORMANT_RECHECK`, or at once when the campaign
+            // changes (`campaigns::wake_deferred`), not taken and rewritten by every run.
+            Some((reason, until)) => (reason, until.unwrap_or(now + DORMANT_RECHECK).max(horizon_end)),
             None => match lane.wait_until {
                 Some(w) => (DeferReason::PacingPlan, w.max(horizon_end)),
                 None => continue, // not due yet, or the run's batch limit was reached: left as they are
@@ -470,9 +477,7 @@ mod tests {
         let plan = plan_releases(input(vec![c], batches("a", 1, 3, 10, now()), now()));
         assert!(plan.releases.is_empty());
         assert_eq!(plan.deferrals.len(), 3);
-        assert!(
-            plan.deferrals.iter().all(|d| d.reason == DeferReason::Paused && d.until == now() + Duration::seconds(60))
-        );
+        assert!(plan.deferrals.iter().all(|d| d.reason == DeferReason::Paused && d.until == now() + DORMANT_RECHECK));
         assert!(plan.states.is_empty() && plan.ledger.is_empty());
     }
 

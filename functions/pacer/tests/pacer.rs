@@ -123,10 +123,16 @@ async fn a_paused_campaign_releases_nothing_until_resumed() {
     assert_eq!(summary.released, 0);
     assert_eq!(summary.deferred.get("paused"), Some(&3));
     assert!(drain(&queue).await.is_empty());
+    // Paused, its batches sleep: later runs do not take them, rewrite them or count them as late.
+    let later = pacer::run_once(&pacer, t0() + Duration::minutes(2)).await.unwrap();
+    assert_eq!((later.examined, later.lag_seconds), (0, 0), "{later:?}");
 
-    c.status = CampaignStatus::Active;
-    campaigns::upsert(&**db.client().await, &c).await.unwrap();
-    assert_eq!(pacer::run_once(&pacer, t0() + Duration::minutes(1)).await.unwrap().released, 3);
+    // A resume wakes them.
+    let resumed_at = t0() + Duration::minutes(3);
+    assert!(
+        campaigns::set_status(&**db.client().await, &c.campaign_id, CampaignStatus::Active, resumed_at).await.unwrap()
+    );
+    assert_eq!(pacer::run_once(&pacer, resumed_at).await.unwrap().released, 3);
 }
 
 #[tokio::test]

@@ -58,6 +58,43 @@ pub async fn upsert(db: &impl GenericClient, c: &Campaign) -> Result<(), DbError
     Ok(())
 }
 
+/// Pauses, resumes or archives a campaign; a resume wakes its sleeping batches. Returns whether the campaign
+/// exists.
+pub async fn set_status(
+    db: &impl GenericClient,
+    campaign_id: &CampaignId,
+    status: CampaignStatus,
+    now: DateTime<Utc>,
+) -> Result<bool, DbError> {
+    let updated = db
+        .execute(
+            "UPDATE campaigns SET status = $2, updated_at = now() WHERE campaign_id = $1",
+            &[&campaign_id.as_str(), &status.as_str()],
+        )
+        .await?;
+    if updated == 1 && status == CampaignStatus::Active {
+        wake_deferred(db, campaign_id, now).await?;
+    }
+    Ok(updated == 1)
+}
+
+/// Makes a campaign's deferred batches due at `now`, so the next pacer run judges them under its rules as they
+/// are (after a resume, or any change that may relax a rule: a budget raised, a flight extended). Returns how
+/// many woke.
+pub async fn wake_deferred(
+    db: &impl GenericClient,
+    campaign_id: &CampaignId,
+    now: DateTime<Utc>,
+) -> Result<u64, DbError> {
+    Ok(db
+        .execute(
+            "UPDATE batches SET due_at = $2, defer_reason = NULL
+             WHERE campaign_id = $1 AND state = 'pending' AND defer_reason IS NOT NULL AND due_at > $2",
+            &[&campaign_id.as_str(), &now],
+        )
+        .await?)
+}
+
 pub async fn get(db: &impl GenericClient, campaign_id: &CampaignId) -> Result<Option<Campaign>, DbError> {
     let sql = format!("SELECT {COLUMNS} FROM campaigns WHERE campaign_id = $1");
     db.query_opt(&sql, &[&campaign_id.as_str()]).await?.map(|row| from_row(&row)).transpose()
