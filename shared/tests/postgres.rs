@@ -1,6 +1,8 @@
 //! The schema and repositories against a real PostgreSQL.
 
-use clickpacer::domain::{Campaign, CampaignId, CampaignStatus, HourlyWeights, Micros, PacingMode, Partner, PartnerId};
+use clickpacer::domain::{
+    Campaign, CampaignId, CampaignStatus, CatchUp, HourlyWeights, Micros, PacingMode, Partner, PartnerId,
+};
 use clickpacer::postgres::{self, DbError, campaigns, partners};
 use clickpacer::testing::TestDb;
 
@@ -18,6 +20,7 @@ fn campaign() -> Campaign {
     let mut weights = [0.0; 24];
     weights[9..17].fill(1.0);
     c.pacing = PacingMode::HourlyCurve(HourlyWeights::parse(&weights).unwrap());
+    c.catch_up = CatchUp::Ahead(120);
     c.daily_cap = Some(10_000);
     c.max_per_minute = Some(600);
     c.cost_per_click = Micros(250_000);

@@ -7,6 +7,6 @@ pub mod ids;
 pub mod partner;
 
 pub use batch::BatchState;
-pub use campaign::{Campaign, CampaignStatus, HourlyWeights, Micros, PacingMode};
+pub use campaign::{Campaign, CampaignStatus, CatchUp, HourlyWeights, Micros, PacingMode};
 pub use ids::{CampaignId, ClickId, InvalidId, PartnerId};
 pub use partner::{DeliveryFormat, Partner};

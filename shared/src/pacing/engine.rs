@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::calendar::{LocalDay, at_millis, clamp};
 use super::state::{PacingState, PartnerLimit, RateWindow};
-use crate::domain::{Campaign, CampaignStatus, HourlyWeights, Micros, PacingMode};
+use crate::domain::{Campaign, CampaignStatus, CatchUp, HourlyWeights, Micros, PacingMode};
 
 /// Why fewer clicks than are pending may go now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -338,7 +338,14 @@ fn rules_at(
     match plan_at(campaign, &day, released_today, pending, at_ms) {
         Plan::None => {}
         Plan::Closed(rule) => rules.push(rule),
-        Plan::Accruing { plan, window_end } => rules.push(plan_rule(&plan, at_ms, released_today, window_end)),
+        Plan::Accruing { plan, window_end } => {
+            let rule = plan_rule(&plan, at_ms, released_today, window_end);
+            rules.push(match campaign.catch_up {
+                CatchUp::Asap => rule,
+                CatchUp::Spread => catch_up_rule(rule, &plan, state, at_ms, released_today, 100),
+                CatchUp::Ahead(percent) => catch_up_rule(rule, &plan, state, at_ms, released_today, percent),
+            });
+        }
     }
 
     for (window, max, reason) in [
@@ -400,6 +407,38 @@ fn plan_rule(plan: &Accrual, at_ms: i64, released_today: u64, window_end: i64) -
     Rule { reason: DeferReason::PacingPlan, limit: due.saturating_sub(released_today), relaxes_at: Some(relaxes_at) }
 }
 
+/// Behind plan, the pace at which the campaign catches up: from the start of the current UTC hour, the volume
+/// still to go then (the plan's volume minus what the day released before the hour) accrues over the rest of
+/// the plan window at `percent` % of the pace that spreads it evenly (or along the curve) to the window's end,
+/// and the plan's own limit still bounds it (never ahead of plan). At 100 % a late file goes even from now on;
+/// on plan, the two schedules are the same. Re-planned each hour, so a campaign that fell behind mid-hour
+/// releases at most that hour's share of its spread at once. (A local day that starts mid-hour, in a half-hour
+/// zone, counts the hour's releases from before its midnight too: the catch-up is then a little slower.)
+fn catch_up_rule(
+    plan_rule: Rule,
+    plan: &Accrual,
+    state: &PacingState,
+    at_ms: i64,
+    released_today: u64,
+    percent: u16,
+) -> Rule {
+    let hour = RateWindow::Hour.start_millis(at_ms);
+    let released_before = released_today.saturating_sub(state.hour.released_in(at_millis(hour)));
+    let to_go = plan.volume.saturating_sub(released_before);
+    let scaled = u64::try_from(u128::from(to_go) * u128::from(percent) / 100).unwrap_or(u64::MAX);
+    let rest = plan.from(hour, scaled);
+    let since_hour = released_today - released_before;
+    let due = rest.due(at_ms).min(to_go);
+    let limit = due.saturating_sub(since_hour);
+    if limit >= plan_rule.limit {
+        return plan_rule;
+    }
+    // The next hour re-plans the catch-up, which may let a click go sooner than this hour's schedule would.
+    let next_hour = hour.saturating_add(RateWindow::Hour.millis());
+    let relaxes_at = rest.next_above(at_ms, since_hour.max(due)).map_or(next_hour, |t| t.min(next_hour));
+    Rule { reason: DeferReason::PacingPlan, limit, relaxes_at: Some(relaxes_at) }
+}
+
 /// Hourly weights as integers (largest = 1,000,000), so the plan is exact integer arithmetic and every pacer
 /// computes the same numbers. A positive weight stays positive, however small.
 fn fixed_point(weights: &HourlyWeights) -> [u64; 24] {
@@ -438,6 +477,17 @@ impl Accrual {
     fn new(volume: u64, segments: Vec<Segment>) -> Self {
         let total = segments.iter().map(|s| weighted(s, s.end)).sum();
         Self { volume, segments, total }
+    }
+
+    /// `volume` clicks accruing over the part of these segments from `start_ms` on.
+    fn from(&self, start_ms: i64, volume: u64) -> Self {
+        let segments = self
+            .segments
+            .iter()
+            .filter(|s| s.end > start_ms)
+            .map(|s| Segment { start: s.start.max(start_ms), ..*s })
+            .collect();
+        Self::new(volume, segments)
     }
 
     /// Clicks due by the end of the second containing `at_ms`: `ceil(volume × accrued / total)`.
@@ -701,8 +751,40 @@ mod tests {
         assert_eq!(ask(&c, &PacingState::default(), 8_640, midnight).clicks, 1);
         let a = ask(&c, &released(&c, midnight, 1), 8_639, midnight + Duration::seconds(5));
         assert_deferred(a, 0, DeferReason::PacingPlan, Some(midnight + Duration::seconds(10)));
-        // At noon, with nothing released yet, half of them are due.
-        assert_eq!(ask(&c, &PacingState::default(), 8_640, utc(2024, 5, 1, 12, 0, 0)).clicks, 4_321);
+        // At noon, with nothing released yet, half of them are due: at once when told to catch up so, else spread
+        // over the rest of the day (ten seconds' worth per ten seconds: one now).
+        let noon = utc(2024, 5, 1, 12, 0, 0);
+        assert_eq!(ask(&c, &PacingState::default(), 8_640, noon).clicks, 1);
+        c.catch_up = CatchUp::Asap;
+        assert_eq!(ask(&c, &PacingState::default(), 8_640, noon).clicks, 4_321);
+    }
+
+    /// A file of 9,000 clicks dropped at 15:00 into an even campaign capped at 9,000 a day that has released
+    /// nothing: catching up at once would send 5,625 (15/24 of the day) in one burst. Spread (the default) goes
+    /// even from now on: 9,000 over the nine hours left, one click a second or so.
+    #[test]
+    fn a_late_upload_spreads_over_the_rest_of_the_day_unless_told_to_catch_up() {
+        let mut c = campaign(Tz::UTC);
+        c.pacing = PacingMode::Even;
+        c.daily_cap = Some(9_000);
+        let at = utc(2026, 12, 2, 15, 0, 0);
+        let state = PacingState::default();
+        // 9,000 over 32,400 s: ceil(0.28) = 1 in the first second, the next when the spread has accrued it.
+        let spread = ask(&c, &state, 9_000, at);
+        assert_eq!((spread.clicks, spread.reason), (1, Some(DeferReason::PacingPlan)), "{spread:?}");
+        let later = ask(&c, &released(&c, at, 1), 8_999, at + Duration::seconds(1));
+        assert_eq!(later.clicks, 0, "{later:?}");
+        // An hour on, with the hour's 1,000 gone (9,000 x 1/9), the next hour goes the same way: no burst.
+        let hour_on = ask(&c, &released(&c, at, 1_000), 8_000, at + Duration::hours(1));
+        assert!(hour_on.clicks <= 2, "{hour_on:?}");
+
+        c.catch_up = CatchUp::Ahead(120);
+        let ahead = ask(&c, &PacingState::default(), 9_000, at + Duration::minutes(30));
+        // 1.2 x 9,000 x 1,801 s / 32,400 s, due at once after half an hour of the new schedule.
+        assert_eq!(ahead.clicks, 601, "{ahead:?}");
+
+        c.catch_up = CatchUp::Asap;
+        assert_eq!(ask(&c, &PacingState::default(), 9_000, at).clicks, 5_626);
     }
 
     #[test]
@@ -715,7 +797,11 @@ mod tests {
         assert_eq!(ask(&c, &PacingState::default(), 500, nine).clicks, 1);
         let a = ask(&c, &released(&c, nine, 1), 500, nine + Duration::seconds(30));
         assert_deferred(a, 0, DeferReason::PacingPlan, Some(nine + Duration::seconds(60)));
-        assert_eq!(ask(&c, &PacingState::default(), 500, nine + Duration::minutes(90)).clicks, 91);
+        // Behind plan at 10:30: the hour's half of its spread (60 of the 120 still to go over 10:00-11:00), or the
+        // plan's 90 at once when told to catch up so.
+        assert_eq!(ask(&c, &PacingState::default(), 500, nine + Duration::minutes(90)).clicks, 61);
+        let asap = Campaign { catch_up: CatchUp::Asap, ..c.clone() };
+        assert_eq!(ask(&asap, &PacingState::default(), 500, nine + Duration::minutes(90)).clicks, 91);
         // After 11:00 nothing goes until 09:00 tomorrow, even behind plan.
         let a = ask(&c, &PacingState::default(), 500, utc(2024, 5, 1, 15, 0, 0));
         assert_deferred(a, 0, DeferReason::Daypart, Some(utc(2024, 5, 2, 13, 0, 0)));

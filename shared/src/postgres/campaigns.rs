@@ -5,11 +5,11 @@ use tokio_postgres::{GenericClient, Row};
 
 use super::DbError;
 use super::partners::{to_i32, to_u32};
-use crate::domain::{Campaign, CampaignId, CampaignStatus, HourlyWeights, Micros, PacingMode, PartnerId};
+use crate::domain::{Campaign, CampaignId, CampaignStatus, CatchUp, HourlyWeights, Micros, PacingMode, PartnerId};
 
 const COLUMNS: &str = "campaign_id, name, partner_id, status, time_zone, flight_start, flight_end, pacing_mode, \
     hourly_weights, max_per_second, max_per_minute, max_per_hour, daily_cap, cost_per_click_micros, \
-    daily_budget_micros, total_budget_micros, batch_size";
+    daily_budget_micros, total_budget_micros, batch_size, catch_up, catch_up_percent";
 
 /// Inserts or replaces a campaign's configuration.
 pub async fn upsert(db: &impl GenericClient, c: &Campaign) -> Result<(), DbError> {
@@ -22,8 +22,8 @@ pub async fn upsert(db: &impl GenericClient, c: &Campaign) -> Result<(), DbError
         "INSERT INTO campaigns (campaign_id, name, partner_id, status, time_zone, flight_start, flight_end,
                                 pacing_mode, hourly_weights, max_per_second, max_per_minute, max_per_hour,
                                 daily_cap, cost_per_click_micros, daily_budget_micros, total_budget_micros,
-                                batch_size)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
+                                batch_size, catch_up, catch_up_percent)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)
          ON CONFLICT (campaign_id) DO UPDATE SET
              name = EXCLUDED.name, partner_id = EXCLUDED.partner_id, status = EXCLUDED.status,
              time_zone = EXCLUDED.time_zone, flight_start = EXCLUDED.flight_start,
@@ -33,7 +33,7 @@ pub async fn upsert(db: &impl GenericClient, c: &Campaign) -> Result<(), DbError
              daily_cap = EXCLUDED.daily_cap, cost_per_click_micros = EXCLUDED.cost_per_click_micros,
              daily_budget_micros = EXCLUDED.daily_budget_micros,
              total_budget_micros = EXCLUDED.total_budget_micros, batch_size = EXCLUDED.batch_size,
-             updated_at = now()",
+             catch_up = EXCLUDED.catch_up, catch_up_percent = EXCLUDED.catch_up_percent, updated_at = now()",
         &[
             &c.campaign_id.as_str(),
             &c.name,
@@ -52,6 +52,11 @@ pub async fn upsert(db: &impl GenericClient, c: &Campaign) -> Result<(), DbError
             &c.daily_budget.map(|m| m.0),
             &c.total_budget.map(|m| m.0),
             &to_i32(c.batch_size)?,
+            &c.catch_up.name(),
+            &match c.catch_up {
+                CatchUp::Ahead(percent) => Some(i32::from(percent)),
+                _ => None,
+            },
         ],
     )
     .await?;
@@ -149,6 +154,11 @@ pub(crate) fn from_row(row: &Row) -> Result<Campaign, DbError> {
         flight_start: row.try_get::<_, Option<DateTime<Utc>>>("flight_start")?,
         flight_end: row.try_get::<_, Option<DateTime<Utc>>>("flight_end")?,
         pacing,
+        catch_up: {
+            let name: String = row.try_get("catch_up")?;
+            let percent = row.try_get::<_, Option<i32>>("catch_up_percent")?.and_then(|p| u16::try_from(p).ok());
+            CatchUp::parse(&name, percent).ok_or_else(|| invalid("catch-up setting"))?
+        },
         max_per_second: row.try_get::<_, Option<i32>>("max_per_second")?.map(to_u32),
         max_per_minute: row.try_get::<_, Option<i32>>("max_per_minute")?.map(to_u32),
         max_per_hour: row.try_get::<_, Option<i32>>("max_per_hour")?.map(to_u32),

@@ -188,7 +188,8 @@ pub async fn claim_due_batches(
         .query(
             "SELECT campaign_id, name, partner_id, status, time_zone, flight_start, flight_end, pacing_mode,
                     hourly_weights, max_per_second, max_per_minute, max_per_hour, daily_cap,
-                    cost_per_click_micros, daily_budget_micros, total_budget_micros, batch_size
+                    cost_per_click_micros, daily_budget_micros, total_budget_micros, batch_size, catch_up,
+                    catch_up_percent
              FROM campaigns WHERE campaign_id = ANY($1)",
             &[&campaign_ids],
         )
