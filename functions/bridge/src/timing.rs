@@ -1,0 +1,204 @@
+//! When each click may go: its share of the batch's spread (the pacer reserved the campaign's rate over it), a
+//! slot of the partner's shared send pace (configured or learned, every bridge reserving from one row), and the
+//! invocation's last start (no request begins that could not be answered before the deadline).
+
+use chrono::{DateTime, Utc};
+use clickpacer::delivery::{CompiledPartner, ObservedHealth, Outcome};
+use clickpacer::domain::Partner;
+use clickpacer::postgres::bridge::{self as repo, BatchLease, DeliveryRecord, PendingClick};
+use futures::StreamExt;
+use std::sync::atomic::AtomicBool;
+
+use crate::attempt::attempt_at;
+use crate::{Bridge, Clock, Transport};
+
+/// What a delivery pass sent: the records of the clicks it attempted, how many requests went out, and when the
+/// clicks it did not attempt may go (a paced partner's next free slot, or the end of its Retry-After).
+pub(crate) struct Sent {
+    pub(crate) records: Vec<DeliveryRecord>,
+    pub(crate) requests: u64,
+    pub(crate) resume_at: Option<DateTime<Utc>>,
+}
+
+/// Delivers the ready clicks with bounded concurrency, every request at a send slot of the partner's shared pace
+/// (see [`send_paced`]): at its configured rate under its AIMD allowance, or at the rate the bridges learn
+/// together for a partner without one. A batch spread by the pacer (a campaign's rate, its pacing plan) also
+/// holds each click until its share of the spread. Sending stops at a throttle (the rest wait for its
+/// Retry-After).
+pub(crate) async fn send_clicks<T: Transport, C: Clock>(
+    bridge: &Bridge<T, C>,
+    client: &mut tokio_postgres::Client,
+    (partner, compiled): (&Partner, &CompiledPartner),
+    lease: &BatchLease,
+    ready: &[&PendingClick],
+    health: &mut ObservedHealth,
+    last_start: DateTime<Utc>,
+) -> Sent {
+    let rate = match partner.rate_per_second {
+        Some(rate) => {
+            repo::PaceRate::Configured(clickpacer::delivery::pace::configured_pace(rate, health.health.allowance))
+        }
+        None => repo::PaceRate::Learned { initial: clickpacer::delivery::pace::initial_rate(partner.max_concurrency) },
+    };
+    let not_before = spread_shares(lease, ready, bridge.clock.now());
+    let paced = Paced { not_before: &not_before, rate, last_start };
+    let (outcomes, resume_at) = send_paced(bridge, client, partner, compiled, ready, paced).await;
+    let mut sent = Sent { records: Vec::with_capacity(outcomes.len()), requests: 0, resume_at };
+    for (record, outcome) in outcomes {
+        if record.http_status.is_some() || record.latency_ms.is_some() {
+            sent.requests += 1;
+        }
+        health.observe(&outcome, record.at);
+        sent.records.push(record);
+    }
+    sent
+}
+
+/// When each ready click may go: at its share of the batch's spread (click i of n at `i/n` of it, from the
+/// release; the pacer reserved the campaign's rate, or its plan accrues, second by second over it), and never
+/// closer than one share's spacing after the click before it. A click whose share passed while no pass ran
+/// (its message came back late) goes at the spread's pace from now, not at once with every other late one.
+/// Without a spread, all may go now.
+pub(crate) fn spread_shares(lease: &BatchLease, ready: &[&PendingClick], now: DateTime<Utc>) -> Vec<DateTime<Utc>> {
+    if lease.spread_seconds <= 1 {
+        return vec![now; ready.len()];
+    }
+    let release_at = lease.release_at.unwrap_or(now);
+    let spread_ms = i64::from(lease.spread_seconds) * 1000;
+    let count = i64::from(lease.clicks.max(1));
+    let spacing = chrono::Duration::milliseconds(spread_ms / count);
+    let mut earliest = now;
+    ready
+        .iter()
+        .map(|click| {
+            let share = release_at + chrono::Duration::milliseconds(spread_ms * click.position as i64 / count);
+            let at = share.max(earliest);
+            earliest = at + spacing;
+            at
+        })
+        .collect()
+}
+
+/// When a pass may send: each ready click's share of the spread (ascending), the pace, and the last instant a
+/// request may start within the invocation.
+pub(crate) struct Paced<'a> {
+    not_before: &'a [DateTime<Utc>],
+    rate: repo::PaceRate,
+    last_start: DateTime<Utc>,
+}
+
+/// Sends at the partner's send pace, reserving slots in chunks of about [`PACE_CHUNK`] from the row every bridge
+/// shares, and reporting what the partner accepted so a throttle sets the pace to it. Only clicks whose share of
+/// the spread has come are reserved for, and only slots before the pass's last start: clicks whose share or slot
+/// is further away (than `max_spread_wait`, or than the invocation lasts) wait for the message to come back.
+pub(crate) async fn send_paced<T: Transport, C: Clock>(
+    bridge: &Bridge<T, C>,
+    client: &mut tokio_postgres::Client,
+    partner: &Partner,
+    compiled: &CompiledPartner,
+    ready: &[&PendingClick],
+    Paced { not_before, rate, last_start }: Paced<'_>,
+) -> (Vec<(DeliveryRecord, Outcome)>, Option<DateTime<Utc>>) {
+    let max_wait = chrono::Duration::from_std(bridge.settings.max_spread_wait).unwrap_or_default();
+    let mut chunk = chunk_for(match rate {
+        repo::PaceRate::Learned { initial } => initial,
+        repo::PaceRate::Configured(rate) => rate,
+    });
+    let mut accepted: Vec<(DateTime<Utc>, u32)> = Vec::new();
+    let mut out = Vec::with_capacity(ready.len());
+    let mut resume_at = None;
+    let mut next = 0;
+    // Not earlier than a share already waited for (a clock that moves only by hand, in tests, still moves on).
+    let mut waited = bridge.clock.now();
+    while next < ready.len() {
+        let now = bridge.clock.now().max(waited);
+        let horizon = max_wait.min(last_start - now);
+        if horizon <= chrono::Duration::zero() {
+            // The invocation ends before another request could be answered: the rest go with the message.
+            resume_at = Some(now);
+            break;
+        }
+        // The clicks from `next` on whose share of the spread has come (the shares ascend).
+        let due = not_before[next..].iter().take_while(|at| **at <= now).count();
+        if due == 0 {
+            let at = not_before[next];
+            if at - now > horizon {
+                resume_at = Some(at - chrono::Duration::seconds(1));
+                break;
+            }
+            tokio::time::sleep((at - now).to_std().unwrap_or_default()).await;
+            waited = at;
+            continue;
+        }
+        let want = chunk.min(due);
+        let reserved = repo::reserve_send_slots(client, &partner.partner_id, want, now, rate, horizon, &accepted).await;
+        let grant = match reserved {
+            Ok(grant) => grant,
+            Err(e) => {
+                // Without the shared pace nothing may go: the clicks wait for the message to come back.
+                tracing::warn!(partner_id = %partner.partner_id, error = %e, "send pace not reachable");
+                resume_at = Some(now + chrono::Duration::seconds(1));
+                break;
+            }
+        };
+        accepted.clear();
+        if grant.count == 0 {
+            resume_at = Some(grant.first);
+            break;
+        }
+        chunk = chunk_for(1.0 / grant.interval.as_seconds_f64().max(1e-6));
+        let throttled = AtomicBool::new(false);
+        let results: Vec<(DeliveryRecord, Outcome)> = futures::stream::iter(0..grant.count)
+            .map(|k| {
+                let throttled = &throttled;
+                let click = ready[next + k];
+                let slot = grant.slot(k);
+                async move { attempt_at(bridge, (partner, compiled), click, (slot, last_start), throttled).await }
+            })
+            .buffer_unordered(partner.max_concurrency.max(1) as usize)
+            .filter_map(|o| async move { o })
+            .collect()
+            .await;
+        next += grant.count;
+        let mut pause: Option<DateTime<Utc>> = None;
+        for (record, outcome) in &results {
+            match outcome {
+                Outcome::Delivered => {
+                    let answered = record.at + chrono::Duration::milliseconds(record.latency_ms.unwrap_or(0).into());
+                    accepted.push((answered, 1));
+                }
+                Outcome::Retry { throttled: true, after, .. } => {
+                    let until = after.unwrap_or(record.at + clickpacer::delivery::health::DEFAULT_THROTTLE_PAUSE);
+                    pause = pause.max(Some(until));
+                }
+                _ => {}
+            }
+        }
+        out.extend(results);
+        if let Some(until) = pause {
+            let now = bridge.clock.now();
+            let report = std::mem::take(&mut accepted);
+            if let Err(e) = repo::record_throttle(client, &partner.partner_id, now, until, &report).await {
+                tracing::warn!(partner_id = %partner.partner_id, error = %e, "throttle not recorded in the send pace");
+            }
+            resume_at = Some(until);
+            break;
+        }
+    }
+    if !accepted.is_empty() {
+        let report = accepted;
+        if let Err(e) = repo::record_accepted(client, &partner.partner_id, &report).await {
+            tracing::warn!(partner_id = %partner.partner_id, error = %e, "accepted requests not counted");
+        }
+    }
+    // Clicks of the chunk skipped after a throttle were neither sent nor recorded: they go with the rest.
+    (out, resume_at)
+}
+
+/// About this much sending per reservation: short enough that concurrent bridges interleave into one even stream
+/// and a throttle stops everyone quickly, long enough that a fast partner costs one reservation per message.
+pub(crate) const PACE_CHUNK: std::time::Duration = std::time::Duration::from_millis(50);
+
+pub(crate) fn chunk_for(rate: f64) -> usize {
+    (rate * PACE_CHUNK.as_secs_f64()).round().max(1.0) as usize
+}
