@@ -10,9 +10,10 @@
 //!   backlogged sending, so a partner without a limit soon runs at whatever its concurrency allows.
 //! - **Throttled** (429/503, once per overload episode): sending at the pace, the rate becomes what the partner
 //!   accepted in the last full second or in the second so far, whichever is more (the delivery rate it
-//!   demonstrably takes, as BBR measures its bottleneck), times [`BACKOFF_MARGIN`]; sending below the pace, or
-//!   with nothing accepted, that count is our demand or an outage, not the partner's capacity (BBR ignores such
-//!   app-limited samples), and the rate is cut by [`THROTTLE_CUT`] instead. Slow start ends. No slot is granted
+//!   demonstrably takes, as BBR measures its bottleneck), times [`BACKOFF_MARGIN`]; sending below the pace (idle
+//!   for a second, or an accepted count under [`APP_LIMITED_BELOW`] of it), or with nothing accepted, that count
+//!   is our demand or an outage, not the partner's capacity (BBR ignores such app-limited samples), and the rate
+//!   is cut by [`THROTTLE_CUT`] instead. Slow start ends. No slot is granted
 //!   before the Retry-After instant.
 //! - **Probing**: after that the rate grows by [`PROBE_GROWTH`] per [`PROBE_STEP`] of backlogged sending, so a
 //!   partner that raises its limit is noticed, at the cost of an occasional throttled request.
@@ -55,6 +56,10 @@ pub const BACKOFF_MARGIN: f64 = 0.97;
 /// The cut on a throttle that measured nothing about the partner's capacity (sending below the pace, or
 /// nothing accepted): multiplicative decrease, as TCP halves its window on a loss.
 pub const THROTTLE_CUT: f64 = 0.5;
+/// An accepted count under this share of the pace is taken as what we asked (app-limited, in BBR's words), not as
+/// what the partner takes: a partner that really takes less is found by successive cuts, a few throttles apart.
+/// Low enough that the count of a second still under way (a fraction of a full one) still measures.
+pub const APP_LIMITED_BELOW: f64 = 0.25;
 /// Growth per [`PROBE_STEP`] once a throttle taught the partner's rate.
 pub const PROBE_GROWTH: f64 = 0.01;
 pub const PROBE_STEP: TimeDelta = TimeDelta::seconds(10);
@@ -180,7 +185,9 @@ impl SendPace {
         let current = self.rate.unwrap_or(shown);
         // The partner took `shown`; sending at `current` was too much. A count that lags (requests still in
         // flight elsewhere) must not raise the rate.
-        let measured = if backlogged && shown > 0.0 { shown * BACKOFF_MARGIN } else { current * THROTTLE_CUT };
+        // Sending at a small share of the pace, the requests were our demand, not the partner's capacity.
+        let at_the_pace = backlogged && shown > 0.0 && shown >= current * APP_LIMITED_BELOW;
+        let measured = if at_the_pace { shown * BACKOFF_MARGIN } else { current * THROTTLE_CUT };
         let rate = measured.min(current).clamp(MIN_RATE, MAX_RATE);
         self.rate = Some(rate);
         self.learned = true;
@@ -270,7 +277,7 @@ mod tests {
     fn a_throttle_sets_the_rate_to_what_the_partner_accepted() {
         let mut pace = SendPace::default();
         pace.reserve(1, t0(), None, 64.0, TimeDelta::seconds(20));
-        pace.rate = Some(512.0);
+        pace.rate = Some(320.0);
         let now = t0() + ms(1400);
         // Sending at the pace: its next slot is now.
         pace.next_slot = Some(now);
@@ -278,6 +285,12 @@ mod tests {
         pace.window.add(t0() + ms(1100), 200);
         pace.on_throttled(now, now + TimeDelta::seconds(1));
         assert!((pace.rate.unwrap() - 194.0).abs() < 1e-9, "{:?}", pace.rate);
+        // Far above what the partner took (slow start overshot fivefold), the cut comes first: the next throttles
+        // measure.
+        let mut overshot = SendPace { rate: Some(1000.0), next_slot: Some(now), ..SendPace::default() };
+        overshot.window = pace.window;
+        overshot.on_throttled(now, now + TimeDelta::seconds(1));
+        assert_eq!(overshot.rate, Some(500.0));
         assert!(pace.learned);
         assert_eq!(pace.learned_rate(), pace.rate);
         let g = pace.reserve(1, now, None, 64.0, TimeDelta::seconds(20));
@@ -306,6 +319,12 @@ mod tests {
         pace.window.add(t0(), 1);
         pace.on_throttled(t0(), t0() + TimeDelta::seconds(1));
         assert_eq!(pace.rate, Some(100.0 * THROTTLE_CUT));
+        // Sending in the last second, but at a trickle (one request a second against a pace of 100): the count is
+        // our demand again, not what the partner takes.
+        let mut trickle = SendPace { rate: Some(100.0), learned: true, next_slot: Some(t0()), ..SendPace::default() };
+        trickle.window.add(t0() - ms(500), 1);
+        trickle.on_throttled(t0(), t0() + TimeDelta::seconds(1));
+        assert_eq!(trickle.rate, Some(100.0 * THROTTLE_CUT));
     }
 
     #[test]
