@@ -357,3 +357,74 @@ mod tests {
         assert_eq!((w.accepted, w.previous), (1, 0));
     }
 }
+
+/// The send timing's limits under any interleaving of reservations: several bridges, each with its own clock
+/// skew, reserving chunks of slots from the one row at random moments, with throttles in between.
+#[cfg(test)]
+mod properties {
+    use chrono::TimeZone;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[derive(Debug, Clone)]
+    struct Step {
+        bridge: usize,
+        after_ms: i64,
+        want: usize,
+        horizon_ms: i64,
+        throttle: bool,
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        (0..4_usize, 0..400_i64, 1..20_usize, 0..3_000_i64, proptest::bool::weighted(0.05)).prop_map(
+            |(bridge, after_ms, want, horizon_ms, throttle)| Step { bridge, after_ms, want, horizon_ms, throttle },
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: 256,
+            failure_persistence: Some(Box::new(proptest::test_runner::FileFailurePersistence::WithSource("regressions"))),
+            ..ProptestConfig::default()
+        })]
+
+        /// A partner configured at `rate` a second gets at most `rate` requests in any one-second window, whichever
+        /// bridge sends them and however skewed their clocks, and none during a Retry-After pause.
+        #[test]
+        fn configured_rates_hold_in_every_second_across_bridges(
+            rate in 1..200_u32,
+            skews in proptest::collection::vec(0..80_i64, 4),
+            steps in proptest::collection::vec(step(), 1..120),
+        ) {
+            let mut pace = SendPace::default();
+            let mut now = Utc.with_ymd_and_hms(2026, 12, 2, 10, 0, 0).unwrap();
+            let mut paused_until: Option<DateTime<Utc>> = None;
+            let mut slots: Vec<DateTime<Utc>> = Vec::new();
+            let send_rate = configured_pace(rate, 1.0);
+            for s in steps {
+                now += TimeDelta::milliseconds(s.after_ms);
+                let seen = now - TimeDelta::milliseconds(skews[s.bridge]);
+                if s.throttle {
+                    let until = seen + TimeDelta::seconds(1);
+                    pace.on_throttled(seen, until);
+                    paused_until = paused_until.max(Some(until));
+                    continue;
+                }
+                let grant = pace.reserve_at(s.want, seen, paused_until, send_rate, TimeDelta::milliseconds(s.horizon_ms));
+                prop_assert!(grant.count <= s.want);
+                for k in 0..grant.count {
+                    let slot = grant.slot(k);
+                    prop_assert!(paused_until.is_none_or(|until| slot >= until), "slot {slot} inside a pause");
+                    prop_assert!(slot <= seen + TimeDelta::milliseconds(s.horizon_ms), "slot {slot} past the horizon");
+                    slots.push(slot);
+                }
+            }
+            slots.sort();
+            for (i, first) in slots.iter().enumerate() {
+                let in_second = slots[i..].iter().take_while(|t| **t < *first + TimeDelta::seconds(1)).count();
+                prop_assert!(in_second <= rate as usize, "{in_second} slots in the second from {first} at {rate}/s");
+            }
+        }
+    }
+}
