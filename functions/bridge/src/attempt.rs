@@ -14,8 +14,8 @@ use clickpacer::postgres::bridge::{BatchLease, DeliveryRecord, PendingClick};
 
 use crate::{Bridge, Clock, Transport};
 
-/// One attempt at `slot` (waits for it), unless a throttle in the same group of requests came first or the
-/// partner's concurrency kept it waiting past the pass's last start.
+/// One attempt at `slot` (waits for it; the caller holds a permit of the partner's concurrency for it), unless a
+/// throttle in the same group of requests came first or the slot is past the pass's last start.
 pub(crate) async fn attempt_at<T: Transport, C: Clock>(
     bridge: &Bridge<T, C>,
     (partner, compiled): (&Partner, &CompiledPartner),
@@ -26,8 +26,6 @@ pub(crate) async fn attempt_at<T: Transport, C: Clock>(
     if let Ok(wait) = (slot - bridge.clock.now()).to_std() {
         tokio::time::sleep(wait).await;
     }
-    let slots = bridge.partner_slots.for_partner(partner);
-    let _in_flight = slots.acquire().await.ok()?;
     if throttled.load(Ordering::SeqCst) || bridge.clock.now() > last_start {
         return None;
     }

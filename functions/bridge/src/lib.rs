@@ -69,7 +69,7 @@ pub struct Bridge<T, C> {
 pub struct PartnerSlots(std::sync::Mutex<HashMap<PartnerId, (u32, Arc<Semaphore>)>>);
 
 impl PartnerSlots {
-    fn for_partner(&self, partner: &Partner) -> Arc<Semaphore> {
+    pub(crate) fn for_partner(&self, partner: &Partner) -> Arc<Semaphore> {
         let limit = partner.max_concurrency.max(1);
         let mut slots = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let entry = slots

@@ -130,7 +130,19 @@ pub(crate) async fn send_paced<T: Transport, C: Clock>(
             waited = at;
             continue;
         }
-        let want = chunk.min(due);
+        // A permit of the partner's concurrency for every slot first, so no request waits for one after its slot
+        // came: requests held up by a hung partner would go together when it recovers, more than its rate in
+        // that second.
+        let want = chunk.min(due).min(partner.max_concurrency.max(1) as usize);
+        let Ok(mut permits) = bridge.partner_slots.for_partner(partner).acquire_many_owned(want as u32).await else {
+            break;
+        };
+        let now = bridge.clock.now().max(waited);
+        let horizon = max_wait.min(last_start - now);
+        if horizon <= chrono::Duration::zero() {
+            resume_at = Some(now);
+            break;
+        }
         let reserved = repo::reserve_send_slots(client, &partner.partner_id, want, now, rate, horizon, &accepted).await;
         let grant = match reserved {
             Ok(grant) => grant,
@@ -148,12 +160,18 @@ pub(crate) async fn send_paced<T: Transport, C: Clock>(
         }
         chunk = chunk_for(1.0 / grant.interval.as_seconds_f64().max(1e-6));
         let throttled = AtomicBool::new(false);
-        let results: Vec<(DeliveryRecord, Outcome)> = futures::stream::iter(0..grant.count)
-            .map(|k| {
+        let in_flight: Vec<_> = (0..grant.count).filter_map(|_| permits.split(1)).collect();
+        // Permits beyond the grant go back now.
+        drop(permits);
+        let results: Vec<(DeliveryRecord, Outcome)> = futures::stream::iter(in_flight.into_iter().enumerate())
+            .map(|(k, permit)| {
                 let throttled = &throttled;
                 let click = ready[next + k];
                 let slot = grant.slot(k);
-                async move { attempt_at(bridge, (partner, compiled), click, (slot, last_start), throttled).await }
+                async move {
+                    let _permit = permit;
+                    attempt_at(bridge, (partner, compiled), click, (slot, last_start), throttled).await
+                }
             })
             .buffer_unordered(partner.max_concurrency.max(1) as usize)
             .filter_map(|o| async move { o })

@@ -756,6 +756,57 @@ async fn a_later_pass_of_a_spread_batch_keeps_its_pace_for_overdue_clicks() {
     assert!(report.max_requests_in_one_second <= 2, "{} in one second", report.max_requests_in_one_second);
 }
 
+/// Requests that waited for the partner's concurrency past their send slot (it hung, then recovered) would go
+/// together when it recovers, more than its rate in that second: a slot is reserved only with a permit in hand.
+#[tokio::test]
+async fn requests_held_up_by_a_hung_partner_do_not_burst_when_it_recovers() {
+    let w = world().await;
+    let mut p = partner(&w.sim, "hung");
+    p.rate_per_second = Some(2);
+    p.max_concurrency = 1;
+    p.timeout_ms = 3_000;
+    let campaign = w.seed(&p, 20).await;
+    // Four batches of five, so four passes to the partner run at once.
+    let client = w.db.client().await;
+    for part in 1..4_i64 {
+        client
+            .execute(
+                "WITH b AS (INSERT INTO batches (campaign_id, partner_id, upload_id, upload_seq, click_count, due_at)
+                            SELECT campaign_id, partner_id, upload_id, $2, 5, due_at FROM batches
+                            WHERE campaign_id = $1 AND upload_seq = 0 RETURNING batch_id)
+                 UPDATE clicks SET batch_id = (SELECT batch_id FROM b)
+                 WHERE campaign_id = $1 AND row_number > 5 * $2 AND row_number <= 5 * ($2 + 1)",
+                &[&campaign.as_str(), &(part as i32)],
+            )
+            .await
+            .unwrap();
+    }
+    client.execute("UPDATE batches SET click_count = 5", &[]).await.unwrap();
+    w.sim.sim.set_behaviour("hung", Behaviour { latency_ms: 1_500, ..Behaviour::default() }).unwrap();
+    let pacer = Pacer {
+        pool: w.db.pool.clone(),
+        queue: w.queue.clone(),
+        settings: PacerSettings {
+            claim: ClaimSettings { horizon_seconds: 10, ..ClaimSettings::default() },
+            ..PacerSettings::default()
+        },
+    };
+    assert_eq!(pacer::run_once(&pacer, Utc::now()).await.unwrap().released, 4);
+    // The pacer delayed them over its horizon: all four, handled together.
+    let mut messages = Vec::new();
+    while messages.len() < 4 {
+        messages.extend(w.receive().await);
+    }
+    let recover = async {
+        tokio::time::sleep(Duration::from_millis(3_200)).await;
+        w.sim.sim.set_behaviour("hung", Behaviour::default()).unwrap();
+    };
+    let (failures, ()) = tokio::join!(w.handle(messages), recover);
+    assert!(failures.is_empty());
+    let report = w.sim.sim.partner_report("hung").unwrap();
+    assert!(report.max_requests_in_one_second <= 2, "{} in one second", report.max_requests_in_one_second);
+}
+
 #[tokio::test]
 async fn a_scheduled_invocation_flushes_events_the_last_delivery_could_not() {
     let w = world().await;
