@@ -125,17 +125,21 @@ impl<T: Transport> World<T> {
         c.campaign_id
     }
 
-    /// Runs the real pacer once so the release message is exactly what production sends.
-    async fn release(&self) -> Vec<SqsMessage> {
-        let pacer = Pacer {
+    /// The real pacer, planning `seconds` ahead.
+    fn pacer_planning(&self, seconds: u32) -> Pacer<SqsQueue> {
+        Pacer {
             pool: self.db.pool.clone(),
             queue: self.queue.clone(),
             settings: PacerSettings {
-                claim: ClaimSettings { horizon_seconds: 1, ..ClaimSettings::default() },
+                claim: ClaimSettings { horizon_seconds: seconds, ..ClaimSettings::default() },
                 ..PacerSettings::default()
             },
-        };
-        pacer::run_once(&pacer, Utc::now()).await.unwrap();
+        }
+    }
+
+    /// Runs the real pacer once so the release message is exactly what production sends.
+    async fn release(&self) -> Vec<SqsMessage> {
+        pacer::run_once(&self.pacer_planning(1), Utc::now()).await.unwrap();
         self.receive().await
     }
 
@@ -482,14 +486,7 @@ async fn a_message_lost_after_part_of_its_batch_was_delivered_comes_back_by_itse
     // Once the lease runs out, the pacer takes the batch back with a new fence; the bridge sends only the six.
     let later = lease + chrono::Duration::seconds(1);
     w.bridge.clock.set(later);
-    let pacer = Pacer {
-        pool: w.db.pool.clone(),
-        queue: w.queue.clone(),
-        settings: PacerSettings {
-            claim: ClaimSettings { horizon_seconds: 1, ..ClaimSettings::default() },
-            ..PacerSettings::default()
-        },
-    };
+    let pacer = w.pacer_planning(1);
     let summary = pacer::run_once(&pacer, later).await.unwrap();
     assert_eq!((summary.reclaimed, summary.released), (1, 1), "{summary:?}");
     let again = w.receive().await;
@@ -564,14 +561,7 @@ async fn retries_to_a_rated_partner_keep_to_its_rate_at_the_partner() {
     w.seed(&p, 20).await;
     // Every click fails once: the pacer spread the batch over two seconds for the first pass.
     w.sim.sim.set_behaviour("rated", Behaviour { status_override: Some(500), ..Behaviour::default() }).unwrap();
-    let pacer = Pacer {
-        pool: w.db.pool.clone(),
-        queue: w.queue.clone(),
-        settings: PacerSettings {
-            claim: ClaimSettings { horizon_seconds: 3, ..ClaimSettings::default() },
-            ..PacerSettings::default()
-        },
-    };
+    let pacer = w.pacer_planning(3);
     assert_eq!(pacer::run_once(&pacer, Utc::now()).await.unwrap().released, 1);
     assert!(w.handle(w.receive().await).await.is_empty());
     assert_eq!(w.outcomes().await, vec![("retrying".into(), 20)]);
@@ -604,14 +594,7 @@ async fn a_pass_ends_before_the_invocations_deadline_with_what_it_sent_recorded(
     p.rate_per_second = Some(2);
     p.timeout_ms = 500;
     w.seed(&p, 20).await;
-    let pacer = Pacer {
-        pool: w.db.pool.clone(),
-        queue: w.queue.clone(),
-        settings: PacerSettings {
-            claim: ClaimSettings { horizon_seconds: 15, ..ClaimSettings::default() },
-            ..PacerSettings::default()
-        },
-    };
+    let pacer = w.pacer_planning(15);
     assert_eq!(pacer::run_once(&pacer, Utc::now()).await.unwrap().released, 1);
     let messages = w.receive().await;
 
@@ -724,14 +707,7 @@ async fn a_later_pass_of_a_spread_batch_keeps_its_pace_for_overdue_clicks() {
         .execute("UPDATE campaigns SET max_per_second = 1 WHERE campaign_id = $1", &[&campaign.as_str()])
         .await
         .unwrap();
-    let pacer = Pacer {
-        pool: w.db.pool.clone(),
-        queue: w.queue.clone(),
-        settings: PacerSettings {
-            claim: ClaimSettings { horizon_seconds: 60, ..ClaimSettings::default() },
-            ..PacerSettings::default()
-        },
-    };
+    let pacer = w.pacer_planning(60);
     assert_eq!(pacer::run_once(&pacer, Utc::now()).await.unwrap().released, 1);
     let messages = w.receive().await;
     assert!(body(&messages).spread_seconds >= 39, "spread over {} s", body(&messages).spread_seconds);
@@ -783,14 +759,7 @@ async fn requests_held_up_by_a_hung_partner_do_not_burst_when_it_recovers() {
     }
     client.execute("UPDATE batches SET click_count = 5", &[]).await.unwrap();
     w.sim.sim.set_behaviour("hung", Behaviour { latency_ms: 1_500, ..Behaviour::default() }).unwrap();
-    let pacer = Pacer {
-        pool: w.db.pool.clone(),
-        queue: w.queue.clone(),
-        settings: PacerSettings {
-            claim: ClaimSettings { horizon_seconds: 10, ..ClaimSettings::default() },
-            ..PacerSettings::default()
-        },
-    };
+    let pacer = w.pacer_planning(10);
     assert_eq!(pacer::run_once(&pacer, Utc::now()).await.unwrap().released, 4);
     // The pacer delayed them over its horizon: all four, handled together.
     let mut messages = Vec::new();

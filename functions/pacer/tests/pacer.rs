@@ -473,22 +473,13 @@ async fn overlapping_runs_keep_a_partners_rate_in_every_second_they_plan() {
     seed(&db, &campaign("autumn")).await;
     let client = db.client().await;
     client.execute("UPDATE partners SET rate_per_second = 2 WHERE partner_id = 'acme'", &[]).await.unwrap();
-    let settings = PacerSettings {
-        claim: ClaimSettings { horizon_seconds: 60, ..ClaimSettings::default() },
-        ..PacerSettings::default()
-    };
-    let pacer = Pacer { pool: db.pool.clone(), queue: queue.clone(), settings };
+    let pacer = Pacer { pool: db.pool.clone(), queue: queue.clone(), settings: planning_a_minute() };
     insert_batches(&db, "spring", 40, 1, t0()).await;
     assert_eq!(pacer::run_once(&pacer, t0()).await.unwrap().released, 40);
     insert_batches(&db, "autumn", 40, 1, t0()).await;
     assert_eq!(pacer::run_once(&pacer, t0() + Duration::seconds(1)).await.unwrap().released, 40);
 
-    // Each message is delayed to its second: read the plan from the batches.
-    let rows = client
-        .query("SELECT extract(epoch FROM date_trunc('second', release_at))::bigint, sum(click_count)::bigint FROM batches GROUP BY 1", &[])
-        .await
-        .unwrap();
-    let per_second: HashMap<i64, i64> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let per_second = planned_per_second(&db).await;
     let busiest = per_second.values().max().copied().unwrap_or(0);
     assert!(busiest <= 2, "{busiest} clicks planned for the partner in one second: {per_second:?}");
 }
@@ -503,21 +494,35 @@ async fn overlapping_runs_keep_a_campaigns_per_second_limit_in_every_second() {
     let mut c = campaign("spring");
     c.max_per_second = Some(2);
     seed(&db, &c).await;
-    let settings = PacerSettings {
-        claim: ClaimSettings { horizon_seconds: 60, ..ClaimSettings::default() },
-        ..PacerSettings::default()
-    };
-    let pacer = Pacer { pool: db.pool.clone(), queue: queue.clone(), settings };
+    let pacer = Pacer { pool: db.pool.clone(), queue: queue.clone(), settings: planning_a_minute() };
     insert_batches(&db, "spring", 40, 1, t0()).await;
     assert_eq!(pacer::run_once(&pacer, t0()).await.unwrap().released, 40);
     insert_batches(&db, "spring", 40, 1, t0()).await;
     assert_eq!(pacer::run_once(&pacer, t0() + Duration::seconds(1)).await.unwrap().released, 40);
+    let busiest = planned_per_second(&db).await.into_values().max().unwrap_or(0);
+    assert!(busiest <= 2, "{busiest} clicks of the campaign planned in one second");
+}
+
+/// A pacer planning a whole minute, as the schedule's runs do.
+fn planning_a_minute() -> PacerSettings {
+    PacerSettings {
+        claim: ClaimSettings { horizon_seconds: 60, ..ClaimSettings::default() },
+        ..PacerSettings::default()
+    }
+}
+
+/// Clicks planned per second (Unix seconds): each message is delayed to its second, so the plan is read from the
+/// batches' release instants.
+async fn planned_per_second(db: &TestDb) -> HashMap<i64, i64> {
     let rows = db
         .client()
         .await
-        .query("SELECT date_trunc('second', release_at), sum(click_count)::bigint FROM batches GROUP BY 1", &[])
+        .query(
+            "SELECT extract(epoch FROM date_trunc('second', release_at))::bigint, sum(click_count)::bigint
+             FROM batches GROUP BY 1",
+            &[],
+        )
         .await
         .unwrap();
-    let busiest = rows.iter().map(|r| r.get::<_, i64>(1)).max().unwrap_or(0);
-    assert!(busiest <= 2, "{busiest} clicks of the campaign planned in one second");
+    rows.iter().map(|r| (r.get(0), r.get(1))).collect()
 }
