@@ -85,6 +85,9 @@ async fn main() -> anyhow::Result<()> {
             let campaign_id = clickpacer::domain::CampaignId::parse(campaign).map_err(|e| anyhow::anyhow!("{e}"))?;
             let pool = clickpacer::postgres::build_pool(&database)?;
             let mut client = pool.get().await?;
+            if clickpacer::postgres::campaigns::get(&**client, &campaign_id).await?.is_none() {
+                anyhow::bail!("unknown campaign {campaign_id}");
+            }
             let scope = ReplayScope { campaign_id, batch_id: batch };
             let replayed = replay::replay_dead(&mut client, &scope, &reason).await?;
             println!(
