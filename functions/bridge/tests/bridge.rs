@@ -423,6 +423,12 @@ struct DiesAfter {
     sent: AtomicUsize,
 }
 
+impl DiesAfter {
+    fn after(ok: usize) -> Self {
+        Self { inner: HttpTransport::new(true).unwrap(), ok: AtomicUsize::new(ok), sent: AtomicUsize::new(0) }
+    }
+}
+
 impl Transport for DiesAfter {
     async fn send(
         &self,
@@ -439,12 +445,7 @@ impl Transport for DiesAfter {
 /// A world whose connection to the partner dies after `ok` requests, with one batch of `clicks` sent one at a
 /// time.
 async fn cut_off_after(ok: usize, clicks: usize) -> World<DiesAfter> {
-    let w = world_with(DiesAfter {
-        inner: HttpTransport::new(true).unwrap(),
-        ok: AtomicUsize::new(ok),
-        sent: AtomicUsize::new(0),
-    })
-    .await;
+    let w = world_with(DiesAfter::after(ok)).await;
     let mut p = partner(&w.sim, "acme");
     p.max_concurrency = 1;
     w.seed(&p, clicks).await;
@@ -646,12 +647,7 @@ async fn a_message_reached_too_late_in_its_invocation_goes_back_without_a_reques
 /// and the day ledger counts every click once: released = delivered, none failed, spend for each delivery.
 #[tokio::test]
 async fn replayed_dead_clicks_are_delivered_once_without_resending_the_delivered_ones() {
-    let w = world_with(DiesAfter {
-        inner: HttpTransport::new(true).unwrap(),
-        ok: AtomicUsize::new(4),
-        sent: AtomicUsize::new(0),
-    })
-    .await;
+    let w = world_with(DiesAfter::after(4)).await;
     let mut p = partner(&w.sim, "acme");
     p.max_concurrency = 1;
     p.max_attempts = 1;
