@@ -17,6 +17,9 @@
 //!   before the Retry-After instant.
 //! - **Probing**: after that the rate grows by [`PROBE_GROWTH`] per [`PROBE_STEP`] of backlogged sending, so a
 //!   partner that raises its limit is noticed, at the cost of an occasional throttled request.
+//! - **Recovery**: blind cuts (an outage of 429s halves the rate once per Retry-After pause) measured nothing, so
+//!   the rate they cut from is kept (`recover_to`, as TCP keeps `ssthresh` after a timeout) and regained at
+//!   [`RECOVERY_GROWTH`] per [`RECOVERY_STEP`] once the partner answers again; a measured throttle forgets it.
 //!
 //! A partner with a configured rate takes its slots from the same stream at that rate (times its AIMD allowance
 //! and [`CONFIGURED_RATE_MARGIN`]), without learning: see [`configured_pace`].
@@ -63,6 +66,10 @@ pub const APP_LIMITED_BELOW: f64 = 0.25;
 /// Growth per [`PROBE_STEP`] once a throttle taught the partner's rate.
 pub const PROBE_GROWTH: f64 = 0.01;
 pub const PROBE_STEP: TimeDelta = TimeDelta::seconds(10);
+/// Growth per [`RECOVERY_STEP`] back towards the rate blind cuts started from: from the floor of [`MIN_RATE`] to
+/// 100 a second in about 11 s of backlogged sending.
+pub const RECOVERY_GROWTH: f64 = 0.5;
+pub const RECOVERY_STEP: TimeDelta = TimeDelta::seconds(1);
 /// Bounds on a learned rate (requests per second).
 pub const MIN_RATE: f64 = 1.0;
 pub const MAX_RATE: f64 = 100_000.0;
@@ -77,6 +84,9 @@ pub struct SendPace {
     pub learned: bool,
     /// When the rate last grew (or was set).
     pub grown_at: Option<DateTime<Utc>>,
+    /// The rate blind cuts started from, regained quickly (see Recovery in the module doc); `None` when nothing
+    /// is to be regained.
+    pub recover_to: Option<f64>,
     /// The earliest instant the next request may go.
     pub next_slot: Option<DateTime<Utc>>,
     /// Requests the partner accepted per wall-clock second: the current second and the one before.
@@ -189,6 +199,14 @@ impl SendPace {
         let at_the_pace = backlogged && shown > 0.0 && shown >= current * APP_LIMITED_BELOW;
         let measured = if at_the_pace { shown * BACKOFF_MARGIN } else { current * THROTTLE_CUT };
         let rate = measured.min(current).clamp(MIN_RATE, MAX_RATE);
+        self.recover_to = if at_the_pace {
+            None
+        } else {
+            // A learned rate was held before the cut: it is what to come back to. In slow start the rate before
+            // the cut overshot, and what the cut left is the most to regain.
+            let before = if self.learned { current } else { rate };
+            Some(self.recover_to.map_or(before, |r| r.max(before)))
+        };
         self.rate = Some(rate);
         self.learned = true;
         self.grown_at = Some(paused_until);
@@ -208,11 +226,23 @@ impl SendPace {
             self.grown_at = Some(now);
             return;
         }
-        let (step, factor) = if self.learned { (PROBE_STEP, 1.0 + PROBE_GROWTH) } else { (SLOW_START_STEP, 2.0) };
+        let recovering = self.recover_to.filter(|target| self.learned && rate < *target);
+        let (step, factor) = match (self.learned, recovering) {
+            (true, Some(_)) => (RECOVERY_STEP, 1.0 + RECOVERY_GROWTH),
+            (true, None) => (PROBE_STEP, 1.0 + PROBE_GROWTH),
+            (false, _) => (SLOW_START_STEP, 2.0),
+        };
         let steps = ((now - grown_at).num_milliseconds() / step.num_milliseconds()).max(0);
         if steps > 0 {
-            self.rate = Some((rate * factor.powi(steps.min(64) as i32)).clamp(MIN_RATE, MAX_RATE));
+            let mut grown = rate * factor.powi(steps.min(64) as i32);
+            if let Some(target) = recovering {
+                grown = grown.min(target);
+            }
+            self.rate = Some(grown.clamp(MIN_RATE, MAX_RATE));
             self.grown_at = Some(grown_at + step * steps as i32);
+        }
+        if self.recover_to.is_some_and(|target| self.rate.is_some_and(|r| r >= target)) {
+            self.recover_to = None;
         }
     }
 }
@@ -325,6 +355,58 @@ mod tests {
         trickle.window.add(t0() - ms(500), 1);
         trickle.on_throttled(t0(), t0() + TimeDelta::seconds(1));
         assert_eq!(trickle.rate, Some(100.0 * THROTTLE_CUT));
+    }
+
+    /// A 429 outage (the partner answering nothing but 429 for a few seconds) cuts the rate blindly, once per
+    /// Retry-After pause: five pauses take a partner that took 80 a second down to 2.5. Those cuts measured
+    /// nothing about its capacity; once it answers again the rate must come back to where it was within seconds
+    /// of backlogged sending, not at the 1 % per 10 s a measured rate probes with (two minutes left a round's
+    /// 200 clicks undelivered).
+    #[test]
+    fn the_rate_comes_back_quickly_after_blind_cuts_of_an_outage() {
+        let mut pace = SendPace { rate: Some(80.0), learned: true, grown_at: Some(t0()), ..SendPace::default() };
+        let mut now = t0();
+        for _ in 0..5 {
+            // Backlogged, nothing accepted (every answer a 429): blind cuts.
+            pace.next_slot = Some(now);
+            pace.on_throttled(now, now + TimeDelta::seconds(1));
+            now += TimeDelta::seconds(1);
+        }
+        assert_eq!(pace.rate, Some(2.5));
+        // The partner answers again; the bridge sends backlogged for 15 s.
+        for _ in 0..150 {
+            now += ms(100);
+            let rate = pace.rate.unwrap();
+            pace.reserve(1, now, None, 64.0, TimeDelta::seconds(20));
+            pace.next_slot = Some(now);
+            pace.window.add(now, (rate / 10.0).ceil() as u32);
+        }
+        let rate = pace.rate.unwrap();
+        assert!((79.0..=80.0).contains(&rate), "back at {rate}/s, not at the 80/s before the outage");
+        // Above the rate before the outage, growth is the slow probe again.
+        pace.next_slot = Some(now + TimeDelta::seconds(10));
+        pace.reserve(1, now + TimeDelta::seconds(10), None, 64.0, TimeDelta::seconds(20));
+        assert!(pace.rate.unwrap() <= 80.0 * (1.0 + PROBE_GROWTH) + 1e-9, "{:?}", pace.rate);
+    }
+
+    /// A measured throttle (sending at the pace, the partner accepted a count) teaches its capacity: nothing to
+    /// come back to quickly, only the slow probe.
+    #[test]
+    fn a_measured_throttle_leaves_only_the_slow_probe() {
+        let mut pace = SendPace { rate: Some(80.0), learned: true, next_slot: Some(t0()), ..SendPace::default() };
+        pace.next_slot = Some(t0());
+        pace.on_throttled(t0(), t0() + TimeDelta::seconds(1));
+        assert_eq!(pace.rate, Some(40.0), "blind cut: nothing accepted");
+        let now = t0() + TimeDelta::seconds(2);
+        pace.next_slot = Some(now);
+        pace.window.add(now - ms(500), 30);
+        pace.on_throttled(now, now + TimeDelta::seconds(1));
+        assert!((pace.rate.unwrap() - 30.0 * BACKOFF_MARGIN).abs() < 1e-9, "{:?}", pace.rate);
+        let later = now + TimeDelta::seconds(21);
+        pace.next_slot = Some(later);
+        pace.reserve(1, later, None, 64.0, TimeDelta::seconds(20));
+        let expected = 30.0 * BACKOFF_MARGIN * (1.0 + PROBE_GROWTH).powi(2);
+        assert!((pace.rate.unwrap() - expected).abs() < 1e-9, "{:?} against {expected}", pace.rate);
     }
 
     #[test]

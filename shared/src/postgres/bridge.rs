@@ -498,7 +498,9 @@ pub async fn send_pace(db: &impl GenericClient, partner_id: &PartnerId) -> Resul
     Ok(row.as_ref().map(pace_from_row))
 }
 
-const PACE_COLUMNS: &str = "SELECT send_rate, send_rate_learned, send_rate_grown_at, next_send_at, accepted_second,
+const PACE_COLUMNS: &str =
+    "SELECT send_rate, send_rate_learned, send_rate_grown_at, send_rate_recover_to, next_send_at,
+                                   accepted_second,
                                    accepted_in_second, accepted_previous, retry_after_until
                             FROM partner_health";
 
@@ -507,6 +509,7 @@ fn pace_from_row(row: &tokio_postgres::Row) -> SendPace {
         rate: row.get("send_rate"),
         learned: row.get("send_rate_learned"),
         grown_at: row.get("send_rate_grown_at"),
+        recover_to: row.get("send_rate_recover_to"),
         next_slot: row.get("next_send_at"),
         window: AcceptedWindow {
             second: row.get("accepted_second"),
@@ -546,7 +549,7 @@ async fn with_send_pace<R>(
     tx.execute(
         "UPDATE partner_health SET send_rate = $2, send_rate_learned = $3, send_rate_grown_at = $4, next_send_at = $5,
                 accepted_second = $6, accepted_in_second = $7, accepted_previous = $8,
-                retry_after_until = GREATEST(retry_after_until, $9), updated_at = now()
+                retry_after_until = GREATEST(retry_after_until, $9), send_rate_recover_to = $10, updated_at = now()
          WHERE partner_id = $1",
         &[
             &partner_id.as_str(),
@@ -558,6 +561,7 @@ async fn with_send_pace<R>(
             &(pace.window.accepted.min(i32::MAX as u32) as i32),
             &(pace.window.previous.min(i32::MAX as u32) as i32),
             &pause,
+            &pace.recover_to,
         ],
     )
     .await?;

@@ -150,6 +150,9 @@ pub async fn run(options: RunOptions, database: &DatabaseConfig) -> anyhow::Resu
         let mut round_ok = drained;
         if !drained {
             println!("  BAD drained: work still in progress after 180 s");
+            for line in in_progress(&pipeline).await.unwrap_or_else(|e| vec![format!("(unreadable: {e:#})")]) {
+                println!("    {line}");
+            }
         }
         for c in &checks {
             println!("  {} {}: {}", if c.holds { "ok " } else { "BAD" }, c.name, c.detail);
@@ -417,6 +420,64 @@ async fn drain(
         }
     }
     Ok(false)
+}
+
+/// What a drain that did not finish left in progress, for the round's report: the batches not settled yet by
+/// campaign and state, the queues' depths, and each partner's pacing (a learned rate cut low, a pause, an
+/// allowance at its floor), so a stall says where it is without a rerun.
+async fn in_progress(pipeline: &Pipeline) -> anyhow::Result<Vec<String>> {
+    let client = pipeline.pool.get().await?;
+    let mut lines = Vec::new();
+    let uploads: i64 = client.query_one("SELECT count(*) FROM uploads WHERE status = 'processing'", &[]).await?.get(0);
+    lines.push(format!("uploads processing: {uploads}"));
+    let batches = client
+        .query(
+            "SELECT campaign_id, state, count(*), sum(click_count - settled_clicks)::bigint,
+                    round(extract(epoch FROM min(due_at) - now()))::bigint, max(claim_count), min(defer_reason)
+             FROM batches WHERE state IN ('pending', 'claimed', 'queued')
+             GROUP BY 1, 2 ORDER BY 1, 2",
+            &[],
+        )
+        .await?;
+    for r in &batches {
+        lines.push(format!(
+            "batches {} {}: {} holding {} clicks, first due in {} s, claimed up to {} times, deferred: {}",
+            r.get::<_, String>(0),
+            r.get::<_, String>(1),
+            r.get::<_, i64>(2),
+            r.get::<_, Option<i64>>(3).unwrap_or(0),
+            r.get::<_, Option<i64>>(4).unwrap_or(0),
+            r.get::<_, Option<i32>>(5).unwrap_or(0),
+            r.get::<_, Option<String>>(6).unwrap_or_else(|| "-".into()),
+        ));
+    }
+    lines.push(format!(
+        "queues: upload events {}, clicks {}, dead letters {}",
+        pipeline.upload_events.depth().await?,
+        pipeline.click_queue.depth().await?,
+        pipeline.dead_letters.depth().await?
+    ));
+    let partners = client
+        .query(
+            "SELECT partner_id, allowance, send_rate, send_rate_learned,
+                    round(extract(epoch FROM retry_after_until - now()))::bigint,
+                    round(extract(epoch FROM next_send_at - now()))::bigint
+             FROM partner_health ORDER BY 1",
+            &[],
+        )
+        .await?;
+    for r in &partners {
+        lines.push(format!(
+            "partner {}: allowance {:.2}, send rate {} ({}), paused for {} s, next slot in {} s",
+            r.get::<_, String>(0),
+            r.get::<_, f64>(1),
+            r.get::<_, Option<f64>>(2).map_or_else(|| "-".into(), |v| format!("{v:.1}/s")),
+            if r.get::<_, bool>(3) { "learned" } else { "slow start" },
+            r.get::<_, Option<i64>>(4).unwrap_or(0),
+            r.get::<_, Option<i64>>(5).unwrap_or(0),
+        ));
+    }
+    Ok(lines)
 }
 
 fn describe(counts: &FaultCounts) -> String {
