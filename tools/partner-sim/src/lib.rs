@@ -13,6 +13,10 @@
 //! 5. **errors**: with probability `error_rate`, `500`;
 //! 6. `status_override` if set (with `Retry-After` for 429 and 503), else `200` with `body`.
 //!
+//! `GET /arrivals` is the record a partner's rate limiter keeps: for each partner and each campaign (the `c` query
+//! parameter, where ClickPacer's partner templates put the campaign id), the requests that arrived in each
+//! wall-clock second, with how many of them were accepted and how many answered 429. Benchmarks judge pacing by it.
+//!
 //! `GET /report` (and `/report/{partner}`) says what was received: totals, per-status counts, idempotency keys
 //! (distinct, repeated, and accepted more than once: the bridge must keep that at 0), the most requests in one
 //! second, 429s, and the last requests for debugging. `POST /reset` clears the counts (behaviours stay).
@@ -42,6 +46,10 @@ use tower::ServiceExt;
 
 /// Most partners one simulator tracks (names come from request paths; this bounds memory).
 pub const MAX_PARTNERS: usize = 1000;
+/// Most campaigns the arrival record tracks.
+pub const MAX_CAMPAIGNS: usize = 10_000;
+/// Most seconds one partner's or campaign's arrival record keeps (the oldest are dropped first): a day.
+pub const MAX_ARRIVAL_SECONDS: usize = 86_400;
 /// Longest body kept in the recent-request list (bytes, before lossy UTF-8).
 pub const MAX_RECORDED_BODY: usize = 4096;
 /// How far a signature's timestamp may be from the simulator's clock.
@@ -155,6 +163,53 @@ pub struct Report {
     pub partners: BTreeMap<String, Report>,
 }
 
+/// Requests that arrived in one wall-clock second, and what became of them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecondCounts {
+    pub requests: u64,
+    /// Answered 2xx, or accepted and then reset.
+    pub accepted: u64,
+    /// Answered 429.
+    pub throttled: u64,
+}
+
+/// Arrivals per unix second, per partner and per campaign.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Arrivals {
+    pub partners: BTreeMap<String, BTreeMap<u64, SecondCounts>>,
+    /// Keyed by the request's `c` query parameter; requests without one are counted for their partner only.
+    pub campaigns: BTreeMap<String, BTreeMap<u64, SecondCounts>>,
+}
+
+impl Arrivals {
+    fn second<'a>(
+        series: &'a mut BTreeMap<String, BTreeMap<u64, SecondCounts>>,
+        name: &str,
+        second: u64,
+        room: bool,
+    ) -> Option<&'a mut SecondCounts> {
+        if !series.contains_key(name) && !room {
+            return None;
+        }
+        let seconds = series.entry(name.to_owned()).or_default();
+        if !seconds.contains_key(&second) && seconds.len() >= MAX_ARRIVAL_SECONDS {
+            seconds.pop_first();
+        }
+        Some(seconds.entry(second).or_default())
+    }
+
+    /// The counts of `second` for the partner and (when tagged) the campaign.
+    fn counts(&mut self, partner: &str, campaign: Option<&str>, second: u64) -> Vec<&mut SecondCounts> {
+        let room = self.campaigns.len() < MAX_CAMPAIGNS;
+        let mut out: Vec<&mut SecondCounts> = Vec::with_capacity(2);
+        out.extend(Self::second(&mut self.partners, partner, second, true));
+        if let Some(campaign) = campaign {
+            out.extend(Self::second(&mut self.campaigns, campaign, second, room));
+        }
+        out
+    }
+}
+
 /// One request, for debugging.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RecordedRequest {
@@ -259,6 +314,7 @@ struct Inner {
     partners: BTreeMap<String, PartnerState>,
     global: Counters,
     recent: VecDeque<RecordedRequest>,
+    arrivals: Arrivals,
     rng: fastrand::Rng,
 }
 
@@ -284,6 +340,7 @@ impl Simulator {
             partners: BTreeMap::new(),
             global: Counters::default(),
             recent: VecDeque::new(),
+            arrivals: Arrivals::default(),
             rng,
         };
         Arc::new(Self { config, inner: Mutex::new(inner) })
@@ -321,6 +378,12 @@ impl Simulator {
         inner.partners.clear();
         inner.global = Counters::default();
         inner.recent.clear();
+        inner.arrivals = Arrivals::default();
+    }
+
+    /// Requests per second, per partner and per campaign, since the start or the last reset.
+    pub fn arrivals(&self) -> Arrivals {
+        self.lock().arrivals.clone()
     }
 
     /// Everything received, with a report per partner.
@@ -363,7 +426,13 @@ impl Simulator {
     }
 
     /// Counts the request's arrival, applies the rate limit and draws the outcome.
-    fn decide(&self, partner: &str, behaviour: &Behaviour, now_ms: u64) -> Result<(Decision, bool), ()> {
+    fn decide(
+        &self,
+        partner: &str,
+        campaign: Option<&str>,
+        behaviour: &Behaviour,
+        now_ms: u64,
+    ) -> Result<(Decision, bool), ()> {
         let mut inner = self.lock();
         let inner = &mut *inner;
         if !inner.partners.contains_key(partner) && inner.partners.len() >= MAX_PARTNERS {
@@ -372,6 +441,9 @@ impl Simulator {
         let state = inner.partners.entry(partner.to_owned()).or_default();
         inner.global.arrive(now_ms);
         state.counters.arrive(now_ms);
+        for counts in inner.arrivals.counts(partner, campaign, now_ms / 1000) {
+            counts.requests += 1;
+        }
         if let Some(limit) = behaviour.rate_limit {
             let second = now_ms / 1000;
             if state.limit_second != second {
@@ -404,6 +476,10 @@ impl Simulator {
         };
         let accepted = matches!(decision, Decision::Reset) || (200..300).contains(&status);
         let Some(state) = inner.partners.get_mut(request.partner) else { return };
+        for counts in inner.arrivals.counts(request.partner, request.campaign.as_deref(), request.arrived_ms / 1000) {
+            counts.accepted += u64::from(accepted);
+            counts.throttled += u64::from(status == 429);
+        }
         for report in [&mut inner.global.report, &mut state.counters.report] {
             *report.status_counts.entry(status).or_default() += 1;
             report.accepted += u64::from(accepted);
@@ -463,6 +539,8 @@ fn now_ms() -> u64 {
 /// One delivery request as received.
 struct Received<'a> {
     partner: &'a str,
+    campaign: Option<String>,
+    arrived_ms: u64,
     method: &'a Method,
     uri: &'a Uri,
     headers: &'a HeaderMap,
@@ -529,7 +607,9 @@ async fn deliver(
     body: Bytes,
 ) -> Response {
     let behaviour = sim.behaviour(&partner);
-    let Ok((decision, admitted)) = sim.decide(&partner, &behaviour, now_ms()) else {
+    let campaign = campaign_of(&uri);
+    let arrived_ms = now_ms();
+    let Ok((decision, admitted)) = sim.decide(&partner, campaign.as_deref(), &behaviour, arrived_ms) else {
         return (StatusCode::NOT_FOUND, "too many partners\n").into_response();
     };
     let mut guard = AbandonGuard { sim: &sim, partner: &partner, done: false };
@@ -543,8 +623,17 @@ async fn deliver(
             .as_deref()
             .is_some_and(|secret| !signature_ok(secret, &method, &uri, &headers, &body));
     let decision = if bad_signature { Decision::Answer(401) } else { decision };
-    let received =
-        Received { partner: &partner, method: &method, uri: &uri, headers: &headers, body: &body, key, bad_signature };
+    let received = Received {
+        partner: &partner,
+        campaign,
+        arrived_ms,
+        method: &method,
+        uri: &uri,
+        headers: &headers,
+        body: &body,
+        key,
+        bad_signature,
+    };
     sim.record(&received, decision, now_ms());
     guard.done = true;
     match decision {
@@ -559,6 +648,38 @@ async fn deliver(
         },
         Decision::Answer(status) => answer(status, &behaviour),
     }
+}
+
+/// The campaign a request is for: its `c` query parameter, percent-decoded.
+fn campaign_of(uri: &Uri) -> Option<String> {
+    let query = uri.query()?;
+    let value = query.split('&').find_map(|pair| pair.strip_prefix("c="))?;
+    let decoded = percent_decode(value);
+    (!decoded.is_empty()).then_some(decoded)
+}
+
+fn percent_decode(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn answer(status: u16, behaviour: &Behaviour) -> Response {
@@ -625,6 +746,10 @@ async fn partner_report(
     Json(sim.partner_report(&partner).unwrap_or_default())
 }
 
+async fn arrivals(State(sim): State<Arc<Simulator>>) -> Json<Arrivals> {
+    Json(sim.arrivals())
+}
+
 async fn reset(State(sim): State<Arc<Simulator>>) -> StatusCode {
     sim.reset();
     StatusCode::NO_CONTENT
@@ -663,6 +788,7 @@ pub fn router(sim: Arc<Simulator>) -> Router {
         .route("/p/{partner}/{*rest}", any(deliver))
         .route("/report", get(report))
         .route("/report/{partner}", get(partner_report))
+        .route("/arrivals", get(arrivals))
         .route("/reset", post(reset))
         .route("/control/partners/{partner}", get(get_behaviour).post(set_behaviour).delete(clear_behaviour))
         .route("/health", get(|| async { "ok\n" }))

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use partner_sim::{Behaviour, Config, Report, Running, spawn};
+use partner_sim::{Arrivals, Behaviour, Config, Report, Running, SecondCounts, spawn};
 
 fn client() -> reqwest::Client {
     reqwest::Client::builder().no_proxy().build().unwrap()
@@ -169,6 +169,45 @@ async fn reports_count_per_partner_and_reset_clears() {
     assert_eq!(report(&sim, None).await, Report::default());
     // Behaviours survive a reset.
     assert_eq!(deliver(&sim, "broken", "b9").await.status(), 500);
+}
+
+/// The arrival record counts each request in the second it arrived, for its partner and for the campaign its `c`
+/// parameter names, with what became of it.
+#[tokio::test]
+async fn arrivals_are_recorded_per_second_per_partner_and_per_campaign() {
+    let sim = start(Config::default()).await;
+    assert_eq!(control(&sim, "tight", serde_json::json!({"rate_limit": 2})).await, 200);
+    let get = |partner: &'static str, query: &'static str| {
+        let url = format!("{}/click?{query}", sim.partner_url(partner));
+        async move { client().get(url).send().await.unwrap().status().as_u16() }
+    };
+    let mut statuses = Vec::new();
+    // The burst may straddle a second's boundary on a loaded machine: then do it again.
+    let second = loop {
+        at_start_of_second().await;
+        let second = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+        statuses.clear();
+        for query in ["id=1&c=spring%20sale", "id=2&c=spring%20sale", "id=3&c=autumn", "id=4"] {
+            statuses.push(get("tight", query).await);
+        }
+        if SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() == second {
+            break second;
+        }
+        assert_eq!(client().post(format!("{}/reset", sim.url())).send().await.unwrap().status(), 204);
+    };
+    assert_eq!(statuses, [200, 200, 429, 429]);
+    let arrivals: Arrivals = serde_json::from_slice(
+        &client().get(format!("{}/arrivals", sim.url())).send().await.unwrap().bytes().await.unwrap(),
+    )
+    .unwrap();
+    let counts =
+        |requests, accepted, throttled| BTreeMap::from([(second, SecondCounts { requests, accepted, throttled })]);
+    assert_eq!(arrivals.partners["tight"], counts(4, 2, 2));
+    assert_eq!(arrivals.campaigns["spring sale"], counts(2, 2, 0), "percent-decoded");
+    assert_eq!(arrivals.campaigns["autumn"], counts(1, 0, 1));
+    assert_eq!(arrivals.campaigns.len(), 2, "a request without a campaign counts for its partner only");
+    client().post(format!("{}/reset", sim.url())).send().await.unwrap();
+    assert_eq!(sim.sim.arrivals(), Arrivals::default());
 }
 
 #[tokio::test]
