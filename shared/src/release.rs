@@ -26,7 +26,9 @@ use chrono::{DateTime, Duration, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{Campaign, CampaignId, Micros, PartnerId};
-use crate::pacing::{DeferReason, PacingState, PartnerLimit, PlanSpread, allowance, local_date, plan_spread};
+use crate::pacing::{
+    DeferReason, PacingState, PartnerLimit, PlanSpread, allowance, cap_short_of, local_date, plan_spread,
+};
 
 /// How long batches held by a rule that does not relax with time (a pause, an archive, the end of the flight, the
 /// total budget) sleep before a run looks at them again, when no change to the campaign woke them first.
@@ -183,6 +185,11 @@ pub fn plan_releases(input: PlanInput) -> ReleasePlan {
                 }
                 let partner = partners.entry(campaign.partner_id.clone()).or_insert_with(PartnerLimit::unlimited);
                 let remaining = lane.partial.map_or(batch.clicks, |(r, _)| r);
+                if let Some(short) = cap_short_of(campaign, state, partner, remaining, t) {
+                    // Not part of it now against a rate and the rest never: the batch waits for the cap.
+                    lane.blocked = Some(short);
+                    continue;
+                }
                 let answer = allowance(campaign, state, partner, remaining, t);
                 // Part of a batch is reserved only against limits that refill with time (rates, the pacing
                 // plan); a cap or budget that cannot take the whole batch takes none of it, so no capacity is
@@ -588,6 +595,33 @@ mod tests {
         );
         let plan = plan_releases(inp);
         assert!(plan.releases.is_empty() && plan.ledger.is_empty(), "{:?}", plan.releases);
+    }
+
+    /// A daily cap with room for fewer clicks than the batch holds, on a partner whose rate binds first: the
+    /// partner's rate let part of the batch be reserved, the cap could not take the rest, the reservation was
+    /// given back, and the batch was deferred to the next second, every run, for the rest of the day (a chaos
+    /// round's campaign sat "due in 1 s" for minutes). A cap that cannot take the whole batch defers it to the
+    /// next local day however the rates stand.
+    #[test]
+    fn a_batch_the_days_cap_cannot_take_waits_for_the_next_day_even_when_a_rate_binds_first() {
+        let tokyo = chrono_tz::Asia::Tokyo;
+        let mut c = campaign("a");
+        c.time_zone = tokyo;
+        c.daily_cap = Some(163);
+        let mut state = PacingState::default();
+        state.record_release(&c, now() - Duration::minutes(5), 141);
+        let mut inp = input(vec![c.clone()], batches("a", 1, 2, 25, now()), now());
+        inp.horizon_seconds = 1;
+        inp.campaigns.insert(c.campaign_id.clone(), (c, state));
+        inp.partners.insert(
+            PartnerId::parse("p").unwrap(),
+            PartnerLimit { rate_per_second: Some(16), ..PartnerLimit::unlimited() },
+        );
+        let plan = plan_releases(inp);
+        assert!(plan.releases.is_empty() && plan.ledger.is_empty(), "{:?}", plan.releases);
+        let next_day = crate::pacing::LocalDay::containing(tokyo, now()).end;
+        let deferrals: Vec<_> = plan.deferrals.iter().map(|d| (d.batch_id, d.reason, d.until)).collect();
+        assert_eq!(deferrals, vec![(1, DeferReason::DailyCap, next_day), (2, DeferReason::DailyCap, next_day)]);
     }
 
     #[test]

@@ -157,6 +157,24 @@ fn earliest_release(
     Some(at_millis(t))
 }
 
+/// The cap or budget that cannot take all of `pending` at `now`, with when it relaxes (the next local day; `None`
+/// for the total budget). Rates and the plan refill with time, so part of a batch may be reserved against them;
+/// a cap or budget does not, and a batch it cannot take whole must wait for it, whatever binds first now.
+pub fn cap_short_of(
+    campaign: &Campaign,
+    state: &PacingState,
+    partner: &PartnerLimit,
+    pending: u64,
+    now: DateTime<Utc>,
+) -> Option<(DeferReason, Option<DateTime<Utc>>)> {
+    let now = clamp(now);
+    rules_at(campaign, state, partner, pending, now)
+        .into_iter()
+        .filter(|r| matches!(r.reason, DeferReason::DailyCap | DeferReason::DailyBudget | DeferReason::TotalBudget))
+        .find(|r| r.limit < pending)
+        .map(|r| (r.reason, r.relaxes_at.map(at_millis)))
+}
+
 /// What [`plan_spread`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PlanSpread {

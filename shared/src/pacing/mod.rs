@@ -48,5 +48,5 @@ mod state;
 mod proptests;
 
 pub use calendar::{LocalDay, LocalHour, local_date, local_hour};
-pub use engine::{Allowance, DeferReason, PlanSpread, allowance, plan_spread};
+pub use engine::{Allowance, DeferReason, PlanSpread, allowance, cap_short_of, plan_spread};
 pub use state::{PacingState, PartnerLimit, RateWindow, WindowCounts};
