@@ -36,16 +36,31 @@ async fn sqs_send_receive_delete_and_dead_letter() {
     assert!(queue.send_batch(&[]).await.is_err(), "an empty batch is refused before the call");
 
     let mut bodies = Vec::new();
+    let mut first = true;
     while bodies.len() < 10 {
         let received = queue.receive(10, 1).await.unwrap();
         assert!(!received.is_empty(), "all ten messages arrive");
-        for m in received {
+        let mut handles = Vec::new();
+        for m in &received {
             bodies.push(m.body.clone());
-            if m.body != "{\"batch_id\":0}" {
+            if m.body == "{\"batch_id\":0}" {
+                continue;
+            }
+            // One message deleted alone, the others together.
+            if std::mem::take(&mut first) {
                 queue.delete(&m.receipt_handle).await.unwrap();
+            } else {
+                handles.push(m.receipt_handle.as_str());
             }
         }
+        if !handles.is_empty() {
+            assert_eq!(queue.delete_batch(&handles).await.unwrap(), []);
+        }
     }
+    assert!(queue.delete_batch(&[]).await.is_err(), "an empty batch is refused before the call");
+    let failed = queue.delete_batch(&["not-a-receipt-handle"]).await.unwrap();
+    assert_eq!(failed.len(), 1, "a bad handle is a failed entry, not an error of the call: {failed:?}");
+    assert_eq!(failed[0].id, "0");
     bodies.sort();
     bodies.dedup();
     assert_eq!(bodies.len(), 10);

@@ -1,7 +1,7 @@
 //! SQS: the click queue between the pacer and the bridge.
 
 use aws_sdk_sqs::Client;
-use aws_sdk_sqs::types::{QueueAttributeName, SendMessageBatchRequestEntry};
+use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, QueueAttributeName, SendMessageBatchRequestEntry};
 
 use super::AwsError;
 
@@ -154,6 +154,47 @@ impl SqsQueue {
             .await
             .map_err(|e| AwsError::from_sdk("sqs DeleteMessage", e))?;
         Ok(())
+    }
+
+    /// Deletes up to [`MAX_BATCH_ENTRIES`] received messages in one call (as Lambda's event source does after a
+    /// partial batch response) and returns the entries that failed (their ids are the handles' indexes), which
+    /// simply come back after their visibility timeout.
+    pub async fn delete_batch(&self, receipt_handles: &[&str]) -> Result<Vec<FailedEntry>, AwsError> {
+        fail::fail_point!("sqs::delete", |_| Err(injected("sqs DeleteMessageBatch")));
+        if receipt_handles.is_empty() || receipt_handles.len() > MAX_BATCH_ENTRIES {
+            return Err(AwsError {
+                operation: "sqs DeleteMessageBatch",
+                message: format!("takes 1 to {MAX_BATCH_ENTRIES} entries, got {}", receipt_handles.len()),
+            });
+        }
+        let entries = receipt_handles
+            .iter()
+            .enumerate()
+            .map(|(i, handle)| {
+                DeleteMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(*handle)
+                    .build()
+                    .map_err(|e| AwsError { operation: "sqs DeleteMessageBatch entry", message: e.to_string() })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let out = self
+            .client
+            .delete_message_batch()
+            .queue_url(&self.url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk("sqs DeleteMessageBatch", e))?;
+        Ok(out
+            .failed()
+            .iter()
+            .map(|f| FailedEntry {
+                id: f.id().to_owned(),
+                sender_fault: f.sender_fault(),
+                message: format!("{}: {}", f.code(), f.message().unwrap_or_default()),
+            })
+            .collect())
     }
 
     /// The queue's ARN (for redrive policies and bucket notifications).

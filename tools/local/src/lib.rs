@@ -381,8 +381,12 @@ impl Pipeline {
             for failure in &response.batch_item_failures {
                 handles.remove(&failure.item_identifier);
             }
-            for handle in handles.values() {
-                let _ = self.click_queue.delete(handle).await;
+            // In one call, as the event source deletes; a failed entry just comes back after its visibility timeout.
+            let handles: Vec<&str> = handles.values().map(String::as_str).collect();
+            if !handles.is_empty()
+                && let Err(e) = self.click_queue.delete_batch(&handles).await
+            {
+                tracing::warn!(error = %e, "handled messages not deleted; they come back and are stale");
             }
         }
     }
