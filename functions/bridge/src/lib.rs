@@ -93,6 +93,10 @@ pub struct BridgeSettings {
     /// Time kept before the invocation's deadline for recording the last pass, sending its message back and
     /// flushing events: no request starts later than this plus the partner's timeout before the deadline.
     pub reserve: Duration,
+    /// Longest a pass waits for a send slot of its partner: slots further ahead (other bridges took the ones
+    /// before) send the message back until its slot is near, so it does not hold one of the invocation's
+    /// [`Self::message_concurrency`] places while other messages' partners sit idle.
+    pub max_slot_wait: Duration,
     /// Messages of one event handled at once.
     pub message_concurrency: usize,
     /// Events flushed to the event log per invocation, at most.
@@ -107,6 +111,7 @@ impl Default for BridgeSettings {
         Self {
             delivery_lease: Duration::from_secs(60),
             max_spread_wait: Duration::from_secs(20),
+            max_slot_wait: Duration::from_secs(2),
             // Of the function's 30 s timeout.
             reserve: Duration::from_secs(5),
             message_concurrency: 4,

@@ -89,8 +89,9 @@ pub(crate) struct Paced<'a> {
 
 /// Sends at the partner's send pace, reserving slots in chunks of about [`PACE_CHUNK`] from the row every bridge
 /// shares, and reporting what the partner accepted so a throttle sets the pace to it. Only clicks whose share of
-/// the spread has come are reserved for, and only slots before the pass's last start: clicks whose share or slot
-/// is further away (than `max_spread_wait`, or than the invocation lasts) wait for the message to come back.
+/// the spread has come are reserved for, and only slots before the pass's last start: clicks whose share is further
+/// away than `max_spread_wait`, or whose slot is further than `max_slot_wait` (or than the invocation lasts), wait
+/// for the message to come back.
 pub(crate) async fn send_paced<T: Transport, C: Clock>(
     bridge: &Bridge<T, C>,
     client: &mut tokio_postgres::Client,
@@ -100,6 +101,7 @@ pub(crate) async fn send_paced<T: Transport, C: Clock>(
     Paced { not_before, rate, last_start }: Paced<'_>,
 ) -> (Vec<(DeliveryRecord, Outcome)>, Option<DateTime<Utc>>) {
     let max_wait = chrono::Duration::from_std(bridge.settings.max_spread_wait).unwrap_or_default();
+    let max_slot_wait = chrono::Duration::from_std(bridge.settings.max_slot_wait).unwrap_or_default();
     let mut chunk = chunk_for(match rate {
         repo::PaceRate::Learned { initial } => initial,
         repo::PaceRate::Configured(rate) => rate,
@@ -143,7 +145,9 @@ pub(crate) async fn send_paced<T: Transport, C: Clock>(
             resume_at = Some(now);
             break;
         }
-        let reserved = repo::reserve_send_slots(client, &partner.partner_id, want, now, rate, horizon, &accepted).await;
+        let slot_horizon = horizon.min(max_slot_wait);
+        let reserved =
+            repo::reserve_send_slots(client, &partner.partner_id, want, now, rate, slot_horizon, &accepted).await;
         let grant = match reserved {
             Ok(grant) => grant,
             Err(e) => {

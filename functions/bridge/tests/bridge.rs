@@ -886,3 +886,51 @@ async fn concurrency_per_partner_holds_across_messages_handled_together() {
     let peak = w.bridge.transport.peak.load(Ordering::SeqCst);
     assert!(peak <= 2, "at most max_concurrency in flight to the partner, saw {peak}");
 }
+
+/// A partner whose send slots are taken far ahead (other bridges reserved them) must not hold up the other
+/// messages of an event: the message waiting for it goes back to the queue until its slot is near, instead of
+/// occupying one of the invocation's message slots for as long as it waits while the others' partners sit idle.
+#[tokio::test]
+async fn a_message_waiting_for_a_busy_partners_slots_goes_back_instead_of_holding_up_the_event() {
+    let mut w = world().await;
+    // One message at a time, the busy partner's first: what it waits for, the others wait for too.
+    w.bridge.settings.message_concurrency = 1;
+    let mut busy = partner(&w.sim, "busy");
+    busy.rate_per_second = Some(10);
+    w.seed(&busy, 5).await;
+    let free = partner(&w.sim, "free");
+    w.seed(&free, 5).await;
+    let client = w.db.client().await;
+    client
+        .execute(
+            "INSERT INTO partner_health (partner_id, next_send_at) VALUES ('busy', now() + interval '6 seconds')
+             ON CONFLICT (partner_id) DO UPDATE SET next_send_at = EXCLUDED.next_send_at",
+            &[],
+        )
+        .await
+        .unwrap();
+    let mut messages = w.release().await;
+    assert_eq!(messages.len(), 2);
+    messages.sort_by_key(|m| body(std::slice::from_ref(m)).partner_id.as_str() != "busy");
+    assert!(w.handle(messages).await.is_empty());
+    assert_eq!(w.sim.sim.partner_report("free").map(|r| r.accepted), Some(5), "the free partner's clicks went");
+    assert_eq!(w.sim.sim.partner_report("busy"), None, "nothing was sent: its slot is 6 s away");
+
+    // The busy partner's message came back, delayed towards its slot, and is delivered then.
+    let mut rounds = 0;
+    while client
+        .query_one("SELECT count(*) FROM delivery_results WHERE outcome = 'delivered'", &[])
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+        < 10
+        && rounds < 30
+    {
+        w.bridge.clock.advance(1);
+        let again = w.receive().await;
+        assert!(w.handle(again).await.is_empty());
+        rounds += 1;
+    }
+    let report = w.sim.sim.partner_report("busy").unwrap();
+    assert_eq!((report.accepted, report.duplicate_accepted_keys), (5, 0));
+}
