@@ -69,7 +69,7 @@ const BATCH_SIZE: i64 = 100;
 /// Messages per SQS event (the event source's BatchSize).
 const EVENT_SIZE: usize = 10;
 /// The bridge's production pool size (DATABASE_POOL_SIZE default), unless --pool-size.
-const BRIDGE_POOL_SIZE: usize = 4;
+pub(crate) const BRIDGE_POOL_SIZE: usize = 4;
 const WRK_SECONDS: u64 = 10;
 const CLOCK_TICKS_PER_S: f64 = 100.0;
 
@@ -98,7 +98,7 @@ enum EventLog {
     Moto,
 }
 
-fn option<T: std::str::FromStr>(args: &[String], name: &str) -> anyhow::Result<Option<T>>
+pub(crate) fn option<T: std::str::FromStr>(args: &[String], name: &str) -> anyhow::Result<Option<T>>
 where
     T::Err: std::fmt::Display,
 {
@@ -152,20 +152,20 @@ impl Options {
     }
 }
 
-fn round(x: f64, decimals: i32) -> f64 {
+pub(crate) fn round(x: f64, decimals: i32) -> f64 {
     let f = 10f64.powi(decimals);
     (x * f).round() / f
 }
 
 /// The partner simulator in its own process.
-struct SimProcess {
+pub(crate) struct SimProcess {
     child: tokio::process::Child,
     url: String,
     http: reqwest::Client,
 }
 
 impl SimProcess {
-    async fn start() -> anyhow::Result<Self> {
+    pub(crate) async fn start() -> anyhow::Result<Self> {
         let binary = sim_binary().await?;
         let mut child = tokio::process::Command::new(&binary)
             .args(["--port", "0", "--keep-last", "10"])
@@ -183,15 +183,15 @@ impl SimProcess {
         Ok(Self { child, url, http: reqwest::Client::new() })
     }
 
-    fn pid(&self) -> Option<u32> {
+    pub(crate) fn pid(&self) -> Option<u32> {
         self.child.id()
     }
 
-    fn partner_url(&self, partner: &str) -> String {
+    pub(crate) fn partner_url(&self, partner: &str) -> String {
         format!("{}/p/{partner}", self.url)
     }
 
-    async fn set_behaviour(&self, partner: &str, behaviour: &Behaviour) -> anyhow::Result<()> {
+    pub(crate) async fn set_behaviour(&self, partner: &str, behaviour: &Behaviour) -> anyhow::Result<()> {
         let response = self
             .http
             .post(format!("{}/control/partners/{partner}", self.url))
@@ -208,7 +208,19 @@ impl SimProcess {
         Ok(serde_json::from_str(&text)?)
     }
 
-    async fn reset(&self) -> anyhow::Result<()> {
+    /// What the simulator received, over all partners.
+    pub(crate) async fn report_all(&self) -> anyhow::Result<Report> {
+        let bytes = self.http.get(format!("{}/report", self.url)).send().await?.bytes().await?;
+        Ok(serde_json::from_slice(&bytes)?)
+    }
+
+    /// What each partner and campaign received per second (the simulator's arrival record).
+    pub(crate) async fn arrivals(&self) -> anyhow::Result<partner_sim::Arrivals> {
+        let bytes = self.http.get(format!("{}/arrivals", self.url)).send().await?.bytes().await?;
+        Ok(serde_json::from_slice(&bytes)?)
+    }
+
+    pub(crate) async fn reset(&self) -> anyhow::Result<()> {
         self.http.post(format!("{}/reset", self.url)).send().await?;
         Ok(())
     }
@@ -232,7 +244,7 @@ async fn sim_binary() -> anyhow::Result<PathBuf> {
 
 /// Counts requests in flight across every simulated invocation.
 #[derive(Default)]
-struct Meter {
+pub(crate) struct Meter {
     in_flight: AtomicI64,
     peak: AtomicI64,
     requests: AtomicU64,
@@ -246,7 +258,7 @@ impl Meter {
 }
 
 /// The production transport, metered.
-struct Metered {
+pub(crate) struct Metered {
     inner: HttpTransport,
     meter: Arc<Meter>,
 }
@@ -268,7 +280,7 @@ impl Transport for Metered {
 
 /// CPU seconds used so far by this process, the simulator, PostgreSQL and moto, and the machine's busy share.
 #[derive(Debug, Clone, Copy, Default)]
-struct Cpu {
+pub(crate) struct Cpu {
     ours: f64,
     sim: f64,
     postgres: f64,
@@ -307,7 +319,7 @@ fn processes_matching(matches: impl Fn(&str, &str) -> bool) -> Vec<u32> {
 }
 
 impl Cpu {
-    fn now(sim_pid: Option<u32>) -> Self {
+    pub(crate) fn now(sim_pid: Option<u32>) -> Self {
         let sum = |pids: Vec<u32>| pids.into_iter().map(proc_cpu_seconds).sum::<f64>();
         let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
         let ticks: Vec<f64> =
@@ -325,7 +337,7 @@ impl Cpu {
         }
     }
 
-    fn since(self, before: Self) -> Self {
+    pub(crate) fn since(self, before: Self) -> Self {
         Self {
             ours: self.ours - before.ours,
             sim: self.sim - before.sim,
@@ -341,7 +353,7 @@ impl Cpu {
         if self.machine_total > 0.0 { self.machine_busy / self.machine_total } else { 0.0 }
     }
 
-    fn describe(&self, per: f64, unit: &str) -> String {
+    pub(crate) fn describe(&self, per: f64, unit: &str) -> String {
         let ms = |s: f64| s * 1000.0 / per;
         format!(
             "CPU ms per {unit}: bench process {:.2}, simulator {:.2}, PostgreSQL {:.2}, moto {:.2}; machine {:.0}% busy",
@@ -353,7 +365,7 @@ impl Cpu {
         )
     }
 
-    fn json(&self, per: f64) -> serde_json::Value {
+    pub(crate) fn json(&self, per: f64) -> serde_json::Value {
         let ms = |s: f64| round(s * 1000.0 / per, 3);
         json!({
             "bench_process": ms(self.ours), "simulator": ms(self.sim), "postgres": ms(self.postgres),
@@ -390,45 +402,7 @@ impl World {
         campaign.batch_size = BATCH_SIZE as u32;
         campaign.cost_per_click = clickpacer::domain::Micros(1_000);
         campaigns::upsert(&**client, &campaign).await?;
-        client.execute("SELECT ensure_click_partition(now())", &[]).await?;
-        let upload: i64 = client
-            .query_one(
-                "INSERT INTO uploads (bucket, object_key, object_version) VALUES ('bench', $1, 'v') RETURNING upload_id",
-                &[&format!("incoming/{}", clickpacer::testing::unique_suffix())],
-            )
-            .await?
-            .get(0);
-        let batches = (clicks + BATCH_SIZE - 1) / BATCH_SIZE;
-        client
-            .execute(
-                "INSERT INTO batches (campaign_id, partner_id, upload_id, upload_seq, click_count, due_at)
-                 SELECT $1, $2, $3, s, least($5::bigint, $4::bigint - s * $5::bigint)::int, now() - interval '1 minute'
-                 FROM generate_series(0, $6::bigint - 1) s",
-                &[
-                    &campaign.campaign_id.as_str(),
-                    &partner.partner_id.as_str(),
-                    &upload,
-                    &clicks,
-                    &BATCH_SIZE,
-                    &batches,
-                ],
-            )
-            .await?;
-        client
-            .execute(
-                "WITH ids AS (
-                     INSERT INTO click_ids (campaign_id, click_id, ingested_at)
-                     SELECT $1, 'click-' || g, now() FROM generate_series(1, $3::bigint) g RETURNING click_id, ingested_at)
-                 INSERT INTO clicks (campaign_id, click_id, upload_id, row_number, batch_id, clicked_at, ip,
-                                     user_agent, sub_id, attributes, ingested_at)
-                 SELECT $1, ids.click_id, $2, n.row_number, b.batch_id, now(), '203.0.113.9',
-                        'Mozilla/5.0 (X11; Linux x86_64)', 's1', '{\"tier\": \"gold\"}', ids.ingested_at
-                 FROM ids
-                 CROSS JOIN LATERAL (SELECT substr(ids.click_id, 7)::bigint AS row_number) n
-                 JOIN batches b ON b.upload_id = $2 AND b.upload_seq = (n.row_number - 1) / $4::bigint",
-                &[&campaign.campaign_id.as_str(), &upload, &clicks, &BATCH_SIZE],
-            )
-            .await?;
+        let batches = insert_clicks(&client, &campaign, clicks).await?;
         client.execute("ANALYZE", &[]).await?;
         Ok((campaign.campaign_id, batches))
     }
@@ -452,16 +426,59 @@ impl World {
     }
 }
 
+/// `clicks` clicks of `campaign` (ids `click-1`, `click-2`, ...) in batches of its batch size, all due a minute ago,
+/// as one upload.
+pub(crate) async fn insert_clicks(
+    client: &tokio_postgres::Client,
+    campaign: &Campaign,
+    clicks: i64,
+) -> anyhow::Result<i64> {
+    let batch_size = i64::from(campaign.batch_size);
+    client.execute("SELECT ensure_click_partition(now())", &[]).await?;
+    let upload: i64 = client
+        .query_one(
+            "INSERT INTO uploads (bucket, object_key, object_version) VALUES ('bench', $1, 'v') RETURNING upload_id",
+            &[&format!("incoming/{}", clickpacer::testing::unique_suffix())],
+        )
+        .await?
+        .get(0);
+    let batches = (clicks + batch_size - 1) / batch_size;
+    client
+        .execute(
+            "INSERT INTO batches (campaign_id, partner_id, upload_id, upload_seq, click_count, due_at)
+             SELECT $1, $2, $3, s, least($5::bigint, $4::bigint - s * $5::bigint)::int, now() - interval '1 minute'
+             FROM generate_series(0, $6::bigint - 1) s",
+            &[&campaign.campaign_id.as_str(), &campaign.partner_id.as_str(), &upload, &clicks, &batch_size, &batches],
+        )
+        .await?;
+    client
+        .execute(
+            "WITH ids AS (
+                 INSERT INTO click_ids (campaign_id, click_id, ingested_at)
+                 SELECT $1, 'click-' || g, now() FROM generate_series(1, $3::bigint) g RETURNING click_id, ingested_at)
+             INSERT INTO clicks (campaign_id, click_id, upload_id, row_number, batch_id, clicked_at, ip,
+                                 user_agent, sub_id, attributes, ingested_at)
+             SELECT $1, ids.click_id, $2, n.row_number, b.batch_id, now(), '203.0.113.9',
+                    'Mozilla/5.0 (X11; Linux x86_64)', 's1', '{\"tier\": \"gold\"}', ids.ingested_at
+             FROM ids
+             CROSS JOIN LATERAL (SELECT substr(ids.click_id, 7)::bigint AS row_number) n
+             JOIN batches b ON b.upload_id = $2 AND b.upload_seq = (n.row_number - 1) / $4::bigint",
+            &[&campaign.campaign_id.as_str(), &upload, &clicks, &batch_size],
+        )
+        .await?;
+    Ok(batches)
+}
+
 /// One simulated Lambda execution environment: its own thread and runtime, pool and HTTP client (the AWS clients
 /// share one connection pool, as every client made from one SDK configuration does).
 #[derive(Clone)]
-struct Environment {
-    db_url: String,
-    queue: SqsQueue,
-    events: DynamoEventLog,
-    meter: Arc<Meter>,
-    settings: BridgeSettings,
-    pool_size: usize,
+pub(crate) struct Environment {
+    pub(crate) db_url: String,
+    pub(crate) queue: SqsQueue,
+    pub(crate) events: DynamoEventLog,
+    pub(crate) meter: Arc<Meter>,
+    pub(crate) settings: BridgeSettings,
+    pub(crate) pool_size: usize,
 }
 
 impl Environment {
@@ -478,7 +495,7 @@ impl Environment {
     }
 
     /// Runs `work` with a new bridge on a thread of its own (a current-thread runtime, as in Lambda).
-    fn spawn<T, F, Fut>(self, work: F) -> std::thread::JoinHandle<anyhow::Result<T>>
+    pub(crate) fn spawn<T, F, Fut>(self, work: F) -> std::thread::JoinHandle<anyhow::Result<T>>
     where
         T: Send + 'static,
         F: FnOnce(Bridge<Metered, SystemClock>) -> Fut + Send + 'static,
@@ -491,13 +508,13 @@ impl Environment {
     }
 }
 
-async fn join<T: Send + 'static>(handle: std::thread::JoinHandle<anyhow::Result<T>>) -> anyhow::Result<T> {
+pub(crate) async fn join<T: Send + 'static>(handle: std::thread::JoinHandle<anyhow::Result<T>>) -> anyhow::Result<T> {
     tokio::task::spawn_blocking(move || handle.join())
         .await?
         .map_err(|_| anyhow::anyhow!("an invocation thread panicked"))?
 }
 
-fn pacer(pool: &PgPool, queue: &SqsQueue, horizon_seconds: u32) -> Pacer<SqsQueue> {
+pub(crate) fn pacer(pool: &PgPool, queue: &SqsQueue, horizon_seconds: u32) -> Pacer<SqsQueue> {
     Pacer {
         pool: pool.clone(),
         queue: queue.clone(),
@@ -538,7 +555,7 @@ async fn drain(queue: &SqsQueue, expected: usize) -> anyhow::Result<Vec<SqsMessa
 
 /// The event source's poller: up to 10 messages from the click queue (1 s long poll) handed to the bridge as one
 /// event; what it does not report as failed is deleted. Returns the number of messages handled.
-async fn poll_queue(bridge: &Bridge<Metered, SystemClock>) -> anyhow::Result<usize> {
+pub(crate) async fn poll_queue(bridge: &Bridge<Metered, SystemClock>) -> anyhow::Result<usize> {
     let queue = &bridge.click_queue;
     let got = queue.receive(EVENT_SIZE as i32, 1).await?;
     if got.is_empty() {
@@ -556,8 +573,10 @@ async fn poll_queue(bridge: &Bridge<Metered, SystemClock>) -> anyhow::Result<usi
         .collect();
     let response = bridge::handle_event(bridge, event, &clickpacer::invocation::Unlimited).await;
     let failed: HashSet<String> = response.batch_item_failures.into_iter().map(|f| f.item_identifier).collect();
-    for m in got.iter().filter(|m| !failed.contains(&m.message_id)) {
-        queue.delete(&m.receipt_handle).await?;
+    let handled: Vec<&str> =
+        got.iter().filter(|m| !failed.contains(&m.message_id)).map(|m| m.receipt_handle.as_str()).collect();
+    if !handled.is_empty() {
+        queue.delete_batch(&handled).await?;
     }
     Ok(got.len())
 }
@@ -875,6 +894,19 @@ async fn throttled(world: &World, options: &Options) -> anyhow::Result<Throttled
     })
 }
 
+/// The event log written to a DynamoDB stand-in: a simulator process answering every BatchWriteItem with no
+/// unprocessed items after `latency_ms` (moto's DynamoDB takes tens of items per second, far from DynamoDB).
+pub(crate) async fn event_log_stand_in(aws: &TestAws, latency_ms: u64) -> anyhow::Result<(DynamoEventLog, SimProcess)> {
+    let log_sim = SimProcess::start().await?;
+    let body = r#"{"UnprocessedItems":{}}"#.to_owned();
+    log_sim.set_behaviour("dynamodb", &Behaviour { latency_ms, body, ..Behaviour::default() }).await?;
+    let config = aws_sdk_dynamodb::config::Builder::from(&aws.sdk)
+        .endpoint_url(format!("{}/api", log_sim.partner_url("dynamodb")));
+    let client = aws_sdk_dynamodb::Client::from_conf(config.build());
+    eprintln!("event log: DynamoDB stand-in answering BatchWriteItem after {latency_ms} ms (own process)");
+    Ok((DynamoEventLog::new(client, "clickpacer-events"), log_sim))
+}
+
 pub async fn run(args: &[String]) -> anyhow::Result<()> {
     let options = Options::parse(args)?;
     let db = TestDb::new().await;
@@ -886,14 +918,8 @@ pub async fn run(args: &[String]) -> anyhow::Result<()> {
     let (events, log_sim) = match options.event_log {
         EventLog::Moto => (aws.events_table().await, None),
         EventLog::StandIn(latency_ms) => {
-            let log_sim = SimProcess::start().await?;
-            let body = r#"{"UnprocessedItems":{}}"#.to_owned();
-            log_sim.set_behaviour("dynamodb", &Behaviour { latency_ms, body, ..Behaviour::default() }).await?;
-            let config = aws_sdk_dynamodb::config::Builder::from(&aws.sdk)
-                .endpoint_url(format!("{}/api", log_sim.partner_url("dynamodb")));
-            let client = aws_sdk_dynamodb::Client::from_conf(config.build());
-            eprintln!("event log: DynamoDB stand-in answering BatchWriteItem after {latency_ms} ms (own process)");
-            (DynamoEventLog::new(client, "clickpacer-events"), Some(log_sim))
+            let (events, log_sim) = event_log_stand_in(&aws, latency_ms).await?;
+            (events, Some(log_sim))
         }
     };
     let world = World { db, aws, sim, meter: Arc::new(Meter::default()), events };

@@ -4,11 +4,15 @@
 //!   scripts/bench pacer [--batches N]  claim + reserve + mark throughput with 1, 2, 4 and 8 pacers over N due
 //!                                      batches (default 200,000), one run through the local SQS, pacing accuracy
 //!                                      over a simulated day, release latency (see pacer_bench.rs)
+//!   scripts/bench bridge [options]     deliveries/s, the HTTP limit, a hidden rate limit (see bridge_bench.rs)
+//!   scripts/bench pacing [--seconds S] pacers and bridges together, judged by arrivals at the partners (see
+//!                                      pacing_bench.rs)
 //!
 //! `scripts/bench` starts (or reuses) PostgreSQL and the local AWS endpoint, as the tests do.
 
 mod bridge_bench;
 mod pacer_bench;
+mod pacing_bench;
 mod slicer_bench;
 
 use anyhow::{Context, bail};
@@ -16,7 +20,7 @@ use anyhow::{Context, bail};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let Some(which) = args.first() else { bail!("usage: bench slicer [--rows N] | bench pacer [--batches N]") };
+    let Some(which) = args.first() else { bail!("usage: bench slicer|pacer|bridge|pacing [options]") };
     let rows = match args.iter().position(|a| a == "--rows") {
         Some(i) => args.get(i + 1).context("--rows needs a number")?.replace('_', "").parse()?,
         None => 1_000_000,
@@ -29,7 +33,8 @@ async fn main() -> anyhow::Result<()> {
         "slicer" => slicer_bench::run(rows).await,
         "pacer" => pacer_bench::run(batches).await,
         "bridge" => bridge_bench::run(&args).await,
-        other => bail!("unknown benchmark {other:?}: use slicer or pacer"),
+        "pacing" => pacing_bench::run(&args).await,
+        other => bail!("unknown benchmark {other:?}: use slicer, pacer, bridge or pacing"),
     }
 }
 
