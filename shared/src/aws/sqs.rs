@@ -1,7 +1,9 @@
 //! SQS: the click queue between the pacer and the bridge.
 
 use aws_sdk_sqs::Client;
-use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, QueueAttributeName, SendMessageBatchRequestEntry};
+use aws_sdk_sqs::types::{
+    BatchResultErrorEntry, DeleteMessageBatchRequestEntry, QueueAttributeName, SendMessageBatchRequestEntry,
+};
 
 use super::AwsError;
 
@@ -56,12 +58,7 @@ impl SqsQueue {
     /// caller retries only those.
     pub async fn send_batch(&self, messages: &[OutgoingMessage]) -> Result<Vec<FailedEntry>, AwsError> {
         fail::fail_point!("sqs::send", |_| Err(injected("sqs SendMessageBatch")));
-        if messages.is_empty() || messages.len() > MAX_BATCH_ENTRIES {
-            return Err(AwsError {
-                operation: "sqs SendMessageBatch",
-                message: format!("takes 1 to {MAX_BATCH_ENTRIES} entries, got {}", messages.len()),
-            });
-        }
+        batch_size_ok("sqs SendMessageBatch", messages.len())?;
         let entries = messages
             .iter()
             .map(|m| {
@@ -81,15 +78,7 @@ impl SqsQueue {
             .send()
             .await
             .map_err(|e| AwsError::from_sdk("sqs SendMessageBatch", e))?;
-        Ok(out
-            .failed()
-            .iter()
-            .map(|f| FailedEntry {
-                id: f.id().to_owned(),
-                sender_fault: f.sender_fault(),
-                message: format!("{}: {}", f.code(), f.message().unwrap_or_default()),
-            })
-            .collect())
+        Ok(failed_entries(out.failed()))
     }
 
     pub async fn receive(&self, max: i32, wait_seconds: i32) -> Result<Vec<ReceivedMessage>, AwsError> {
@@ -161,12 +150,7 @@ impl SqsQueue {
     /// simply come back after their visibility timeout.
     pub async fn delete_batch(&self, receipt_handles: &[&str]) -> Result<Vec<FailedEntry>, AwsError> {
         fail::fail_point!("sqs::delete", |_| Err(injected("sqs DeleteMessageBatch")));
-        if receipt_handles.is_empty() || receipt_handles.len() > MAX_BATCH_ENTRIES {
-            return Err(AwsError {
-                operation: "sqs DeleteMessageBatch",
-                message: format!("takes 1 to {MAX_BATCH_ENTRIES} entries, got {}", receipt_handles.len()),
-            });
-        }
+        batch_size_ok("sqs DeleteMessageBatch", receipt_handles.len())?;
         let entries = receipt_handles
             .iter()
             .enumerate()
@@ -186,15 +170,7 @@ impl SqsQueue {
             .send()
             .await
             .map_err(|e| AwsError::from_sdk("sqs DeleteMessageBatch", e))?;
-        Ok(out
-            .failed()
-            .iter()
-            .map(|f| FailedEntry {
-                id: f.id().to_owned(),
-                sender_fault: f.sender_fault(),
-                message: format!("{}: {}", f.code(), f.message().unwrap_or_default()),
-            })
-            .collect())
+        Ok(failed_entries(out.failed()))
     }
 
     /// The queue's ARN (for redrive policies and bucket notifications).
@@ -259,4 +235,24 @@ async fn queue_arn(client: &Client, url: &str) -> Result<String, AwsError> {
 #[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
 fn injected(operation: &'static str) -> AwsError {
     AwsError { operation, message: "injected failure (failpoint)".into() }
+}
+
+/// A batch call takes 1 to [`MAX_BATCH_ENTRIES`] entries; refused before the call otherwise.
+fn batch_size_ok(operation: &'static str, entries: usize) -> Result<(), AwsError> {
+    if entries == 0 || entries > MAX_BATCH_ENTRIES {
+        return Err(AwsError { operation, message: format!("takes 1 to {MAX_BATCH_ENTRIES} entries, got {entries}") });
+    }
+    Ok(())
+}
+
+/// The entries a batch call reports as failed.
+fn failed_entries(failed: &[BatchResultErrorEntry]) -> Vec<FailedEntry> {
+    failed
+        .iter()
+        .map(|f| FailedEntry {
+            id: f.id().to_owned(),
+            sender_fault: f.sender_fault(),
+            message: format!("{}: {}", f.code(), f.message().unwrap_or_default()),
+        })
+        .collect()
 }

@@ -47,11 +47,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use bridge::{Bridge, BridgeSettings, HttpTransport, PartnerAnswer, SystemClock, Transport};
 use chrono::Utc;
 use clickpacer::aws::dynamodb::DynamoEventLog;
-use clickpacer::aws::sqs::SqsQueue;
+use clickpacer::aws::sqs::{ReceivedMessage, SqsQueue};
 use clickpacer::config::DatabaseConfig;
 use clickpacer::delivery::{ClickForDelivery, CompiledPartner, RenderedRequest, TransportError, idempotency_key};
 use clickpacer::domain::{Campaign, CampaignId, ClickId, Partner, PartnerId};
@@ -561,6 +561,13 @@ pub(crate) async fn poll_queue(bridge: &Bridge<Metered, SystemClock>) -> anyhow:
     if got.is_empty() {
         return Ok(0);
     }
+    let response = bridge::handle_event(bridge, event_of(&got), &clickpacer::invocation::Unlimited).await;
+    delete_handled(queue, &got, response).await?;
+    Ok(got.len())
+}
+
+/// The SQS event the event source makes of received messages.
+pub(crate) fn event_of(got: &[ReceivedMessage]) -> SqsEvent {
     let mut event = SqsEvent::default();
     event.records = got
         .iter()
@@ -571,14 +578,22 @@ pub(crate) async fn poll_queue(bridge: &Bridge<Metered, SystemClock>) -> anyhow:
             message
         })
         .collect();
-    let response = bridge::handle_event(bridge, event, &clickpacer::invocation::Unlimited).await;
+    event
+}
+
+/// Deletes what the bridge did not report as failed (its partial batch response), in one call.
+pub(crate) async fn delete_handled(
+    queue: &SqsQueue,
+    got: &[ReceivedMessage],
+    response: SqsBatchResponse,
+) -> anyhow::Result<()> {
     let failed: HashSet<String> = response.batch_item_failures.into_iter().map(|f| f.item_identifier).collect();
     let handled: Vec<&str> =
         got.iter().filter(|m| !failed.contains(&m.message_id)).map(|m| m.receipt_handle.as_str()).collect();
     if !handled.is_empty() {
         queue.delete_batch(&handled).await?;
     }
-    Ok(got.len())
+    Ok(())
 }
 
 fn events_of(messages: Vec<SqsMessage>) -> VecDeque<SqsEvent> {

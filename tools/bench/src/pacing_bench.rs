@@ -56,8 +56,8 @@ use partner_sim::{Behaviour, SecondCounts};
 use serde_json::json;
 
 use crate::bridge_bench::{
-    BRIDGE_POOL_SIZE, Cpu, Environment, Meter, Metered, SimProcess, event_log_stand_in, insert_clicks, join, option,
-    pacer, round,
+    BRIDGE_POOL_SIZE, Cpu, Environment, Meter, Metered, SimProcess, delete_handled, event_log_stand_in, event_of,
+    insert_clicks, join, option, pacer, round,
 };
 
 /// The rate `under` really takes, below the 40 a second it is configured at.
@@ -212,7 +212,6 @@ const SLOW_EVENT_S: f64 = 10.0;
 
 /// The event source's poller, as [`crate::bridge_bench::poll_queue`], timing each step.
 async fn poll_timed(bridge: &bridge::Bridge<Metered, bridge::SystemClock>, tally: &mut Tally) -> anyhow::Result<()> {
-    use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
     let queue = &bridge.click_queue;
     let began = Instant::now();
     let got = queue.receive(10, 1).await?;
@@ -220,19 +219,9 @@ async fn poll_timed(bridge: &bridge::Bridge<Metered, bridge::SystemClock>, tally
     if got.is_empty() {
         return Ok(());
     }
-    let mut event = SqsEvent::default();
-    event.records = got
-        .iter()
-        .map(|m| {
-            let mut message = SqsMessage::default();
-            message.message_id = Some(m.message_id.clone());
-            message.body = Some(m.body.clone());
-            message
-        })
-        .collect();
     let began = Instant::now();
     let received_at = Utc::now();
-    let response = bridge::handle_event(bridge, event, &clickpacer::invocation::Unlimited).await;
+    let response = bridge::handle_event(bridge, event_of(&got), &clickpacer::invocation::Unlimited).await;
     let took = began.elapsed().as_secs_f64();
     tally.handling += took;
     if took > SLOW_EVENT_S {
@@ -249,14 +238,8 @@ async fn poll_timed(bridge: &bridge::Bridge<Metered, bridge::SystemClock>, tally
     }
     tally.events += 1;
     tally.messages += got.len() as u64;
-    let failed: std::collections::HashSet<String> =
-        response.batch_item_failures.into_iter().map(|f| f.item_identifier).collect();
     let began = Instant::now();
-    let handled: Vec<&str> =
-        got.iter().filter(|m| !failed.contains(&m.message_id)).map(|m| m.receipt_handle.as_str()).collect();
-    if !handled.is_empty() {
-        queue.delete_batch(&handled).await?;
-    }
+    delete_handled(queue, &got, response).await?;
     tally.deleting += began.elapsed().as_secs_f64();
     Ok(())
 }
