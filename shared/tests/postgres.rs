@@ -190,10 +190,13 @@ async fn concurrent_bridges_share_one_send_pace_and_learn_from_a_throttle() {
                     bridge::reserve_send_slots(
                         &mut client,
                         &id,
-                        4,
-                        t0,
-                        bridge::PaceRate::Learned { initial: 400.0 },
-                        horizon,
+                        None,
+                        bridge::SlotRequest {
+                            want: 4,
+                            now: t0,
+                            rate: bridge::PaceRate::Learned { initial: 400.0 },
+                            horizon,
+                        },
                         &[],
                     )
                     .await
@@ -225,17 +228,8 @@ async fn concurrent_bridges_share_one_send_pace_and_learn_from_a_throttle() {
     let pace = bridge::send_pace(&**client, &id).await.unwrap().unwrap();
     assert!(pace.learned);
     assert!((pace.rate.unwrap() - 180.0 * clickpacer::delivery::pace::BACKOFF_MARGIN).abs() < 1e-9, "{pace:?}");
-    let g = bridge::reserve_send_slots(
-        &mut client,
-        &id,
-        1,
-        now,
-        bridge::PaceRate::Learned { initial: 400.0 },
-        horizon,
-        &[],
-    )
-    .await
-    .unwrap();
+    let request = bridge::SlotRequest { want: 1, now, rate: bridge::PaceRate::Learned { initial: 400.0 }, horizon };
+    let g = bridge::reserve_send_slots(&mut client, &id, None, request, &[]).await.unwrap();
     assert_eq!(g.first, until, "no slot before the Retry-After instant");
     let paused: Option<chrono::DateTime<chrono::Utc>> = client
         .query_one("SELECT retry_after_until FROM partner_health WHERE partner_id = $1", &[&id.as_str()])

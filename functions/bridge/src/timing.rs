@@ -1,9 +1,11 @@
 //! When each click may go: its share of the batch's spread (the pacer reserved the campaign's rate over it), a
-//! slot of the partner's shared send pace (configured or learned, every bridge reserving from one row), and the
-//! invocation's last start (no request begins that could not be answered before the deadline).
+//! slot of the partner's shared send pace (configured or learned, every bridge reserving from one row) and, for a
+//! campaign with a per-second limit, of the campaign's own send stream too (late batches of one campaign delivered
+//! together keep to its limit), and the invocation's last start (no request begins that could not be answered
+//! before the deadline).
 
 use chrono::{DateTime, Utc};
-use clickpacer::delivery::{CompiledPartner, ObservedHealth, Outcome};
+use clickpacer::delivery::{CompiledPartner, ObservedHealth, Outcome, pace};
 use clickpacer::domain::Partner;
 use clickpacer::postgres::bridge::{self as repo, BatchLease, DeliveryRecord, PendingClick};
 use futures::StreamExt;
@@ -35,13 +37,12 @@ pub(crate) async fn send_clicks<T: Transport, C: Clock>(
     last_start: DateTime<Utc>,
 ) -> Sent {
     let rate = match partner.rate_per_second {
-        Some(rate) => {
-            repo::PaceRate::Configured(clickpacer::delivery::pace::configured_pace(rate, health.health.allowance))
-        }
-        None => repo::PaceRate::Learned { initial: clickpacer::delivery::pace::initial_rate(partner.max_concurrency) },
+        Some(rate) => repo::PaceRate::Configured(pace::configured_pace(rate, health.health.allowance)),
+        None => repo::PaceRate::Learned { initial: pace::initial_rate(partner.max_concurrency) },
     };
+    let campaign = lease.campaign_max_per_second.map(|limit| (&lease.campaign_id, pace::campaign_pace(limit)));
     let not_before = spread_shares(lease, ready, bridge.clock.now());
-    let paced = Paced { not_before: &not_before, rate, last_start };
+    let paced = Paced { not_before: &not_before, rate, campaign, last_start };
     let (outcomes, resume_at) = send_paced(bridge, client, partner, compiled, ready, paced).await;
     let mut sent = Sent { records: Vec::with_capacity(outcomes.len()), requests: 0, resume_at };
     for (record, outcome) in outcomes {
@@ -79,11 +80,12 @@ pub(crate) fn spread_shares(lease: &BatchLease, ready: &[&PendingClick], now: Da
         .collect()
 }
 
-/// When a pass may send: each ready click's share of the spread (ascending), the pace, and the last instant a
-/// request may start within the invocation.
+/// When a pass may send: each ready click's share of the spread (ascending), the partner's pace, the campaign's
+/// own (a per-second limit), and the last instant a request may start within the invocation.
 pub(crate) struct Paced<'a> {
     not_before: &'a [DateTime<Utc>],
     rate: repo::PaceRate,
+    campaign: Option<repo::CampaignPace<'a>>,
     last_start: DateTime<Utc>,
 }
 
@@ -98,14 +100,15 @@ pub(crate) async fn send_paced<T: Transport, C: Clock>(
     partner: &Partner,
     compiled: &CompiledPartner,
     ready: &[&PendingClick],
-    Paced { not_before, rate, last_start }: Paced<'_>,
+    Paced { not_before, rate, campaign, last_start }: Paced<'_>,
 ) -> (Vec<(DeliveryRecord, Outcome)>, Option<DateTime<Utc>>) {
     let max_wait = chrono::Duration::from_std(bridge.settings.max_spread_wait).unwrap_or_default();
     let max_slot_wait = chrono::Duration::from_std(bridge.settings.max_slot_wait).unwrap_or_default();
-    let mut chunk = chunk_for(match rate {
+    let campaign_rate = campaign.map_or(f64::INFINITY, |(_, rate)| rate);
+    let mut chunk = chunk_for(campaign_rate.min(match rate {
         repo::PaceRate::Learned { initial } => initial,
         repo::PaceRate::Configured(rate) => rate,
-    });
+    }));
     let mut accepted: Vec<(DateTime<Utc>, u32)> = Vec::new();
     let mut out = Vec::with_capacity(ready.len());
     let mut resume_at = None;
@@ -146,8 +149,8 @@ pub(crate) async fn send_paced<T: Transport, C: Clock>(
             break;
         }
         let slot_horizon = horizon.min(max_slot_wait);
-        let reserved =
-            repo::reserve_send_slots(client, &partner.partner_id, want, now, rate, slot_horizon, &accepted).await;
+        let request = repo::SlotRequest { want, now, rate, horizon: slot_horizon };
+        let reserved = repo::reserve_send_slots(client, &partner.partner_id, campaign, request, &accepted).await;
         let grant = match reserved {
             Ok(grant) => grant,
             Err(e) => {

@@ -934,3 +934,49 @@ async fn a_message_waiting_for_a_busy_partners_slots_goes_back_instead_of_holdin
     let report = w.sim.sim.partner_report("busy").unwrap();
     assert_eq!((report.accepted, report.duplicate_accepted_keys), (5, 0));
 }
+
+/// A campaign's per-second limit holds at the partner whatever its messages say: two batches of one campaign
+/// that reach the bridge late together (their spreads long past), or after a campaign manager lowered the limit,
+/// take their requests from the campaign's own send stream, not each its own pace side by side.
+#[tokio::test]
+async fn late_batches_of_one_campaign_delivered_together_keep_to_its_per_second_limit_at_the_partner() {
+    let w = world().await;
+    let p = partner(&w.sim, "limited");
+    let campaign = w.seed(&p, 20).await;
+    let client = w.db.client().await;
+    client
+        .batch_execute(
+            "WITH more AS (
+                 INSERT INTO batches (campaign_id, partner_id, upload_id, upload_seq, click_count, due_at)
+                 SELECT campaign_id, partner_id, upload_id, 1, 10, due_at FROM batches
+                 RETURNING batch_id)
+             UPDATE clicks c SET batch_id = m.batch_id FROM more m WHERE c.row_number > 10;
+             UPDATE batches SET click_count = 10 WHERE upload_seq = 0;",
+        )
+        .await
+        .unwrap();
+    let messages = w.release().await;
+    assert_eq!(messages.len(), 2);
+    // Both were planned at 5 a second, two seconds each, and arrive half a minute late.
+    client
+        .execute("UPDATE campaigns SET max_per_second = 5 WHERE campaign_id = $1", &[&campaign.as_str()])
+        .await
+        .unwrap();
+    client
+        .execute("UPDATE batches SET release_at = now() - interval '30 seconds', spread_seconds = 2", &[])
+        .await
+        .unwrap();
+    assert!(w.handle(messages).await.is_empty());
+    let mut rounds = 0;
+    while w.outcomes().await != vec![("delivered".to_owned(), 20)] && rounds < 20 {
+        let again = w.receive().await;
+        assert!(w.handle(again).await.is_empty());
+        rounds += 1;
+    }
+    let report = w.sim.sim.report();
+    assert_eq!((report.accepted, report.duplicate_accepted_keys), (20, 0));
+    let arrivals = w.sim.sim.arrivals();
+    let seconds = &arrivals.campaigns[campaign.as_str()];
+    let peak = seconds.values().map(|s| s.requests).max().unwrap_or(0);
+    assert!(peak <= 5, "at most 5 a second at the partner, saw {peak}: {seconds:?}");
+}

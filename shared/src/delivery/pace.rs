@@ -24,6 +24,10 @@
 //! A partner with a configured rate takes its slots from the same stream at that rate (times its AIMD allowance
 //! and [`CONFIGURED_RATE_MARGIN`]), without learning: see [`configured_pace`].
 //!
+//! A campaign with a per-second limit has a stream of its own ([`CampaignStream`], at [`campaign_pace`]): each of
+//! its requests takes a slot of both, in one reservation, so its batches keep to the limit at the partner even
+//! when they reach the bridges late together (their spreads long past) or after the limit was lowered.
+//!
 //! Slots follow the generic cell rate algorithm: `next_slot` is the earliest instant the next request may go; a
 //! reservation of k requests takes k slots `1/rate` apart from `max(next_slot, now, retry_after)` and moves
 //! `next_slot` past them. Concurrent bridges reserve in short chunks, so the partner sees one evenly spaced
@@ -40,6 +44,17 @@ pub const CONFIGURED_RATE_MARGIN: f64 = 0.95;
 pub fn configured_pace(rate_per_second: u32, allowance: f64) -> f64 {
     let allowance = if allowance > 0.0 { allowance.min(1.0) } else { 0.0 };
     (f64::from(rate_per_second) * allowance * CONFIGURED_RATE_MARGIN).max(MIN_RATE.min(f64::from(rate_per_second)))
+}
+
+/// The send rate of a campaign limited to `max_per_second` (with the same margin as a partner's configured rate).
+pub fn campaign_pace(max_per_second: u32) -> f64 {
+    (f64::from(max_per_second) * CONFIGURED_RATE_MARGIN).max(MIN_RATE.min(f64::from(max_per_second)))
+}
+
+/// A campaign's own send stream: the earliest instant its next request may go.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct CampaignStream {
+    pub next_slot: Option<DateTime<Utc>>,
 }
 
 /// The lowest starting rate: even a partner that takes one request at a time answers more than one a second.
@@ -157,9 +172,15 @@ impl SendPace {
         initial_rate: f64,
         horizon: TimeDelta,
     ) -> SlotGrant {
-        self.grow(now, initial_rate);
-        let rate = self.rate.unwrap_or(initial_rate);
+        let rate = self.learned_rate_at(now, initial_rate);
         self.reserve_at(want, now, paused_until, rate, horizon)
+    }
+
+    /// The learned rate to send at `now` (grown for the backlogged sending since it last grew), starting at
+    /// `initial_rate`.
+    pub fn learned_rate_at(&mut self, now: DateTime<Utc>, initial_rate: f64) -> f64 {
+        self.grow(now, initial_rate);
+        self.rate.unwrap_or(initial_rate)
     }
 
     /// [`Self::reserve`] at a rate set from outside (a partner's configured rate under its AIMD allowance) instead
@@ -173,14 +194,38 @@ impl SendPace {
         rate: f64,
         horizon: TimeDelta,
     ) -> SlotGrant {
-        let rate = rate.clamp(MIN_RATE, MAX_RATE);
-        let interval = TimeDelta::microseconds((1_000_000.0 / rate).round().max(1.0) as i64);
-        let first = [Some(now), self.next_slot, paused_until].into_iter().flatten().max().unwrap_or(now);
+        self.reserve_within(want, now, paused_until, rate, horizon, None)
+    }
+
+    /// [`Self::reserve_at`] for a campaign with a stream of its own at `campaign_rate`: each slot is free in both
+    /// streams, so the grant goes at the slower of the two rates from the later of their next slots, and each
+    /// stream moves past the last slot by its own interval (the partner's slots between go to other campaigns).
+    pub fn reserve_within(
+        &mut self,
+        want: usize,
+        now: DateTime<Utc>,
+        paused_until: Option<DateTime<Utc>>,
+        rate: f64,
+        horizon: TimeDelta,
+        campaign: Option<(&mut CampaignStream, f64)>,
+    ) -> SlotGrant {
+        let own = interval_of(rate);
+        let (mut interval, mut first) = (own, [Some(now), self.next_slot, paused_until].into_iter().flatten().max());
+        let mut campaign = campaign.map(|(stream, rate)| (stream, interval_of(rate)));
+        if let Some((stream, campaign_interval)) = &campaign {
+            interval = interval.max(*campaign_interval);
+            first = first.max(stream.next_slot);
+        }
+        let first = first.unwrap_or(now);
         let room = (horizon - (first - now)).num_microseconds().unwrap_or(0).max(-1);
         let fits = if room < 0 { 0 } else { (room / interval.num_microseconds().unwrap_or(1)) as usize + 1 };
         let count = want.min(fits);
         if count > 0 {
-            self.next_slot = Some(first + interval * count as i32);
+            let last = first + interval * (count as i32 - 1);
+            self.next_slot = Some(last + own);
+            if let Some((stream, campaign_interval)) = campaign.as_mut() {
+                stream.next_slot = Some(last + *campaign_interval);
+            }
         }
         SlotGrant { first, interval, count }
     }
@@ -247,6 +292,12 @@ impl SendPace {
     }
 }
 
+/// The spacing of slots at `rate` a second (within [`MIN_RATE`] and [`MAX_RATE`]).
+fn interval_of(rate: f64) -> TimeDelta {
+    let rate = rate.clamp(MIN_RATE, MAX_RATE);
+    TimeDelta::microseconds((1_000_000.0 / rate).round().max(1.0) as i64)
+}
+
 fn floor_second(at: DateTime<Utc>) -> DateTime<Utc> {
     at.duration_trunc(TimeDelta::seconds(1)).unwrap_or(at)
 }
@@ -282,6 +333,24 @@ mod tests {
         assert_eq!(a.count, 21, "slots at 0, 0.1, ..., 2.0 s");
         let b = pace.reserve(10, t0(), None, 10.0, TimeDelta::seconds(2));
         assert_eq!((b.count, b.first), (0, t0() + ms(2100)));
+    }
+
+    #[test]
+    fn a_campaigns_stream_spaces_its_own_requests_and_leaves_the_partners_slots_between_to_others() {
+        let mut pace = SendPace::default();
+        let mut limited = CampaignStream::default();
+        let rate = campaign_pace(5);
+        let a = pace.reserve_within(3, t0(), None, 40.0, TimeDelta::seconds(2), Some((&mut limited, rate)));
+        assert_eq!((a.first, a.count), (t0(), 3));
+        assert_eq!(a.interval, interval_of(rate), "at the campaign's pace, not the partner's");
+        // The partner's next slot is one of its own intervals after the campaign's last request.
+        assert_eq!(pace.next_slot, Some(a.slot(2) + ms(25)));
+        assert_eq!(limited.next_slot, Some(a.slot(2) + interval_of(rate)));
+        // Another campaign of the partner goes in the partner's slots at once; the limited one waits for its own.
+        let other = pace.reserve_at(2, t0(), None, 40.0, TimeDelta::seconds(2));
+        assert_eq!(other.first, a.slot(2) + ms(25));
+        let b = pace.reserve_within(1, t0(), None, 40.0, TimeDelta::seconds(2), Some((&mut limited, rate)));
+        assert_eq!(b.first, a.slot(2) + interval_of(rate));
     }
 
     #[test]
@@ -456,11 +525,19 @@ mod properties {
         want: usize,
         horizon_ms: i64,
         throttle: bool,
+        campaign: usize,
     }
 
     fn step() -> impl Strategy<Value = Step> {
-        (0..4_usize, 0..400_i64, 1..20_usize, 0..3_000_i64, proptest::bool::weighted(0.05)).prop_map(
-            |(bridge, after_ms, want, horizon_ms, throttle)| Step { bridge, after_ms, want, horizon_ms, throttle },
+        (0..4_usize, 0..400_i64, 1..20_usize, 0..3_000_i64, proptest::bool::weighted(0.05), 0..3_usize).prop_map(
+            |(bridge, after_ms, want, horizon_ms, throttle, campaign)| Step {
+                bridge,
+                after_ms,
+                want,
+                horizon_ms,
+                throttle,
+                campaign,
+            },
         )
     }
 
@@ -472,14 +549,18 @@ mod properties {
         })]
 
         /// A partner configured at `rate` a second gets at most `rate` requests in any one-second window, whichever
-        /// bridge sends them and however skewed their clocks, and none during a Retry-After pause.
+        /// bridge sends them and however skewed their clocks, and none during a Retry-After pause; nor does any of
+        /// its campaigns with a per-second limit of its own get more than that limit.
         #[test]
         fn configured_rates_hold_in_every_second_across_bridges(
             rate in 1..200_u32,
             skews in proptest::collection::vec(0..80_i64, 4),
+            limits in proptest::collection::vec(proptest::option::of(1..50_u32), 3),
             steps in proptest::collection::vec(step(), 1..120),
         ) {
             let mut pace = SendPace::default();
+            let mut streams = [CampaignStream::default(); 3];
+            let mut campaign_slots: [Vec<DateTime<Utc>>; 3] = Default::default();
             let mut now = Utc.with_ymd_and_hms(2026, 12, 2, 10, 0, 0).unwrap();
             let mut paused_until: Option<DateTime<Utc>> = None;
             let mut slots: Vec<DateTime<Utc>> = Vec::new();
@@ -493,8 +574,11 @@ mod properties {
                     paused_until = paused_until.max(Some(until));
                     continue;
                 }
-                let grant = pace.reserve_at(s.want, seen, paused_until, send_rate, TimeDelta::milliseconds(s.horizon_ms));
+                let horizon = TimeDelta::milliseconds(s.horizon_ms);
+                let own = limits[s.campaign].map(|limit| (&mut streams[s.campaign], campaign_pace(limit)));
+                let grant = pace.reserve_within(s.want, seen, paused_until, send_rate, horizon, own);
                 prop_assert!(grant.count <= s.want);
+                campaign_slots[s.campaign].extend((0..grant.count).map(|k| grant.slot(k)));
                 for k in 0..grant.count {
                     let slot = grant.slot(k);
                     prop_assert!(paused_until.is_none_or(|until| slot >= until), "slot {slot} inside a pause");
@@ -506,6 +590,14 @@ mod properties {
             for (i, first) in slots.iter().enumerate() {
                 let in_second = slots[i..].iter().take_while(|t| **t < *first + TimeDelta::seconds(1)).count();
                 prop_assert!(in_second <= rate as usize, "{in_second} slots in the second from {first} at {rate}/s");
+            }
+            for (slots, limit) in campaign_slots.iter_mut().zip(&limits) {
+                let Some(limit) = limit else { continue };
+                slots.sort();
+                for (i, first) in slots.iter().enumerate() {
+                    let in_second = slots[i..].iter().take_while(|t| **t < *first + TimeDelta::seconds(1)).count();
+                    prop_assert!(in_second <= *limit as usize, "{in_second} of a campaign's slots in a second at {limit}/s");
+                }
             }
         }
     }

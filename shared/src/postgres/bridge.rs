@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use tokio_postgres::GenericClient;
 
 use super::DbError;
-use crate::delivery::pace::{AcceptedWindow, SendPace, SlotGrant};
+use crate::delivery::pace::{AcceptedWindow, CampaignStream, SendPace, SlotGrant};
 use crate::delivery::{ClickForDelivery, ObservedHealth, PartnerHealth, idempotency_key};
 use crate::domain::events::ClickEvent;
 use crate::domain::{CampaignId, ClickId, PartnerId};
@@ -23,6 +23,9 @@ pub struct BatchLease {
     pub spread_seconds: u32,
     /// Clicks of the batch, delivered or not.
     pub clicks: u32,
+    /// The campaign's per-second limit now (it may have changed since the release): its requests also take
+    /// slots of the campaign's own send stream.
+    pub campaign_max_per_second: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,7 +57,9 @@ pub async fn take_batch(
                     released_at = COALESCE(released_at, $3)
              WHERE batch_id = $1 AND fence = $2 AND state IN ('claimed', 'queued')
                AND (delivery_lease_until IS NULL OR delivery_lease_until < $3)
-             RETURNING campaign_id, partner_id, release_at, spread_seconds, click_count",
+             RETURNING campaign_id, partner_id, release_at, spread_seconds, click_count,
+                       (SELECT max_per_second FROM campaigns c WHERE c.campaign_id = batches.campaign_id)
+                           AS campaign_max_per_second",
             &[&batch_id, &fence, &now, &hold_until, &queued_until],
         )
         .await?;
@@ -67,6 +72,7 @@ pub async fn take_batch(
             release_at: row.get("release_at"),
             spread_seconds: row.get::<_, i32>("spread_seconds").max(1) as u32,
             clicks: row.get::<_, i32>("click_count").max(1) as u32,
+            campaign_max_per_second: row.get::<_, Option<i32>>("campaign_max_per_second").map(|r| r.max(1) as u32),
         }));
     }
     let current = db.query_opt("SELECT state, fence FROM batches WHERE batch_id = $1", &[&batch_id]).await?;
@@ -442,23 +448,64 @@ pub enum PaceRate {
     Configured(f64),
 }
 
+/// What a reservation asks for: up to `want` slots from `now`, none further than `horizon` ahead, at `rate`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SlotRequest {
+    pub want: usize,
+    pub now: DateTime<Utc>,
+    pub rate: PaceRate,
+    pub horizon: chrono::TimeDelta,
+}
+
+/// A campaign whose requests also take slots of its own send stream, at this rate (see
+/// [`crate::delivery::pace::campaign_pace`]).
+pub type CampaignPace<'a> = (&'a CampaignId, f64);
+
 /// Reserves up to `want` send slots for a partner (see [`crate::delivery::pace`]) within `horizon`, after
 /// counting the requests it accepted since the caller's last call: one short transaction under the partner's
-/// health row lock, so every bridge draws from the same evenly spaced stream.
+/// health row lock (and then the campaign's send stream's, for a campaign with a per-second limit), so every
+/// bridge draws from the same evenly spaced stream.
 pub async fn reserve_send_slots(
     client: &mut tokio_postgres::Client,
     partner_id: &PartnerId,
-    want: usize,
-    now: DateTime<Utc>,
-    rate: PaceRate,
-    horizon: chrono::TimeDelta,
+    campaign: Option<CampaignPace<'_>>,
+    SlotRequest { want, now, rate, horizon }: SlotRequest,
     accepted: &Accepted,
 ) -> Result<SlotGrant, DbError> {
-    with_send_pace(client, partner_id, accepted, None, |pace, paused_until| match rate {
-        PaceRate::Learned { initial } => pace.reserve(want, now, paused_until, initial, horizon),
-        PaceRate::Configured(rate) => pace.reserve_at(want, now, paused_until, rate, horizon),
-    })
-    .await
+    let tx = client.transaction().await?;
+    let (mut pace, paused_until) = lock_send_pace(&tx, partner_id, accepted).await?;
+    let rate = match rate {
+        PaceRate::Learned { initial } => pace.learned_rate_at(now, initial),
+        PaceRate::Configured(rate) => rate,
+    };
+    let grant = match campaign {
+        Some((campaign_id, campaign_rate)) => {
+            // Locked after the partner's row, always in that order: a campaign has one partner.
+            tx.execute(
+                "INSERT INTO campaign_send_pace (campaign_id) VALUES ($1) ON CONFLICT DO NOTHING",
+                &[&campaign_id.as_str()],
+            )
+            .await?;
+            let row = tx
+                .query_one(
+                    "SELECT next_send_at FROM campaign_send_pace WHERE campaign_id = $1 FOR UPDATE",
+                    &[&campaign_id.as_str()],
+                )
+                .await?;
+            let mut stream = CampaignStream { next_slot: row.get("next_send_at") };
+            let grant = pace.reserve_within(want, now, paused_until, rate, horizon, Some((&mut stream, campaign_rate)));
+            tx.execute(
+                "UPDATE campaign_send_pace SET next_send_at = $2, updated_at = now() WHERE campaign_id = $1",
+                &[&campaign_id.as_str(), &stream.next_slot],
+            )
+            .await?;
+            grant
+        }
+        None => pace.reserve_within(want, now, paused_until, rate, horizon, None),
+    };
+    store_send_pace(&tx, partner_id, &pace, None).await?;
+    tx.commit().await?;
+    Ok(grant)
 }
 
 /// The partner throttled: counts what it accepted, sets the rate to that and pauses every bridge until
@@ -529,6 +576,20 @@ async fn with_send_pace<R>(
     change: impl FnOnce(&mut SendPace, Option<DateTime<Utc>>) -> R,
 ) -> Result<R, DbError> {
     let tx = client.transaction().await?;
+    let (mut pace, paused_until) = lock_send_pace(&tx, partner_id, accepted).await?;
+    let result = change(&mut pace, paused_until);
+    store_send_pace(&tx, partner_id, &pace, pause).await?;
+    tx.commit().await?;
+    Ok(result)
+}
+
+/// The partner's pace under its row lock (the row made if missing), with `accepted` counted, and its current
+/// pause.
+async fn lock_send_pace(
+    tx: &tokio_postgres::Transaction<'_>,
+    partner_id: &PartnerId,
+    accepted: &Accepted,
+) -> Result<(SendPace, Option<DateTime<Utc>>), DbError> {
     let select = format!("{PACE_COLUMNS} WHERE partner_id = $1 FOR UPDATE");
     let row = match tx.query_opt(&select, &[&partner_id.as_str()]).await? {
         Some(row) => row,
@@ -545,7 +606,16 @@ async fn with_send_pace<R>(
     for (at, n) in accepted {
         pace.window.add(*at, *n);
     }
-    let result = change(&mut pace, row.get("retry_after_until"));
+    Ok((pace, row.get("retry_after_until")))
+}
+
+/// Stores the partner's pace, extending its pause to `pause` if later.
+async fn store_send_pace(
+    tx: &tokio_postgres::Transaction<'_>,
+    partner_id: &PartnerId,
+    pace: &SendPace,
+    pause: Option<DateTime<Utc>>,
+) -> Result<(), DbError> {
     tx.execute(
         "UPDATE partner_health SET send_rate = $2, send_rate_learned = $3, send_rate_grown_at = $4, next_send_at = $5,
                 accepted_second = $6, accepted_in_second = $7, accepted_previous = $8,
@@ -565,8 +635,7 @@ async fn with_send_pace<R>(
         ],
     )
     .await?;
-    tx.commit().await?;
-    Ok(result)
+    Ok(())
 }
 
 /// Most of an unreadable message's body that is kept.
