@@ -37,7 +37,7 @@ pub(crate) async fn send_clicks<T: Transport, C: Clock>(
     last_start: DateTime<Utc>,
 ) -> Sent {
     let rate = match partner.rate_per_second {
-        Some(rate) => repo::PaceRate::Configured(pace::configured_pace(rate, health.health.allowance)),
+        Some(rate_per_second) => repo::PaceRate::Configured { rate_per_second, allowance: health.health.allowance },
         None => repo::PaceRate::Learned { initial: pace::initial_rate(partner.max_concurrency) },
     };
     let campaign = lease.campaign_max_per_second.map(|limit| (&lease.campaign_id, pace::campaign_pace(limit)));
@@ -107,7 +107,7 @@ pub(crate) async fn send_paced<T: Transport, C: Clock>(
     let campaign_rate = campaign.map_or(f64::INFINITY, |(_, rate)| rate);
     let mut chunk = chunk_for(campaign_rate.min(match rate {
         repo::PaceRate::Learned { initial } => initial,
-        repo::PaceRate::Configured(rate) => rate,
+        repo::PaceRate::Configured { rate_per_second, allowance } => pace::configured_pace(rate_per_second, allowance),
     }));
     let mut accepted: Vec<(DateTime<Utc>, u32)> = Vec::new();
     let mut out = Vec::with_capacity(ready.len());

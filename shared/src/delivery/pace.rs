@@ -22,7 +22,10 @@
 //!   [`RECOVERY_GROWTH`] per [`RECOVERY_STEP`] once the partner answers again; a measured throttle forgets it.
 //!
 //! A partner with a configured rate takes its slots from the same stream at that rate (times its AIMD allowance
-//! and [`CONFIGURED_RATE_MARGIN`]), without learning: see [`configured_pace`].
+//! and [`CONFIGURED_RATE_MARGIN`]: see [`configured_pace`]) until it throttles below it: then the rate it showed
+//! is learned as above, probed upwards the same way but never past the configured one, and after blind cuts
+//! regained up to the configured rate (see [`SendPace::configured_rate_at`]). A partner that takes less than its
+//! contract says is then sent what it takes, not throttled every few seconds at the contract's rate.
 //!
 //! A campaign with a per-second limit has a stream of its own ([`CampaignStream`], at [`campaign_pace`]): each of
 //! its requests takes a slot of both, in one reservation, so its batches keep to the limit at the partner even
@@ -181,6 +184,30 @@ impl SendPace {
     pub fn learned_rate_at(&mut self, now: DateTime<Utc>, initial_rate: f64) -> f64 {
         self.grow(now, initial_rate);
         self.rate.unwrap_or(initial_rate)
+    }
+
+    /// The rate to send at `now` to a partner configured at `rate_per_second` whose AIMD allowance is
+    /// `allowance`: [`configured_pace`], or less when a throttle taught that the partner takes less (the learned
+    /// rate, grown while backlogged, held at the configured pace at most). Blind cuts of an outage are regained up
+    /// to the configured pace, which is known, rather than to the rate before the cut.
+    pub fn configured_rate_at(&mut self, now: DateTime<Utc>, rate_per_second: u32, allowance: f64) -> f64 {
+        let cap = configured_pace(rate_per_second, allowance);
+        if !self.learned {
+            return cap;
+        }
+        let ceiling = configured_pace(rate_per_second, 1.0);
+        if let Some(target) = self.recover_to.as_mut() {
+            *target = target.max(ceiling);
+        }
+        self.grow(now, ceiling);
+        let rate = self.rate.unwrap_or(ceiling).min(ceiling);
+        if rate >= ceiling {
+            // The partner takes its configured rate again: nothing learned holds it back any more.
+            (self.learned, self.rate, self.recover_to, self.grown_at) = (false, None, None, None);
+        } else {
+            self.rate = Some(rate);
+        }
+        rate.min(cap)
     }
 
     /// [`Self::reserve`] at a rate set from outside (a partner's configured rate under its AIMD allowance) instead
@@ -351,6 +378,51 @@ mod tests {
         assert_eq!(other.first, a.slot(2) + ms(25));
         let b = pace.reserve_within(1, t0(), None, 40.0, TimeDelta::seconds(2), Some((&mut limited, rate)));
         assert_eq!(b.first, a.slot(2) + interval_of(rate));
+    }
+
+    #[test]
+    fn a_configured_partner_that_throttles_below_its_rate_is_sent_what_it_took() {
+        let mut pace = SendPace::default();
+        let ceiling = configured_pace(40, 1.0);
+        assert_eq!(pace.configured_rate_at(t0(), 40, 1.0), ceiling, "nothing learned: the configured pace");
+        assert_eq!(pace.configured_rate_at(t0(), 40, 0.5), configured_pace(40, 0.5), "under the allowance");
+        // Sending at the pace, the partner took 20 in the last second and throttled.
+        pace.reserve_at(40, t0(), None, ceiling, TimeDelta::seconds(1));
+        pace.window.add(t0() + ms(999), 20);
+        pace.on_throttled(t0() + ms(1200), t0() + ms(2200));
+        let learned = 20.0 * BACKOFF_MARGIN;
+        assert!((pace.configured_rate_at(t0() + ms(2200), 40, 1.0) - learned).abs() < 1e-9);
+        // Probing upwards while backlogged, never past the configured pace; at it, the learning is forgotten.
+        let mut now = t0() + ms(2200);
+        for _ in 0..100 {
+            now += PROBE_STEP;
+            pace.reserve_at(1, now, None, 10.0, TimeDelta::seconds(1));
+            let rate = pace.configured_rate_at(now, 40, 1.0);
+            assert!(rate <= ceiling && rate >= learned);
+        }
+        assert!(!pace.learned && pace.rate.is_none(), "{pace:?}");
+        assert_eq!(pace.configured_rate_at(now, 40, 1.0), ceiling);
+    }
+
+    #[test]
+    fn a_configured_partner_regains_its_configured_rate_after_an_outages_blind_cuts() {
+        let mut pace = SendPace::default();
+        // Nothing accepted: each throttle of the outage halves the rate.
+        for k in 0..6 {
+            let at = t0() + TimeDelta::seconds(2 * k);
+            pace.reserve_at(1, at, None, 38.0, TimeDelta::seconds(1));
+            pace.on_throttled(at, at + TimeDelta::seconds(1));
+        }
+        let mut now = t0() + TimeDelta::seconds(12);
+        let low = pace.configured_rate_at(now, 40, 1.0);
+        assert!(low < 5.0, "{low}");
+        // The partner answers again: within seconds of backlogged sending it is back at its configured pace.
+        for _ in 0..12 {
+            now += RECOVERY_STEP;
+            pace.reserve_at(1, now, None, 10.0, TimeDelta::seconds(1));
+            pace.configured_rate_at(now, 40, 1.0);
+        }
+        assert_eq!(pace.configured_rate_at(now, 40, 1.0), configured_pace(40, 1.0));
     }
 
     #[test]

@@ -444,8 +444,9 @@ pub type Accepted = [(DateTime<Utc>, u32)];
 pub enum PaceRate {
     /// The rate the bridges learn from the partner, starting at this one.
     Learned { initial: f64 },
-    /// A rate set from the partner's configuration (see [`crate::delivery::pace::configured_pace`]).
-    Configured(f64),
+    /// A partner configured at this rate, under this AIMD allowance (see
+    /// [`crate::delivery::pace::SendPace::configured_rate_at`]).
+    Configured { rate_per_second: u32, allowance: f64 },
 }
 
 /// What a reservation asks for: up to `want` slots from `now`, none further than `horizon` ahead, at `rate`.
@@ -476,7 +477,7 @@ pub async fn reserve_send_slots(
     let (mut pace, paused_until) = lock_send_pace(&tx, partner_id, accepted).await?;
     let rate = match rate {
         PaceRate::Learned { initial } => pace.learned_rate_at(now, initial),
-        PaceRate::Configured(rate) => rate,
+        PaceRate::Configured { rate_per_second, allowance } => pace.configured_rate_at(now, rate_per_second, allowance),
     };
     let grant = match campaign {
         Some((campaign_id, campaign_rate)) => {
