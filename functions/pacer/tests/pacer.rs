@@ -453,6 +453,14 @@ async fn a_partner_cut_to_its_floor_still_gets_its_batches_and_recovers_with_tim
     assert_eq!(pacer::run_once(&pacer, t0()).await.unwrap().released, 1);
     let first = drain(&queue).await;
     assert_eq!((first.len(), first[0].spread_seconds), (1, 10), "{first:?}");
+    // The bridge delivered it (clicks still owed to the partner would take the next run's first seconds).
+    client
+        .execute(
+            "UPDATE batches SET state = 'delivered', finished_at = $1, lease_expires_at = NULL WHERE state = 'queued'",
+            &[&t0()],
+        )
+        .await
+        .unwrap();
     // An idle partner's allowance recovers with time (its last overload signal grows old): two minutes later the
     // next batch fits one second again.
     let summary = pacer::run_once(&pacer, t0() + Duration::minutes(2)).await.unwrap();
@@ -525,4 +533,39 @@ async fn planned_per_second(db: &TestDb) -> HashMap<i64, i64> {
         .await
         .unwrap();
     rows.iter().map(|r| (r.get(0), r.get(1))).collect()
+}
+
+/// Clicks released to a partner that the bridges have not delivered seconds after their slots (its queue backed
+/// up, its answers slowed) are still owed to it: the next run plans them into the partner's first seconds and
+/// releases new work after them, so the backlog at the bridge stops growing.
+#[tokio::test]
+async fn clicks_the_bridges_still_owe_a_partner_hold_back_its_next_releases() {
+    let db = TestDb::new().await;
+    let aws = TestAws::new().await;
+    let (queue, _dlq) = aws.queue_with_dead_letter(30, 5).await;
+    seed(&db, &campaign("spring")).await;
+    seed(&db, &campaign("autumn")).await;
+    let client = db.client().await;
+    client.execute("UPDATE partners SET rate_per_second = 4 WHERE partner_id = 'acme'", &[]).await.unwrap();
+    let pacer = Pacer { pool: db.pool.clone(), queue: queue.clone(), settings: planning_a_minute() };
+    insert_batches(&db, "spring", 12, 1, t0()).await;
+    assert_eq!(pacer::run_once(&pacer, t0()).await.unwrap().released, 12);
+    // Half a minute on, the bridge has delivered 4 of the 12; 8 are overdue.
+    client
+        .execute(
+            "UPDATE batches SET state = 'delivered', finished_at = $1, lease_expires_at = NULL
+             WHERE batch_id IN (SELECT batch_id FROM batches WHERE campaign_id = 'spring' ORDER BY batch_id LIMIT 4)",
+            &[&t0()],
+        )
+        .await
+        .unwrap();
+    let now = t0() + Duration::seconds(30);
+    insert_batches(&db, "autumn", 4, 1, now).await;
+    assert_eq!(pacer::run_once(&pacer, now).await.unwrap().released, 4);
+    let first: DateTime<Utc> = client
+        .query_one("SELECT min(release_at) FROM batches WHERE campaign_id = 'autumn'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(first, now + Duration::seconds(2), "the 8 overdue clicks take the partner's first two seconds");
 }

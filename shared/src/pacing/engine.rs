@@ -379,7 +379,7 @@ fn rules_at(
     }
     if let Some(rate) = partner.effective_rate_per_second() {
         let start = RateWindow::Second.start_millis(at_ms);
-        let used = partner.second.released_in(at_millis(start));
+        let used = partner.second.released_in(at_millis(start)) + partner.overdue_in(at_millis(start), rate);
         rules.push(rate_rule(DeferReason::PartnerRate, rate, used, start, 1_000, at_ms));
     }
     rules
@@ -719,6 +719,24 @@ mod tests {
         let a = allowance(&c, &PacingState::default(), &partner, 10, now);
         assert_deferred(a, 0, DeferReason::PartnerRetryAfter, Some(until));
         assert_eq!(allowance(&c, &PacingState::default(), &partner, 10, until).clicks, 2);
+    }
+
+    #[test]
+    fn clicks_the_bridges_still_owe_a_partner_take_its_first_seconds() {
+        let c = campaign(Tz::UTC);
+        let now = utc(2024, 5, 1, 12, 0, 0);
+        let overdue = Some(crate::pacing::Overdue { clicks: 6, since: now });
+        let partner = PartnerLimit { rate_per_second: Some(4), overdue, ..PartnerLimit::unlimited() };
+        let a = allowance(&c, &PacingState::default(), &partner, 10, now);
+        assert_deferred(a, 0, DeferReason::PartnerRate, Some(now + Duration::seconds(1)));
+        let next = now + Duration::seconds(1);
+        assert_deferred(
+            allowance(&c, &PacingState::default(), &partner, 10, next),
+            2,
+            DeferReason::PartnerRate,
+            Some(next + Duration::seconds(1)),
+        );
+        assert_eq!(allowance(&c, &PacingState::default(), &partner, 10, now + Duration::seconds(2)).clicks, 4);
     }
 
     #[test]

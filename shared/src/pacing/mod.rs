@@ -49,4 +49,4 @@ mod proptests;
 
 pub use calendar::{LocalDay, LocalHour, local_date, local_hour};
 pub use engine::{Allowance, DeferReason, PlanSpread, allowance, cap_short_of, plan_spread};
-pub use state::{PacingState, PartnerLimit, RateWindow, WindowCounts};
+pub use state::{Overdue, PacingState, PartnerLimit, RateWindow, WindowCounts};

@@ -156,12 +156,31 @@ pub struct PartnerLimit {
     pub retry_after_until: Option<DateTime<Utc>>,
     /// Clicks released to this partner, by all its campaigns, per second ahead.
     pub second: WindowCounts,
+    /// Clicks released earlier that the bridges should have sent by now and have not (they are behind: retries,
+    /// a throttle, late invocations). They take the partner's first seconds from the run's start, so the pacer
+    /// releases less until the bridges catch up instead of queueing ever more in front of them, where the clicks
+    /// of every other campaign of the partner would wait behind them.
+    #[serde(default)]
+    pub overdue: Option<Overdue>,
+}
+
+/// Clicks owed to a partner from `since` on (see [`PartnerLimit::overdue`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Overdue {
+    pub clicks: u64,
+    pub since: DateTime<Utc>,
 }
 
 impl PartnerLimit {
     /// A partner that takes anything: no rate, full allowance, no Retry-After.
     pub fn unlimited() -> Self {
-        Self { rate_per_second: None, allowance: 1.0, retry_after_until: None, second: WindowCounts::default() }
+        Self {
+            rate_per_second: None,
+            allowance: 1.0,
+            retry_after_until: None,
+            second: WindowCounts::default(),
+            overdue: None,
+        }
     }
 
     /// A healthy partner at its configured rate.
@@ -178,6 +197,17 @@ impl PartnerLimit {
         // `as` saturates on floats; the product is within [0, rate].
         let scaled = (rate as f64 * factor).floor() as u64;
         Some(scaled.clamp(rate.min(1), rate))
+    }
+
+    /// The overdue clicks that take the second starting at `start` at `rate` a second: the seconds from the one
+    /// holding `since` are filled in order.
+    pub fn overdue_in(&self, start: DateTime<Utc>, rate: u64) -> u64 {
+        let Some(overdue) = self.overdue else { return 0 };
+        let k = (start - RateWindow::Second.start_of(overdue.since)).num_seconds();
+        if k < 0 {
+            return 0;
+        }
+        overdue.clicks.saturating_sub(rate.saturating_mul(k as u64)).min(rate)
     }
 
     /// Counts `clicks` released to the partner at `at`.
@@ -197,6 +227,16 @@ mod tests {
 
     use super::*;
     use crate::domain::{CampaignId, PartnerId};
+
+    #[test]
+    fn overdue_clicks_fill_the_partners_first_seconds_in_order() {
+        let t0 = Utc.with_ymd_and_hms(2026, 12, 2, 10, 0, 0).unwrap();
+        let since = t0 + Duration::milliseconds(300);
+        let p = PartnerLimit { overdue: Some(Overdue { clicks: 25, since }), ..PartnerLimit::unlimited() };
+        let in_second = |k: i64| p.overdue_in(t0 + Duration::seconds(k), 10);
+        assert_eq!([in_second(-1), in_second(0), in_second(1), in_second(2), in_second(3)], [0, 10, 10, 5, 0]);
+        assert_eq!(PartnerLimit::unlimited().overdue_in(t0, 10), 0);
+    }
 
     #[test]
     fn windows_are_aligned_to_utc() {

@@ -14,7 +14,7 @@ use tokio_postgres::{Client, Row};
 use super::DbError;
 use super::campaigns;
 use crate::domain::{CampaignId, Micros, PartnerId};
-use crate::pacing::{PacingState, PartnerLimit, RateWindow, WindowCounts};
+use crate::pacing::{Overdue, PacingState, PartnerLimit, RateWindow, WindowCounts};
 use crate::release::{CandidateBatch, PlanInput, ReleaseMessage, plan_releases};
 
 #[derive(Debug, Clone)]
@@ -59,6 +59,41 @@ pub struct ClaimSummary {
     pub oldest_due_at: Option<DateTime<Utc>>,
     /// Campaigns whose row could not be loaded, with the reason: their batches wait for a person to fix it.
     pub invalid_campaigns: BTreeMap<String, String>,
+}
+
+/// How long after the end of its spread a queued batch's unfinished clicks count as overdue at the bridges (see
+/// [`PartnerLimit::overdue`]): beyond the poll, a pass and a retry or two of a healthy pipeline.
+pub const OVERDUE_AFTER: chrono::TimeDelta = chrono::TimeDelta::seconds(5);
+
+/// Per rated partner, the clicks of queued batches whose spread ended more than [`OVERDUE_AFTER`] before `now`
+/// and that are neither delivered nor dead, owed from `now` on.
+async fn overdue_clicks(
+    tx: &tokio_postgres::Transaction<'_>,
+    partner_ids: &[String],
+    now: DateTime<Utc>,
+) -> Result<Vec<(PartnerId, Overdue)>, DbError> {
+    let rows = tx
+        .query(
+            "SELECT b.partner_id, sum(GREATEST(b.click_count - f.finished, 0))::bigint AS clicks
+             FROM batches b
+             CROSS JOIN LATERAL (
+                 SELECT count(*) FILTER (WHERE r.outcome IN ('delivered', 'dead'))
+                        - count(*) FILTER (WHERE r.outcome = 'replayed') AS finished
+                 FROM delivery_results r WHERE r.batch_id = b.batch_id) f
+             WHERE b.state = 'queued' AND b.partner_id = ANY($1)
+               AND b.release_at + make_interval(secs => b.spread_seconds) < $2
+             GROUP BY b.partner_id",
+            &[&partner_ids, &(now - OVERDUE_AFTER)],
+        )
+        .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let clicks = row.get::<_, i64>("clicks").max(0) as u64;
+        if clicks > 0 {
+            out.push((parse_partner(row.get("partner_id"))?, Overdue { clicks, since: now }));
+        }
+    }
+    Ok(out)
 }
 
 /// What the pacer releases for a partner without a configured rate, over the rate the bridge learned for it.
@@ -242,31 +277,46 @@ pub async fn claim_due_batches(
     for row in &partner_rows {
         let enabled: bool = row.get("enabled");
         let configured = row.get::<_, Option<i32>>("rate_per_second").map(|r| r.max(0) as u32);
-        // Without a configured rate, the rate the bridge learned from the partner's throttling (if any), with
-        // headroom, is the partner's rate: releasing much faster only queues clicks at the bridge, and the bridge
-        // paces to the partner itself (probing above the learned rate, which the headroom leaves clicks for).
-        // The allowance scales a configured rate only; a learned one already is what the partner takes now.
-        let learned = row
-            .get::<_, Option<f64>>("learned_rate")
-            .filter(|_| configured.is_none())
-            .map(|r| (r * LEARNED_RATE_HEADROOM).ceil().max(1.0) as u32);
+        let learned = row.get::<_, Option<f64>>("learned_rate");
+        // Recovered for the time the row has had no news (see `PartnerHealth::allowance_after`).
+        let allowance = row.get::<_, Option<f64>>("allowance").map_or(1.0, |allowance| {
+            crate::delivery::PartnerHealth { allowance, ..Default::default() }
+                .allowance_after(row.get("allowance_changed_at"), now)
+        });
+        let rate = match (configured, learned) {
+            // What the bridge sends a configured partner at (its configured pace under the allowance, or the
+            // rate it learned the partner takes when that is less), to the nearest click a second: releasing
+            // more only queues clicks at the bridge, where they hold up the other campaigns of the partner.
+            (Some(configured), learned) => {
+                let pace = crate::delivery::pace::configured_pace(configured, allowance);
+                let pace = learned.map_or(pace, |learned| learned.min(pace));
+                Some((pace.round() as u32).clamp(configured.min(1), configured))
+            }
+            // Without a configured rate, the rate the bridge learned from the partner's throttling (if any), with
+            // headroom: the bridge paces to the partner itself, probing above the learned rate, which the
+            // headroom leaves clicks for.
+            (None, Some(learned)) => Some((learned * LEARNED_RATE_HEADROOM).ceil().max(1.0) as u32),
+            (None, None) => None,
+        };
         let limit = PartnerLimit {
             // A disabled partner takes nothing: its rate is zero until a person enables it again.
-            rate_per_second: if enabled { configured.or(learned) } else { Some(0) },
-            allowance: match (learned, row.get::<_, Option<f64>>("allowance")) {
-                (Some(_), _) | (None, None) => 1.0,
-                // Recovered for the time the row has had no news (see `PartnerHealth::allowance_after`).
-                (None, Some(allowance)) => crate::delivery::PartnerHealth { allowance, ..Default::default() }
-                    .allowance_after(row.get("allowance_changed_at"), now),
-            },
+            rate_per_second: if enabled { rate } else { Some(0) },
+            // Already in the rate.
+            allowance: 1.0,
             retry_after_until: row.get("retry_after_until"),
             second: WindowCounts::default(),
+            overdue: None,
         };
         partners.insert(parse_partner(row.get("partner_id"))?, limit);
     }
     let mut limited: Vec<String> =
         partners.iter().filter(|(_, l)| l.rate_per_second.is_some()).map(|(id, _)| id.to_string()).collect();
     limited.sort();
+    for (partner_id, overdue) in overdue_clicks(&tx, &limited, now).await? {
+        if let Some(limit) = partners.get_mut(&partner_id) {
+            limit.overdue = Some(overdue);
+        }
+    }
     tx.execute("INSERT INTO partner_pacing (partner_id) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING", &[&limited])
         .await?;
     let counters = tx
