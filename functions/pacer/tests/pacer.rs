@@ -562,10 +562,7 @@ async fn clicks_the_bridges_still_owe_a_partner_hold_back_its_next_releases() {
     let now = t0() + Duration::seconds(30);
     insert_batches(&db, "autumn", 4, 1, now).await;
     assert_eq!(pacer::run_once(&pacer, now).await.unwrap().released, 4);
-    let first: DateTime<Utc> = client
-        .query_one("SELECT min(release_at) FROM batches WHERE campaign_id = 'autumn'", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let first: DateTime<Utc> =
+        client.query_one("SELECT min(release_at) FROM batches WHERE campaign_id = 'autumn'", &[]).await.unwrap().get(0);
     assert_eq!(first, now + Duration::seconds(2), "the 8 overdue clicks take the partner's first two seconds");
 }
