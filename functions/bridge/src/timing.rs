@@ -1,8 +1,8 @@
 //! When each click may go: its share of the batch's spread (the pacer reserved the campaign's rate over it), a
 //! slot of the partner's shared send pace (configured or learned, every bridge reserving from one row) and, for a
-//! campaign with a per-second limit, of the campaign's own send stream too (late batches of one campaign delivered
-//! together keep to its limit), and the invocation's last start (no request begins that could not be answered
-//! before the deadline).
+//! campaign with a rate limit (per second, minute or hour), of the campaign's own send stream too (late batches of
+//! one campaign delivered together keep to its limits), and the invocation's last start (no request begins that
+//! could not be answered before the deadline).
 
 use chrono::{DateTime, Utc};
 use clickpacer::delivery::{CompiledPartner, ObservedHealth, Outcome, pace};
@@ -40,7 +40,7 @@ pub(crate) async fn send_clicks<T: Transport, C: Clock>(
         Some(rate_per_second) => repo::PaceRate::Configured { rate_per_second, allowance: health.health.allowance },
         None => repo::PaceRate::Learned { initial: pace::initial_rate(partner.max_concurrency) },
     };
-    let campaign = lease.campaign_max_per_second.map(|limit| (&lease.campaign_id, pace::campaign_pace(limit)));
+    let campaign = pace::campaign_pace(lease.campaign_limits).map(|rate| (&lease.campaign_id, rate));
     let not_before = spread_shares(lease, ready, bridge.clock.now());
     let paced = Paced { not_before: &not_before, rate, campaign, last_start };
     let (outcomes, resume_at) = send_paced(bridge, client, partner, compiled, ready, paced).await;

@@ -27,9 +27,10 @@
 //! regained up to the configured rate (see [`SendPace::configured_rate_at`]). A partner that takes less than its
 //! contract says is then sent what it takes, not throttled every few seconds at the contract's rate.
 //!
-//! A campaign with a per-second limit has a stream of its own ([`CampaignStream`], at [`campaign_pace`]): each of
-//! its requests takes a slot of both, in one reservation, so its batches keep to the limit at the partner even
-//! when they reach the bridges late together (their spreads long past) or after the limit was lowered.
+//! A campaign with a rate limit (per second, per minute or per hour) has a stream of its own ([`CampaignStream`],
+//! at [`campaign_pace`]): each of its requests takes a slot of both, in one reservation, so its batches keep to
+//! its limits at the partner even when they reach the bridges late together (their spreads long past, or released
+//! late in one minute and sent in the next beside that minute's own) or after a limit was lowered.
 //!
 //! Slots follow the generic cell rate algorithm: `next_slot` is the earliest instant the next request may go; a
 //! reservation of k requests takes k slots `1/rate` apart from `max(next_slot, now, retry_after)` and moves
@@ -49,15 +50,46 @@ pub fn configured_pace(rate_per_second: u32, allowance: f64) -> f64 {
     (f64::from(rate_per_second) * allowance * CONFIGURED_RATE_MARGIN).max(MIN_RATE.min(f64::from(rate_per_second)))
 }
 
-/// The send rate of a campaign limited to `max_per_second` (with the same margin as a partner's configured rate).
-pub fn campaign_pace(max_per_second: u32) -> f64 {
-    (f64::from(max_per_second) * CONFIGURED_RATE_MARGIN).max(MIN_RATE.min(f64::from(max_per_second)))
+/// A campaign's rate limits, as the bridge reads them when it takes a batch (they may have changed since the
+/// release).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CampaignLimits {
+    pub per_second: Option<u32>,
+    pub per_minute: Option<u32>,
+    pub per_hour: Option<u32>,
+}
+
+/// How late a request may arrive after its slot, by its own delay, without breaking a window's limit at the partner
+/// (see [`campaign_pace`]).
+pub const ARRIVAL_JITTER: TimeDelta = TimeDelta::milliseconds(50);
+
+/// The send rate of a campaign with `limits`, `None` without any. Slots at least `1/rate` apart put at most
+/// `limit` requests in any window of a limit's length, a UTC-aligned one included, as they leave; each limit of
+/// `n` per window `w` is spaced at `n / (w + ARRIVAL_JITTER)`, so that holds where the partner counts arrivals too,
+/// unless a request is delayed by more than [`ARRIVAL_JITTER`] against the one a window earlier (a per-second limit
+/// of 5 goes at 4.76 a second, a per-minute one of 240 at 3.997). The slowest of them is the campaign's pace.
+pub fn campaign_pace(limits: CampaignLimits) -> Option<f64> {
+    let jitter = ARRIVAL_JITTER.as_seconds_f64();
+    [(limits.per_second, 1.0), (limits.per_minute, 60.0), (limits.per_hour, 3600.0)]
+        .into_iter()
+        .filter_map(|(limit, window)| limit.map(|n| f64::from(n) / (window + jitter)))
+        .reduce(f64::min)
 }
 
 /// A campaign's own send stream: the earliest instant its next request may go.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct CampaignStream {
     pub next_slot: Option<DateTime<Utc>>,
+}
+
+/// The slowest a campaign's own stream goes: one request an hour (a per-hour limit of 1).
+const MIN_CAMPAIGN_RATE: f64 = 1.0 / 3600.0;
+
+/// The spacing of a campaign's own slots at `rate` a second: unlike a partner's learned rate, a campaign's limit
+/// is exact, so it has no floor of [`MIN_RATE`].
+fn campaign_interval_of(rate: f64) -> TimeDelta {
+    let rate = rate.clamp(MIN_CAMPAIGN_RATE, MAX_RATE);
+    TimeDelta::microseconds((1_000_000.0 / rate).round().max(1.0) as i64)
 }
 
 /// The lowest starting rate: even a partner that takes one request at a time answers more than one a second.
@@ -238,7 +270,7 @@ impl SendPace {
     ) -> SlotGrant {
         let own = interval_of(rate);
         let (mut interval, mut first) = (own, [Some(now), self.next_slot, paused_until].into_iter().flatten().max());
-        let mut campaign = campaign.map(|(stream, rate)| (stream, interval_of(rate)));
+        let mut campaign = campaign.map(|(stream, rate)| (stream, campaign_interval_of(rate)));
         if let Some((stream, campaign_interval)) = &campaign {
             interval = interval.max(*campaign_interval);
             first = first.max(stream.next_slot);
@@ -366,18 +398,50 @@ mod tests {
     fn a_campaigns_stream_spaces_its_own_requests_and_leaves_the_partners_slots_between_to_others() {
         let mut pace = SendPace::default();
         let mut limited = CampaignStream::default();
-        let rate = campaign_pace(5);
+        let rate = campaign_pace(CampaignLimits { per_second: Some(5), ..CampaignLimits::default() }).unwrap();
         let a = pace.reserve_within(3, t0(), None, 40.0, TimeDelta::seconds(2), Some((&mut limited, rate)));
         assert_eq!((a.first, a.count), (t0(), 3));
-        assert_eq!(a.interval, interval_of(rate), "at the campaign's pace, not the partner's");
+        assert_eq!(a.interval, campaign_interval_of(rate), "at the campaign's pace, not the partner's");
         // The partner's next slot is one of its own intervals after the campaign's last request.
         assert_eq!(pace.next_slot, Some(a.slot(2) + ms(25)));
-        assert_eq!(limited.next_slot, Some(a.slot(2) + interval_of(rate)));
+        assert_eq!(limited.next_slot, Some(a.slot(2) + campaign_interval_of(rate)));
         // Another campaign of the partner goes in the partner's slots at once; the limited one waits for its own.
         let other = pace.reserve_at(2, t0(), None, 40.0, TimeDelta::seconds(2));
         assert_eq!(other.first, a.slot(2) + ms(25));
         let b = pace.reserve_within(1, t0(), None, 40.0, TimeDelta::seconds(2), Some((&mut limited, rate)));
-        assert_eq!(b.first, a.slot(2) + interval_of(rate));
+        assert_eq!(b.first, a.slot(2) + campaign_interval_of(rate));
+    }
+
+    #[test]
+    fn a_campaigns_pace_is_its_tightest_limit_with_room_for_arrival_jitter() {
+        let limits = |per_second, per_minute, per_hour| CampaignLimits { per_second, per_minute, per_hour };
+        assert_eq!(campaign_pace(CampaignLimits::default()), None);
+        let per_minute = campaign_pace(limits(Some(10), Some(240), None)).unwrap();
+        assert!((per_minute - 240.0 / 60.05).abs() < 1e-9, "the minute binds: {per_minute}");
+        let per_hour = campaign_pace(limits(None, Some(600), Some(7_200))).unwrap();
+        assert!((per_hour - 7_200.0 / 3_600.05).abs() < 1e-9, "the hour binds: {per_hour}");
+        // Under one a second: a campaign's limit is exact, so its slots are not held to a partner's floor.
+        let slow = campaign_pace(limits(None, None, Some(60))).unwrap();
+        assert!(campaign_interval_of(slow) > TimeDelta::seconds(60));
+        // A minute's worth of back-to-back reservations puts at most the limit in any minute, UTC-aligned or not.
+        let (mut pace, mut stream) = (SendPace::default(), CampaignStream::default());
+        let mut slots = Vec::new();
+        for k in 0..300 {
+            let grant = pace.reserve_within(
+                5,
+                t0() + ms(250 * k),
+                None,
+                40.0,
+                TimeDelta::seconds(2),
+                Some((&mut stream, per_minute)),
+            );
+            slots.extend((0..grant.count).map(|i| grant.slot(i)));
+        }
+        assert!(slots.len() > 240, "the reservations cover more than a minute: {}", slots.len());
+        for (i, first) in slots.iter().enumerate() {
+            let within = slots[i..].iter().take_while(|t| **t < *first + TimeDelta::seconds(60)).count();
+            assert!(within <= 240, "{within} in the minute from {first}");
+        }
     }
 
     #[test]
@@ -622,12 +686,17 @@ mod properties {
 
         /// A partner configured at `rate` a second gets at most `rate` requests in any one-second window, whichever
         /// bridge sends them and however skewed their clocks, and none during a Retry-After pause; nor does any of
-        /// its campaigns with a per-second limit of its own get more than that limit.
+        /// its campaigns with a per-second or per-minute limit of its own get more than that limit in any window
+        /// of that length.
         #[test]
         fn configured_rates_hold_in_every_second_across_bridges(
             rate in 1..200_u32,
             skews in proptest::collection::vec(0..80_i64, 4),
-            limits in proptest::collection::vec(proptest::option::of(1..50_u32), 3),
+            limits in proptest::collection::vec(
+                (proptest::option::of(1..50_u32), proptest::option::of(1..600_u32))
+                    .prop_map(|(per_second, per_minute)| CampaignLimits { per_second, per_minute, per_hour: None }),
+                3,
+            ),
             steps in proptest::collection::vec(step(), 1..120),
         ) {
             let mut pace = SendPace::default();
@@ -647,7 +716,7 @@ mod properties {
                     continue;
                 }
                 let horizon = TimeDelta::milliseconds(s.horizon_ms);
-                let own = limits[s.campaign].map(|limit| (&mut streams[s.campaign], campaign_pace(limit)));
+                let own = campaign_pace(limits[s.campaign]).map(|rate| (&mut streams[s.campaign], rate));
                 let grant = pace.reserve_within(s.want, seen, paused_until, send_rate, horizon, own);
                 prop_assert!(grant.count <= s.want);
                 campaign_slots[s.campaign].extend((0..grant.count).map(|k| grant.slot(k)));
@@ -663,12 +732,18 @@ mod properties {
                 let in_second = slots[i..].iter().take_while(|t| **t < *first + TimeDelta::seconds(1)).count();
                 prop_assert!(in_second <= rate as usize, "{in_second} slots in the second from {first} at {rate}/s");
             }
-            for (slots, limit) in campaign_slots.iter_mut().zip(&limits) {
-                let Some(limit) = limit else { continue };
+            for (slots, limits) in campaign_slots.iter_mut().zip(&limits) {
                 slots.sort();
-                for (i, first) in slots.iter().enumerate() {
-                    let in_second = slots[i..].iter().take_while(|t| **t < *first + TimeDelta::seconds(1)).count();
-                    prop_assert!(in_second <= *limit as usize, "{in_second} of a campaign's slots in a second at {limit}/s");
+                for (limit, window) in [(limits.per_second, 1), (limits.per_minute, 60)] {
+                    let Some(limit) = limit else { continue };
+                    for (i, first) in slots.iter().enumerate() {
+                        let end = *first + TimeDelta::seconds(window);
+                        let within = slots[i..].iter().take_while(|t| **t < end).count();
+                        prop_assert!(
+                            within <= limit as usize,
+                            "{within} of a campaign's slots in {window} s at {limit} per {window} s"
+                        );
+                    }
                 }
             }
         }

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use tokio_postgres::GenericClient;
 
 use super::DbError;
-use crate::delivery::pace::{AcceptedWindow, CampaignStream, SendPace, SlotGrant};
+use crate::delivery::pace::{AcceptedWindow, CampaignLimits, CampaignStream, SendPace, SlotGrant};
 use crate::delivery::{ClickForDelivery, ObservedHealth, PartnerHealth, idempotency_key};
 use crate::domain::events::ClickEvent;
 use crate::domain::{CampaignId, ClickId, PartnerId};
@@ -23,9 +23,9 @@ pub struct BatchLease {
     pub spread_seconds: u32,
     /// Clicks of the batch, delivered or not.
     pub clicks: u32,
-    /// The campaign's per-second limit now (it may have changed since the release): its requests also take
-    /// slots of the campaign's own send stream.
-    pub campaign_max_per_second: Option<u32>,
+    /// The campaign's rate limits now (they may have changed since the release): with any, its requests also
+    /// take slots of the campaign's own send stream.
+    pub campaign_limits: CampaignLimits,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,14 +52,15 @@ pub async fn take_batch(
 ) -> Result<BatchClaim, DbError> {
     let row = db
         .query_opt(
-            "UPDATE batches SET state = 'queued', delivery_lease_until = $4,
-                    lease_expires_at = GREATEST(CASE WHEN state = 'queued' THEN lease_expires_at END, $5),
-                    released_at = COALESCE(released_at, $3)
-             WHERE batch_id = $1 AND fence = $2 AND state IN ('claimed', 'queued')
-               AND (delivery_lease_until IS NULL OR delivery_lease_until < $3)
-             RETURNING campaign_id, partner_id, release_at, spread_seconds, click_count,
-                       (SELECT max_per_second FROM campaigns c WHERE c.campaign_id = batches.campaign_id)
-                           AS campaign_max_per_second",
+            "UPDATE batches b SET state = 'queued', delivery_lease_until = $4,
+                    lease_expires_at = GREATEST(CASE WHEN b.state = 'queued' THEN b.lease_expires_at END, $5),
+                    released_at = COALESCE(b.released_at, $3)
+             FROM campaigns c
+             WHERE b.batch_id = $1 AND b.fence = $2 AND b.state IN ('claimed', 'queued')
+               AND (b.delivery_lease_until IS NULL OR b.delivery_lease_until < $3)
+               AND c.campaign_id = b.campaign_id
+             RETURNING b.campaign_id, b.partner_id, b.release_at, b.spread_seconds, b.click_count,
+                       c.max_per_second, c.max_per_minute, c.max_per_hour",
             &[&batch_id, &fence, &now, &hold_until, &queued_until],
         )
         .await?;
@@ -72,7 +73,11 @@ pub async fn take_batch(
             release_at: row.get("release_at"),
             spread_seconds: row.get::<_, i32>("spread_seconds").max(1) as u32,
             clicks: row.get::<_, i32>("click_count").max(1) as u32,
-            campaign_max_per_second: row.get::<_, Option<i32>>("campaign_max_per_second").map(|r| r.max(1) as u32),
+            campaign_limits: CampaignLimits {
+                per_second: limit(&row, "max_per_second"),
+                per_minute: limit(&row, "max_per_minute"),
+                per_hour: limit(&row, "max_per_hour"),
+            },
         }));
     }
     let current = db.query_opt("SELECT state, fence FROM batches WHERE batch_id = $1", &[&batch_id]).await?;
@@ -464,7 +469,7 @@ pub type CampaignPace<'a> = (&'a CampaignId, f64);
 
 /// Reserves up to `want` send slots for a partner (see [`crate::delivery::pace`]) within `horizon`, after
 /// counting the requests it accepted since the caller's last call: one short transaction under the partner's
-/// health row lock (and then the campaign's send stream's, for a campaign with a per-second limit), so every
+/// health row lock (and then the campaign's send stream's, for a campaign with a rate limit), so every
 /// bridge draws from the same evenly spaced stream.
 pub async fn reserve_send_slots(
     client: &mut tokio_postgres::Client,
@@ -717,4 +722,9 @@ pub async fn outcomes_by_batch(db: &impl GenericClient, batch_id: i64) -> Result
 
 fn parse<T, E: std::fmt::Display>(value: String, f: impl Fn(String) -> Result<T, E>) -> Result<T, DbError> {
     f(value).map_err(|e| DbError::Invalid(e.to_string()))
+}
+
+/// A campaign's rate limit from its column (positive by the schema's check).
+fn limit(row: &tokio_postgres::Row, column: &str) -> Option<u32> {
+    row.get::<_, Option<i32>>(column).map(|n| n.max(1) as u32)
 }
