@@ -97,7 +97,9 @@ pub struct BridgeSettings {
     /// before) send the message back until its slot is near, so it does not hold one of the invocation's
     /// [`Self::message_concurrency`] places while other messages' partners sit idle.
     pub max_slot_wait: Duration,
-    /// Messages of one event handled at once.
+    /// Messages of one event handled at once. A pass holds a database connection only for its steps that need
+    /// one, not while it waits for its clicks' shares and slots, so this may exceed the pool: an event lasts
+    /// about as long as its slowest message, not the sum of its slow ones.
     pub message_concurrency: usize,
     /// Events flushed to the event log per invocation, at most.
     pub outbox_flush_limit: i64,
@@ -114,7 +116,8 @@ impl Default for BridgeSettings {
             max_slot_wait: Duration::from_secs(2),
             // Of the function's 30 s timeout.
             reserve: Duration::from_secs(5),
-            message_concurrency: 4,
+            // An SQS event's whole batch (the template's BatchSize).
+            message_concurrency: 10,
             // At least the events one full SQS event produces (10 messages x 100 clicks x 3 events).
             outbox_flush_limit: 5_000,
             queued_lease: clickpacer::domain::batch::QUEUED_LEASE,

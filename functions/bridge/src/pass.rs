@@ -29,49 +29,54 @@ pub(crate) async fn deliver<T: Transport, C: Clock>(
     };
     let cutoff = now + chrono::Duration::from_std(usable).unwrap_or(chrono::Duration::MAX);
     let hold = now + chrono::Duration::from_std(bridge.settings.delivery_lease).unwrap_or(chrono::Duration::minutes(1));
-    // One connection for the whole message (the pool holds one per concurrent message): taking a connection
-    // from the pool verifies it with a round trip of its own.
-    let mut client = bridge.pool.get().await.map_err(DbError::from)?;
-    let queued_until = hold + queued_lease(bridge);
-    let lease = match repo::take_batch(&**client, release.batch_id, release.fence, now, hold, queued_until).await? {
-        BatchClaim::Acquired(lease) => lease,
-        BatchClaim::Stale { state } => return Ok(MessageOutcome::Stale { batch_id: release.batch_id, state }),
-        BatchClaim::Busy => return Err(BridgeError::Busy(release.batch_id)),
+    // A connection only for each step that needs one, never while waiting for a click's share or slot or for a
+    // partner's answer: the messages of an event are handled at once, more than the pool holds connections.
+    // (Taking a connection from the pool verifies it with a round trip of its own.)
+    let lease = {
+        let client = bridge.pool.get().await.map_err(DbError::from)?;
+        let queued_until = hold + queued_lease(bridge);
+        match repo::take_batch(&**client, release.batch_id, release.fence, now, hold, queued_until).await? {
+            BatchClaim::Acquired(lease) => lease,
+            BatchClaim::Stale { state } => return Ok(MessageOutcome::Stale { batch_id: release.batch_id, state }),
+            BatchClaim::Busy => return Err(BridgeError::Busy(release.batch_id)),
+        }
     };
-    let result = deliver_batch(bridge, &mut client, release, &lease, now, cutoff).await;
+    let result = deliver_batch(bridge, release, &lease, now, cutoff).await;
     // Whatever happened, the next copy of the message may take the batch at once.
-    let _ = repo::release_batch(&**client, &lease).await;
+    if let Ok(client) = bridge.pool.get().await {
+        let _ = repo::release_batch(&**client, &lease).await;
+    }
     result
 }
 
 pub(crate) async fn deliver_batch<T: Transport, C: Clock>(
     bridge: &Bridge<T, C>,
-    client: &mut tokio_postgres::Client,
     release: &ReleaseMessage,
     lease: &BatchLease,
     now: DateTime<Utc>,
     cutoff: DateTime<Utc>,
 ) -> Result<MessageOutcome, BridgeError> {
     let (partner, mut health, clicks) = {
-        let client = &*client;
-        let partner = partners::get(client, &lease.partner_id).await?.ok_or_else(|| {
+        let client = bridge.pool.get().await.map_err(DbError::from)?;
+        let partner = partners::get(&**client, &lease.partner_id).await?.ok_or_else(|| {
             DbError::Invalid(format!("batch {} names unknown partner {}", lease.batch_id, lease.partner_id))
         })?;
-        let health = ObservedHealth::new(repo::partner_health(client, &lease.partner_id, now).await?);
-        (partner, health, repo::batch_clicks(client, lease).await?)
+        let health = ObservedHealth::new(repo::partner_health(&**client, &lease.partner_id, now).await?);
+        let clicks = repo::batch_clicks(&**client, lease).await?;
+        if let Some(until) = health.health.retry_after_until.filter(|_| health.health.is_paused(now)) {
+            // No request to this partner before its Retry-After: the whole message waits.
+            requeue(bridge, &**client, release, until - now).await?;
+            return Ok(MessageOutcome::Paused { batch_id: lease.batch_id, until });
+        }
+        if !partner.enabled {
+            // Disabled by a person: the clicks wait, checked again every few minutes rather than spun through the
+            // queue, and nothing is logged until they move.
+            let until = now + DISABLED_PARTNER_RECHECK;
+            requeue(bridge, &**client, release, DISABLED_PARTNER_RECHECK).await?;
+            return Ok(MessageOutcome::PartnerDisabled { batch_id: lease.batch_id, until });
+        }
+        (partner, health, clicks)
     };
-    if let Some(until) = health.health.retry_after_until.filter(|_| health.health.is_paused(now)) {
-        // No request to this partner before its Retry-After: the whole message waits.
-        requeue(bridge, &*client, release, until - now).await?;
-        return Ok(MessageOutcome::Paused { batch_id: lease.batch_id, until });
-    }
-    if !partner.enabled {
-        // Disabled by a person: the clicks wait, checked again every few minutes rather than spun through the
-        // queue, and nothing is logged until they move.
-        let until = now + DISABLED_PARTNER_RECHECK;
-        requeue(bridge, &*client, release, DISABLED_PARTNER_RECHECK).await?;
-        return Ok(MessageOutcome::PartnerDisabled { batch_id: lease.batch_id, until });
-    }
 
     let mut events = Vec::new();
     for click in clicks.iter().filter(|c| c.attempts == 0 && c.finished.is_none()) {
@@ -86,7 +91,7 @@ pub(crate) async fn deliver_batch<T: Transport, C: Clock>(
         Ok(compiled) => {
             // The last instant a request may start and still be answered (or time out) before the cutoff.
             let last_start = cutoff - chrono::Duration::milliseconds(partner.timeout_ms.into());
-            send_clicks(bridge, client, (&partner, &compiled), lease, &ready, &mut health, last_start).await
+            send_clicks(bridge, (&partner, &compiled), lease, &ready, &mut health, last_start).await
         }
         Err(errors) => {
             let reason = format!("partner {} is misconfigured: {}", partner.partner_id, errors.join("; "));
@@ -108,9 +113,10 @@ pub(crate) async fn deliver_batch<T: Transport, C: Clock>(
         }
     }
 
+    let mut client = bridge.pool.get().await.map_err(DbError::from)?;
     let tally = {
         let changed = (!health.change.is_empty()).then_some(&health);
-        repo::record_pass(client, lease, repo::tally_before(&clicks), &records, changed, &events).await?
+        repo::record_pass(&mut client, lease, repo::tally_before(&clicks), &records, changed, &events).await?
     };
     // Dead clicks are recorded with their last error (delivery_results) and logged as failures in the event log;
     // nothing goes to the dead-letter queue, which holds only SQS's own redrives.
@@ -133,7 +139,7 @@ pub(crate) async fn deliver_batch<T: Transport, C: Clock>(
         // From the end of the pass, which may have lasted most of the invocation.
         let now = bridge.clock.now();
         let next = next.unwrap_or(now).max(now);
-        requeue(bridge, &*client, release, next - now).await?;
+        requeue(bridge, &**client, release, next - now).await?;
         requeued = true;
     }
     Ok(MessageOutcome::Delivered { batch_id: lease.batch_id, tally, sent, requeued })

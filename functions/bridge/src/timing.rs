@@ -7,6 +7,7 @@
 use chrono::{DateTime, Utc};
 use clickpacer::delivery::{CompiledPartner, ObservedHealth, Outcome, pace};
 use clickpacer::domain::Partner;
+use clickpacer::postgres::DbError;
 use clickpacer::postgres::bridge::{self as repo, BatchLease, DeliveryRecord, PendingClick};
 use futures::StreamExt;
 use std::sync::atomic::AtomicBool;
@@ -29,7 +30,6 @@ pub(crate) struct Sent {
 /// Retry-After).
 pub(crate) async fn send_clicks<T: Transport, C: Clock>(
     bridge: &Bridge<T, C>,
-    client: &mut tokio_postgres::Client,
     (partner, compiled): (&Partner, &CompiledPartner),
     lease: &BatchLease,
     ready: &[&PendingClick],
@@ -43,7 +43,7 @@ pub(crate) async fn send_clicks<T: Transport, C: Clock>(
     let campaign = pace::campaign_pace(lease.campaign_limits).map(|rate| (&lease.campaign_id, rate));
     let not_before = spread_shares(lease, ready, bridge.clock.now());
     let paced = Paced { not_before: &not_before, rate, campaign, last_start };
-    let (outcomes, resume_at) = send_paced(bridge, client, partner, compiled, ready, paced).await;
+    let (outcomes, resume_at) = send_paced(bridge, partner, compiled, ready, paced).await;
     let mut sent = Sent { records: Vec::with_capacity(outcomes.len()), requests: 0, resume_at };
     for (record, outcome) in outcomes {
         if record.http_status.is_some() || record.latency_ms.is_some() {
@@ -96,7 +96,6 @@ pub(crate) struct Paced<'a> {
 /// for the message to come back.
 pub(crate) async fn send_paced<T: Transport, C: Clock>(
     bridge: &Bridge<T, C>,
-    client: &mut tokio_postgres::Client,
     partner: &Partner,
     compiled: &CompiledPartner,
     ready: &[&PendingClick],
@@ -150,7 +149,12 @@ pub(crate) async fn send_paced<T: Transport, C: Clock>(
         }
         let slot_horizon = horizon.min(max_slot_wait);
         let request = repo::SlotRequest { want, now, rate, horizon: slot_horizon };
-        let reserved = repo::reserve_send_slots(client, &partner.partner_id, campaign, request, &accepted).await;
+        let reserved = match bridge.pool.get().await {
+            Ok(mut client) => {
+                repo::reserve_send_slots(&mut client, &partner.partner_id, campaign, request, &accepted).await
+            }
+            Err(e) => Err(DbError::from(e)),
+        };
         let grant = match reserved {
             Ok(grant) => grant,
             Err(e) => {
@@ -203,7 +207,11 @@ pub(crate) async fn send_paced<T: Transport, C: Clock>(
         if let Some(until) = pause {
             let now = bridge.clock.now();
             let report = std::mem::take(&mut accepted);
-            if let Err(e) = repo::record_throttle(client, &partner.partner_id, now, until, &report).await {
+            let recorded = match bridge.pool.get().await {
+                Ok(mut client) => repo::record_throttle(&mut client, &partner.partner_id, now, until, &report).await,
+                Err(e) => Err(DbError::from(e)),
+            };
+            if let Err(e) = recorded {
                 tracing::warn!(partner_id = %partner.partner_id, error = %e, "throttle not recorded in the send pace");
             }
             resume_at = Some(until);
@@ -212,7 +220,11 @@ pub(crate) async fn send_paced<T: Transport, C: Clock>(
     }
     if !accepted.is_empty() {
         let report = accepted;
-        if let Err(e) = repo::record_accepted(client, &partner.partner_id, &report).await {
+        let recorded = match bridge.pool.get().await {
+            Ok(mut client) => repo::record_accepted(&mut client, &partner.partner_id, &report).await,
+            Err(e) => Err(DbError::from(e)),
+        };
+        if let Err(e) = recorded {
             tracing::warn!(partner_id = %partner.partner_id, error = %e, "accepted requests not counted");
         }
     }
