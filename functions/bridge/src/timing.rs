@@ -40,7 +40,7 @@ pub(crate) async fn send_clicks<T: Transport, C: Clock>(
         Some(rate_per_second) => repo::PaceRate::Configured { rate_per_second, allowance: health.health.allowance },
         None => repo::PaceRate::Learned { initial: pace::initial_rate(partner.max_concurrency) },
     };
-    let campaign = pace::campaign_pace(lease.campaign_limits).map(|rate| (&lease.campaign_id, rate));
+    let campaign = lease.campaign_limits.any().then_some((&lease.campaign_id, lease.campaign_limits));
     let not_before = spread_shares(lease, ready, bridge.clock.now());
     let paced = Paced { not_before: &not_before, rate, campaign, last_start };
     let (outcomes, resume_at) = send_paced(bridge, partner, compiled, ready, paced).await;
@@ -103,7 +103,7 @@ pub(crate) async fn send_paced<T: Transport, C: Clock>(
 ) -> (Vec<(DeliveryRecord, Outcome)>, Option<DateTime<Utc>>) {
     let max_wait = chrono::Duration::from_std(bridge.settings.max_spread_wait).unwrap_or_default();
     let max_slot_wait = chrono::Duration::from_std(bridge.settings.max_slot_wait).unwrap_or_default();
-    let campaign_rate = campaign.map_or(f64::INFINITY, |(_, rate)| rate);
+    let campaign_rate = campaign.and_then(|(_, limits)| pace::campaign_pace(limits)).unwrap_or(f64::INFINITY);
     let mut chunk = chunk_for(campaign_rate.min(match rate {
         repo::PaceRate::Learned { initial } => initial,
         repo::PaceRate::Configured { rate_per_second, allowance } => pace::configured_pace(rate_per_second, allowance),

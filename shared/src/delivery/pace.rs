@@ -27,10 +27,13 @@
 //! regained up to the configured rate (see [`SendPace::configured_rate_at`]). A partner that takes less than its
 //! contract says is then sent what it takes, not throttled every few seconds at the contract's rate.
 //!
-//! A campaign with a rate limit (per second, per minute or per hour) has a stream of its own ([`CampaignStream`],
-//! at [`campaign_pace`]): each of its requests takes a slot of both, in one reservation, so its batches keep to
-//! its limits at the partner even when they reach the bridges late together (their spreads long past, or released
-//! late in one minute and sent in the next beside that minute's own) or after a limit was lowered.
+//! A campaign with a rate limit (per second, per minute or per hour) has a stream of its own ([`CampaignStream`]):
+//! each of its requests takes a slot of both, in one reservation, so its batches keep to its limits at the partner
+//! even when they reach the bridges late together (their spreads long past, or released late in one minute and
+//! sent in the next beside that minute's own) or after a limit was lowered. A per-second limit spaces its slots
+//! ([`campaign_pace`]); per-minute and per-hour limits count the slots of each fixed UTC window, as the pacer
+//! counts its releases, so a campaign behind its window's schedule may catch up at its partner's pace, as the
+//! pacer lets it (see [`CampaignStream`]).
 //!
 //! Slots follow the generic cell rate algorithm: `next_slot` is the earliest instant the next request may go; a
 //! reservation of k requests takes k slots `1/rate` apart from `max(next_slot, now, retry_after)` and moves
@@ -38,6 +41,8 @@
 //! stream whoever sends it.
 
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
+
+use crate::pacing::RateWindow;
 
 /// The share of a configured rate the slots are spaced at. Requests leave at their slots and arrive a little
 /// later, each by its own delay: at `r` a second exactly, one delayed across a second's boundary would make `r + 1`
@@ -59,30 +64,93 @@ pub struct CampaignLimits {
     pub per_hour: Option<u32>,
 }
 
-/// How late a request may arrive after its slot, by its own delay, without breaking a window's limit at the partner
-/// (see [`campaign_pace`]).
-pub const ARRIVAL_JITTER: TimeDelta = TimeDelta::milliseconds(50);
-
-/// The send rate of a campaign with `limits`, `None` without any. Slots at least `1/rate` apart put at most
-/// `limit` requests in any window of a limit's length, a UTC-aligned one included, as they leave; each limit of
-/// `n` per window `w` is spaced at `n / (w + ARRIVAL_JITTER)`, so that holds where the partner counts arrivals too,
-/// unless a request is delayed by more than [`ARRIVAL_JITTER`] against the one a window earlier (a per-second limit
-/// of 5 goes at 4.76 a second, a per-minute one of 240 at 3.997). The slowest of them is the campaign's pace.
-pub fn campaign_pace(limits: CampaignLimits) -> Option<f64> {
-    let jitter = ARRIVAL_JITTER.as_seconds_f64();
-    [(limits.per_second, 1.0), (limits.per_minute, 60.0), (limits.per_hour, 3600.0)]
-        .into_iter()
-        .filter_map(|(limit, window)| limit.map(|n| f64::from(n) / (window + jitter)))
-        .reduce(f64::min)
+impl CampaignLimits {
+    /// Whether the campaign has a rate limit at all (its requests then take slots of its own stream).
+    pub fn any(&self) -> bool {
+        self.per_second.is_some() || self.per_minute.is_some() || self.per_hour.is_some()
+    }
 }
 
-/// A campaign's own send stream: the earliest instant its next request may go.
+/// How late a request may arrive after its slot, by its own delay, without breaking a window's limit at the partner
+/// (see [`campaign_pace`] and [`CampaignStream`]).
+pub const ARRIVAL_JITTER: TimeDelta = TimeDelta::milliseconds(50);
+
+/// The spacing rate of a campaign's own slots: a per-second limit of `n` at `n / (1 s + ARRIVAL_JITTER)`, so no
+/// second holds more than `n` arrivals unless a request is delayed by more than [`ARRIVAL_JITTER`] against the one
+/// a second earlier (5 a second go at 4.76). `None` without a per-second limit.
+pub fn campaign_pace(limits: CampaignLimits) -> Option<f64> {
+    limits.per_second.map(|n| f64::from(n) / (1.0 + ARRIVAL_JITTER.as_seconds_f64()))
+}
+
+/// Slots a campaign's stream granted in one fixed UTC window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WindowSends {
+    pub start: Option<DateTime<Utc>>,
+    pub count: u32,
+}
+
+impl WindowSends {
+    fn used_in(&self, start: DateTime<Utc>) -> u32 {
+        if self.start == Some(start) { self.count } else { 0 }
+    }
+
+    fn add(&mut self, start: DateTime<Utc>, n: u32) {
+        *self = Self { start: Some(start), count: self.used_in(start) + n };
+    }
+}
+
+/// A campaign's own send stream: the earliest instant its next request may go (per-second spacing), and the slots
+/// granted in the current UTC minute and hour. A window's limit holds at send: once its slots are granted the next
+/// one waits for the next window, and no slot is granted in a window's last [`ARRIVAL_JITTER`], so a request
+/// arrives in the window it was counted in.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct CampaignStream {
     pub next_slot: Option<DateTime<Utc>>,
+    pub minute: WindowSends,
+    pub hour: WindowSends,
 }
 
-/// The slowest a campaign's own stream goes: one request an hour (a per-hour limit of 1).
+impl CampaignStream {
+    /// From `first` on, the first instant at which every window limit has room, and how many slots at `interval`
+    /// from there the windows take.
+    fn open_at(&self, limits: CampaignLimits, mut first: DateTime<Utc>, interval: TimeDelta) -> (DateTime<Utc>, usize) {
+        // Each move goes to the start of a later window, where the moved window has room: a few rounds settle it.
+        for _ in 0..4 {
+            let mut room = usize::MAX;
+            let mut moved = false;
+            for (limit, window, sends) in
+                [(limits.per_minute, RateWindow::Minute, self.minute), (limits.per_hour, RateWindow::Hour, self.hour)]
+            {
+                let Some(limit) = limit else { continue };
+                let start = window.start_of(first);
+                let end = start + window.length();
+                let closes = end - ARRIVAL_JITTER;
+                let used = sends.used_in(start);
+                if used >= limit || first >= closes {
+                    first = end;
+                    moved = true;
+                    break;
+                }
+                let before_close = ((closes - first).num_microseconds().unwrap_or(i64::MAX) - 1)
+                    / interval.num_microseconds().unwrap_or(1).max(1)
+                    + 1;
+                room = room.min((limit - used) as usize).min(before_close.max(0) as usize);
+            }
+            if !moved {
+                return (first, room);
+            }
+        }
+        (first, 0)
+    }
+
+    fn record(&mut self, first: DateTime<Utc>, count: usize) {
+        let n = u32::try_from(count).unwrap_or(u32::MAX);
+        self.minute.add(RateWindow::Minute.start_of(first), n);
+        self.hour.add(RateWindow::Hour.start_of(first), n);
+    }
+}
+
+/// The slowest a campaign's own stream is spaced: one request an hour.
 const MIN_CAMPAIGN_RATE: f64 = 1.0 / 3600.0;
 
 /// The spacing of a campaign's own slots at `rate` a second: unlike a partner's learned rate, a campaign's limit
@@ -256,9 +324,11 @@ impl SendPace {
         self.reserve_within(want, now, paused_until, rate, horizon, None)
     }
 
-    /// [`Self::reserve_at`] for a campaign with a stream of its own at `campaign_rate`: each slot is free in both
-    /// streams, so the grant goes at the slower of the two rates from the later of their next slots, and each
-    /// stream moves past the last slot by its own interval (the partner's slots between go to other campaigns).
+    /// [`Self::reserve_at`] for a campaign with a stream of its own under `limits`: each slot is free in both
+    /// streams, so the grant goes at the slower of the partner's rate and the campaign's per-second pace, from the
+    /// later of their next slots and the first instant the campaign's minute and hour have room; it ends within one
+    /// window of each. Each stream moves past the last slot by its own interval (the partner's slots between go to
+    /// other campaigns), and the campaign's windows count the grant.
     pub fn reserve_within(
         &mut self,
         want: usize,
@@ -266,24 +336,32 @@ impl SendPace {
         paused_until: Option<DateTime<Utc>>,
         rate: f64,
         horizon: TimeDelta,
-        campaign: Option<(&mut CampaignStream, f64)>,
+        campaign: Option<(&mut CampaignStream, CampaignLimits)>,
     ) -> SlotGrant {
         let own = interval_of(rate);
-        let (mut interval, mut first) = (own, [Some(now), self.next_slot, paused_until].into_iter().flatten().max());
-        let mut campaign = campaign.map(|(stream, rate)| (stream, campaign_interval_of(rate)));
-        if let Some((stream, campaign_interval)) = &campaign {
-            interval = interval.max(*campaign_interval);
-            first = first.max(stream.next_slot);
+        let mut interval = own;
+        let mut first = [Some(now), self.next_slot, paused_until].into_iter().flatten().max().unwrap_or(now);
+        let mut windows_room = usize::MAX;
+        let campaign_interval =
+            campaign.as_ref().and_then(|(_, limits)| campaign_pace(*limits)).map(campaign_interval_of);
+        if let Some((stream, limits)) = &campaign {
+            if let Some(spacing) = campaign_interval {
+                interval = interval.max(spacing);
+                first = first.max(stream.next_slot.unwrap_or(first));
+            }
+            (first, windows_room) = stream.open_at(*limits, first, interval);
         }
-        let first = first.unwrap_or(now);
         let room = (horizon - (first - now)).num_microseconds().unwrap_or(0).max(-1);
         let fits = if room < 0 { 0 } else { (room / interval.num_microseconds().unwrap_or(1)) as usize + 1 };
-        let count = want.min(fits);
+        let count = want.min(fits).min(windows_room);
         if count > 0 {
             let last = first + interval * (count as i32 - 1);
             self.next_slot = Some(last + own);
-            if let Some((stream, campaign_interval)) = campaign.as_mut() {
-                stream.next_slot = Some(last + *campaign_interval);
+            if let Some((stream, _)) = campaign {
+                if let Some(spacing) = campaign_interval {
+                    stream.next_slot = Some(last + spacing);
+                }
+                stream.record(first, count);
             }
         }
         SlotGrant { first, interval, count }
@@ -394,54 +472,74 @@ mod tests {
         assert_eq!((b.count, b.first), (0, t0() + ms(2100)));
     }
 
+    fn limits(per_second: Option<u32>, per_minute: Option<u32>, per_hour: Option<u32>) -> CampaignLimits {
+        CampaignLimits { per_second, per_minute, per_hour }
+    }
+
     #[test]
     fn a_campaigns_stream_spaces_its_own_requests_and_leaves_the_partners_slots_between_to_others() {
         let mut pace = SendPace::default();
         let mut limited = CampaignStream::default();
-        let rate = campaign_pace(CampaignLimits { per_second: Some(5), ..CampaignLimits::default() }).unwrap();
-        let a = pace.reserve_within(3, t0(), None, 40.0, TimeDelta::seconds(2), Some((&mut limited, rate)));
+        let five = limits(Some(5), None, None);
+        let spacing = campaign_interval_of(campaign_pace(five).unwrap());
+        let a = pace.reserve_within(3, t0(), None, 40.0, TimeDelta::seconds(2), Some((&mut limited, five)));
         assert_eq!((a.first, a.count), (t0(), 3));
-        assert_eq!(a.interval, campaign_interval_of(rate), "at the campaign's pace, not the partner's");
+        assert_eq!(a.interval, spacing, "at the campaign's pace, not the partner's");
         // The partner's next slot is one of its own intervals after the campaign's last request.
         assert_eq!(pace.next_slot, Some(a.slot(2) + ms(25)));
-        assert_eq!(limited.next_slot, Some(a.slot(2) + campaign_interval_of(rate)));
+        assert_eq!(limited.next_slot, Some(a.slot(2) + spacing));
         // Another campaign of the partner goes in the partner's slots at once; the limited one waits for its own.
         let other = pace.reserve_at(2, t0(), None, 40.0, TimeDelta::seconds(2));
         assert_eq!(other.first, a.slot(2) + ms(25));
-        let b = pace.reserve_within(1, t0(), None, 40.0, TimeDelta::seconds(2), Some((&mut limited, rate)));
-        assert_eq!(b.first, a.slot(2) + campaign_interval_of(rate));
+        let b = pace.reserve_within(1, t0(), None, 40.0, TimeDelta::seconds(2), Some((&mut limited, five)));
+        assert_eq!(b.first, a.slot(2) + spacing);
     }
 
     #[test]
-    fn a_campaigns_pace_is_its_tightest_limit_with_room_for_arrival_jitter() {
-        let limits = |per_second, per_minute, per_hour| CampaignLimits { per_second, per_minute, per_hour };
-        assert_eq!(campaign_pace(CampaignLimits::default()), None);
-        let per_minute = campaign_pace(limits(Some(10), Some(240), None)).unwrap();
-        assert!((per_minute - 240.0 / 60.05).abs() < 1e-9, "the minute binds: {per_minute}");
-        let per_hour = campaign_pace(limits(None, Some(600), Some(7_200))).unwrap();
-        assert!((per_hour - 7_200.0 / 3_600.05).abs() < 1e-9, "the hour binds: {per_hour}");
-        // Under one a second: a campaign's limit is exact, so its slots are not held to a partner's floor.
-        let slow = campaign_pace(limits(None, None, Some(60))).unwrap();
-        assert!(campaign_interval_of(slow) > TimeDelta::seconds(60));
-        // A minute's worth of back-to-back reservations puts at most the limit in any minute, UTC-aligned or not.
+    fn a_per_second_limit_is_spaced_with_room_for_arrival_jitter() {
+        assert_eq!(campaign_pace(limits(None, Some(60), Some(100))), None, "minutes and hours are counted, not spaced");
+        let pace = campaign_pace(limits(Some(5), Some(60), None)).unwrap();
+        assert!((pace - 5.0 / 1.05).abs() < 1e-9, "{pace}");
+    }
+
+    /// Back-to-back reservations of a campaign limited per minute (and per hour) from `start`, at a partner of 40
+    /// a second, for `seconds`: the slots granted.
+    fn reserved_for(limits: CampaignLimits, start: DateTime<Utc>, seconds: i64) -> Vec<DateTime<Utc>> {
         let (mut pace, mut stream) = (SendPace::default(), CampaignStream::default());
         let mut slots = Vec::new();
-        for k in 0..300 {
-            let grant = pace.reserve_within(
-                5,
-                t0() + ms(250 * k),
-                None,
-                40.0,
-                TimeDelta::seconds(2),
-                Some((&mut stream, per_minute)),
-            );
+        for k in 0..seconds * 10 {
+            let now = start + ms(100 * k);
+            let grant = pace.reserve_within(4, now, None, 40.0, TimeDelta::seconds(2), Some((&mut stream, limits)));
             slots.extend((0..grant.count).map(|i| grant.slot(i)));
         }
-        assert!(slots.len() > 240, "the reservations cover more than a minute: {}", slots.len());
-        for (i, first) in slots.iter().enumerate() {
-            let within = slots[i..].iter().take_while(|t| **t < *first + TimeDelta::seconds(60)).count();
-            assert!(within <= 240, "{within} in the minute from {first}");
+        slots
+    }
+
+    #[test]
+    fn a_per_minute_limit_holds_in_every_utc_minute_and_its_last_instant_stays_free() {
+        // From the middle of a minute: what the minute allows goes at the partner's pace, as the pacer releases a
+        // backlog behind the minute's schedule; the rest waits for the next minute.
+        let start = t0() + TimeDelta::seconds(30);
+        let slots = reserved_for(limits(None, Some(240), None), start, 140);
+        let mut per_minute: std::collections::BTreeMap<DateTime<Utc>, usize> = Default::default();
+        for slot in &slots {
+            *per_minute.entry(RateWindow::Minute.start_of(*slot)).or_default() += 1;
+            let end = RateWindow::Minute.start_of(*slot) + TimeDelta::minutes(1);
+            assert!(end - *slot > ARRIVAL_JITTER, "a slot at {slot}, in its minute's last 50 ms");
         }
+        let counts: Vec<usize> = per_minute.values().copied().collect();
+        assert_eq!(counts, vec![240, 240, 240], "{per_minute:?}");
+        // The first minute's 240 took six seconds at the partner's 40 a second, not the minute.
+        assert!(slots[239] - slots[0] < TimeDelta::seconds(7), "{} to {}", slots[0], slots[239]);
+        assert_eq!(slots[240], t0() + TimeDelta::minutes(1), "the next minute starts the next slot");
+    }
+
+    #[test]
+    fn a_per_hour_limit_counts_the_hour() {
+        let slots = reserved_for(limits(None, None, Some(100)), t0() + TimeDelta::minutes(59), 70);
+        let in_first_hour = slots.iter().filter(|s| **s < t0() + TimeDelta::hours(1)).count();
+        assert_eq!((in_first_hour, slots.len()), (100, 200));
+        assert_eq!(slots[100], t0() + TimeDelta::hours(1));
     }
 
     #[test]
@@ -686,15 +784,15 @@ mod properties {
 
         /// A partner configured at `rate` a second gets at most `rate` requests in any one-second window, whichever
         /// bridge sends them and however skewed their clocks, and none during a Retry-After pause; nor does any of
-        /// its campaigns with a per-second or per-minute limit of its own get more than that limit in any window
-        /// of that length.
+        /// its campaigns get more than its per-second limit in any second, or its per-minute or per-hour limit in
+        /// a UTC minute or hour (nor a slot in such a window's last instant).
         #[test]
         fn configured_rates_hold_in_every_second_across_bridges(
             rate in 1..200_u32,
             skews in proptest::collection::vec(0..80_i64, 4),
             limits in proptest::collection::vec(
-                (proptest::option::of(1..50_u32), proptest::option::of(1..600_u32))
-                    .prop_map(|(per_second, per_minute)| CampaignLimits { per_second, per_minute, per_hour: None }),
+                (proptest::option::of(1..50_u32), proptest::option::of(1..600_u32), proptest::option::of(1..2_000_u32))
+                    .prop_map(|(per_second, per_minute, per_hour)| CampaignLimits { per_second, per_minute, per_hour }),
                 3,
             ),
             steps in proptest::collection::vec(step(), 1..120),
@@ -702,7 +800,7 @@ mod properties {
             let mut pace = SendPace::default();
             let mut streams = [CampaignStream::default(); 3];
             let mut campaign_slots: [Vec<DateTime<Utc>>; 3] = Default::default();
-            let mut now = Utc.with_ymd_and_hms(2026, 12, 2, 10, 0, 0).unwrap();
+            let mut now = Utc.with_ymd_and_hms(2026, 12, 2, 10, 59, 40).unwrap();
             let mut paused_until: Option<DateTime<Utc>> = None;
             let mut slots: Vec<DateTime<Utc>> = Vec::new();
             let send_rate = configured_pace(rate, 1.0);
@@ -716,7 +814,7 @@ mod properties {
                     continue;
                 }
                 let horizon = TimeDelta::milliseconds(s.horizon_ms);
-                let own = campaign_pace(limits[s.campaign]).map(|rate| (&mut streams[s.campaign], rate));
+                let own = Some((&mut streams[s.campaign], limits[s.campaign]));
                 let grant = pace.reserve_within(s.want, seen, paused_until, send_rate, horizon, own);
                 prop_assert!(grant.count <= s.want);
                 campaign_slots[s.campaign].extend((0..grant.count).map(|k| grant.slot(k)));
@@ -734,16 +832,21 @@ mod properties {
             }
             for (slots, limits) in campaign_slots.iter_mut().zip(&limits) {
                 slots.sort();
-                for (limit, window) in [(limits.per_second, 1), (limits.per_minute, 60)] {
-                    let Some(limit) = limit else { continue };
+                if let Some(limit) = limits.per_second {
                     for (i, first) in slots.iter().enumerate() {
-                        let end = *first + TimeDelta::seconds(window);
-                        let within = slots[i..].iter().take_while(|t| **t < end).count();
-                        prop_assert!(
-                            within <= limit as usize,
-                            "{within} of a campaign's slots in {window} s at {limit} per {window} s"
-                        );
+                        let within = slots[i..].iter().take_while(|t| **t < *first + TimeDelta::seconds(1)).count();
+                        prop_assert!(within <= limit as usize, "{within} of a campaign's slots in a second at {limit}/s");
                     }
+                }
+                for (limit, window) in [(limits.per_minute, RateWindow::Minute), (limits.per_hour, RateWindow::Hour)] {
+                    let Some(limit) = limit else { continue };
+                    let mut counts: std::collections::BTreeMap<DateTime<Utc>, u32> = Default::default();
+                    for slot in slots.iter() {
+                        let start = window.start_of(*slot);
+                        prop_assert!(start + window.length() - *slot > ARRIVAL_JITTER, "slot {slot} at its window's end");
+                        *counts.entry(start).or_default() += 1;
+                    }
+                    prop_assert!(counts.values().all(|n| *n <= limit), "{counts:?} over {limit} per {window:?}");
                 }
             }
         }

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use tokio_postgres::GenericClient;
 
 use super::DbError;
-use crate::delivery::pace::{AcceptedWindow, CampaignLimits, CampaignStream, SendPace, SlotGrant};
+use crate::delivery::pace::{AcceptedWindow, CampaignLimits, CampaignStream, SendPace, SlotGrant, WindowSends};
 use crate::delivery::{ClickForDelivery, ObservedHealth, PartnerHealth, idempotency_key};
 use crate::domain::events::ClickEvent;
 use crate::domain::{CampaignId, ClickId, PartnerId};
@@ -463,9 +463,9 @@ pub struct SlotRequest {
     pub horizon: chrono::TimeDelta,
 }
 
-/// A campaign whose requests also take slots of its own send stream, at this rate (see
-/// [`crate::delivery::pace::campaign_pace`]).
-pub type CampaignPace<'a> = (&'a CampaignId, f64);
+/// A campaign whose requests also take slots of its own send stream, under these limits (see
+/// [`crate::delivery::pace::CampaignStream`]).
+pub type CampaignPace<'a> = (&'a CampaignId, CampaignLimits);
 
 /// Reserves up to `want` send slots for a partner (see [`crate::delivery::pace`]) within `horizon`, after
 /// counting the requests it accepted since the caller's last call: one short transaction under the partner's
@@ -485,7 +485,7 @@ pub async fn reserve_send_slots(
         PaceRate::Configured { rate_per_second, allowance } => pace.configured_rate_at(now, rate_per_second, allowance),
     };
     let grant = match campaign {
-        Some((campaign_id, campaign_rate)) => {
+        Some((campaign_id, limits)) => {
             // Locked after the partner's row, always in that order: a campaign has one partner.
             tx.execute(
                 "INSERT INTO campaign_send_pace (campaign_id) VALUES ($1) ON CONFLICT DO NOTHING",
@@ -494,15 +494,34 @@ pub async fn reserve_send_slots(
             .await?;
             let row = tx
                 .query_one(
-                    "SELECT next_send_at FROM campaign_send_pace WHERE campaign_id = $1 FOR UPDATE",
+                    "SELECT next_send_at, minute_start, minute_sends, hour_start, hour_sends
+                     FROM campaign_send_pace WHERE campaign_id = $1 FOR UPDATE",
                     &[&campaign_id.as_str()],
                 )
                 .await?;
-            let mut stream = CampaignStream { next_slot: row.get("next_send_at") };
-            let grant = pace.reserve_within(want, now, paused_until, rate, horizon, Some((&mut stream, campaign_rate)));
+            let sends = |start: &str, count: &str| WindowSends {
+                start: row.get(start),
+                count: row.get::<_, i32>(count).max(0) as u32,
+            };
+            let mut stream = CampaignStream {
+                next_slot: row.get("next_send_at"),
+                minute: sends("minute_start", "minute_sends"),
+                hour: sends("hour_start", "hour_sends"),
+            };
+            let grant = pace.reserve_within(want, now, paused_until, rate, horizon, Some((&mut stream, limits)));
+            let count = |w: WindowSends| i32::try_from(w.count).unwrap_or(i32::MAX);
             tx.execute(
-                "UPDATE campaign_send_pace SET next_send_at = $2, updated_at = now() WHERE campaign_id = $1",
-                &[&campaign_id.as_str(), &stream.next_slot],
+                "UPDATE campaign_send_pace SET next_send_at = $2, minute_start = $3, minute_sends = $4,
+                        hour_start = $5, hour_sends = $6, updated_at = now()
+                 WHERE campaign_id = $1",
+                &[
+                    &campaign_id.as_str(),
+                    &stream.next_slot,
+                    &stream.minute.start,
+                    &count(stream.minute),
+                    &stream.hour.start,
+                    &count(stream.hour),
+                ],
             )
             .await?;
             grant
