@@ -10,7 +10,7 @@ use clickpacer::domain::Partner;
 use clickpacer::postgres::DbError;
 use clickpacer::postgres::bridge::{self as repo, BatchLease, DeliveryRecord, PendingClick};
 use futures::StreamExt;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::attempt::attempt_at;
 use crate::{Bridge, Clock, Transport};
@@ -89,11 +89,11 @@ pub(crate) struct Paced<'a> {
     last_start: DateTime<Utc>,
 }
 
-/// Sends at the partner's send pace, reserving slots in chunks of about [`PACE_CHUNK`] from the row every bridge
-/// shares, and reporting what the partner accepted so a throttle sets the pace to it. Only clicks whose share of
-/// the spread has come are reserved for, and only slots before the pass's last start: clicks whose share is further
-/// away than `max_spread_wait`, or whose slot is further than `max_slot_wait` (or than the invocation lasts), wait
-/// for the message to come back.
+/// Sends at the partner's send pace, reserving slots for up to the partner's concurrency of due clicks at a time
+/// from the row every bridge shares, and reporting what the partner accepted so a throttle sets the pace to it.
+/// Only clicks whose share of the spread has come are reserved for, and only slots before the pass's last start:
+/// clicks whose share is further away than `max_spread_wait`, or whose slot is further than `max_slot_wait` (or
+/// than the invocation lasts), wait for the message to come back.
 pub(crate) async fn send_paced<T: Transport, C: Clock>(
     bridge: &Bridge<T, C>,
     partner: &Partner,
@@ -103,11 +103,6 @@ pub(crate) async fn send_paced<T: Transport, C: Clock>(
 ) -> (Vec<(DeliveryRecord, Outcome)>, Option<DateTime<Utc>>) {
     let max_wait = chrono::Duration::from_std(bridge.settings.max_spread_wait).unwrap_or_default();
     let max_slot_wait = chrono::Duration::from_std(bridge.settings.max_slot_wait).unwrap_or_default();
-    let campaign_rate = campaign.and_then(|(_, limits)| pace::campaign_pace(limits)).unwrap_or(f64::INFINITY);
-    let mut chunk = chunk_for(campaign_rate.min(match rate {
-        repo::PaceRate::Learned { initial } => initial,
-        repo::PaceRate::Configured { rate_per_second, allowance } => pace::configured_pace(rate_per_second, allowance),
-    }));
     let mut accepted: Vec<(DateTime<Utc>, u32)> = Vec::new();
     let mut out = Vec::with_capacity(ready.len());
     let mut resume_at = None;
@@ -134,13 +129,10 @@ pub(crate) async fn send_paced<T: Transport, C: Clock>(
             waited = at;
             continue;
         }
-        // A permit of the partner's concurrency for every slot first, so no request waits for one after its slot
-        // came: requests held up by a hung partner would go together when it recovers, more than its rate in
-        // that second.
-        let want = chunk.min(due).min(partner.max_concurrency.max(1) as usize);
-        let Ok(mut permits) = bridge.partner_slots.for_partner(partner).acquire_many_owned(want as u32).await else {
-            break;
-        };
+        // All the due clicks in one reservation: passes are served in turn, each over the span of its own clicks,
+        // instead of interleaving a slot at a time so that every pass in flight lasts as long as all of them
+        // together (and an event as long as its slowest message).
+        let want = due;
         let now = bridge.clock.now().max(waited);
         let horizon = max_wait.min(last_start - now);
         if horizon <= chrono::Duration::zero() {
@@ -169,22 +161,36 @@ pub(crate) async fn send_paced<T: Transport, C: Clock>(
             resume_at = Some(grant.first);
             break;
         }
-        chunk = chunk_for(1.0 / grant.interval.as_seconds_f64().max(1e-6));
         let throttled = AtomicBool::new(false);
-        let in_flight: Vec<_> = (0..grant.count).filter_map(|_| permits.split(1)).collect();
-        // Permits beyond the grant go back now.
-        drop(permits);
-        let results: Vec<(DeliveryRecord, Outcome)> = futures::stream::iter(in_flight.into_iter().enumerate())
-            .map(|(k, permit)| {
-                let throttled = &throttled;
+        let starved = AtomicBool::new(false);
+        let concurrency = bridge.partner_slots.for_partner(partner);
+        let results: Vec<(DeliveryRecord, Outcome)> = futures::stream::iter(0..grant.count)
+            .map(|k| {
+                let (throttled, starved, concurrency) = (&throttled, &starved, &concurrency);
                 let click = ready[next + k];
                 let slot = grant.slot(k);
                 async move {
-                    let _permit = permit;
+                    if let Ok(wait) = (slot - bridge.clock.now()).to_std() {
+                        tokio::time::sleep(wait).await;
+                    }
+                    // A permit of the partner's concurrency at the slot, or the request does not go: requests
+                    // held up by a hung partner would go together when it recovers, more than its rate in that
+                    // second. The first one without a permit stops the rest of the group; they go with the message.
+                    let permit = match starved.load(Ordering::SeqCst) {
+                        true => None,
+                        false => tokio::time::timeout(PERMIT_GRACE, concurrency.clone().acquire_owned())
+                            .await
+                            .ok()
+                            .and_then(Result::ok),
+                    };
+                    let Some(_permit) = permit else {
+                        starved.store(true, Ordering::SeqCst);
+                        return None;
+                    };
                     attempt_at(bridge, (partner, compiled), click, (slot, last_start), throttled).await
                 }
             })
-            .buffer_unordered(partner.max_concurrency.max(1) as usize)
+            .buffer_unordered(grant.count.max(1))
             .filter_map(|o| async move { o })
             .collect()
             .await;
@@ -217,6 +223,11 @@ pub(crate) async fn send_paced<T: Transport, C: Clock>(
             resume_at = Some(until);
             break;
         }
+        if starved.load(Ordering::SeqCst) {
+            // The partner has every request this process allows it in flight: the rest wait for the message.
+            resume_at = Some(bridge.clock.now() + STARVED_RETRY);
+            break;
+        }
     }
     if !accepted.is_empty() {
         let report = accepted;
@@ -228,14 +239,13 @@ pub(crate) async fn send_paced<T: Transport, C: Clock>(
             tracing::warn!(partner_id = %partner.partner_id, error = %e, "accepted requests not counted");
         }
     }
-    // Clicks of the chunk skipped after a throttle were neither sent nor recorded: they go with the rest.
+    // Clicks of the group skipped after a throttle or for want of a permit were neither sent nor recorded: they go
+    // with the rest.
     (out, resume_at)
 }
 
-/// About this much sending per reservation: short enough that concurrent bridges interleave into one even stream
-/// and a throttle stops everyone quickly, long enough that a fast partner costs one reservation per message.
-pub(crate) const PACE_CHUNK: std::time::Duration = std::time::Duration::from_millis(50);
+/// How long after its slot a request may still take a permit of its partner's concurrency and go.
+pub(crate) const PERMIT_GRACE: std::time::Duration = std::time::Duration::from_millis(20);
 
-pub(crate) fn chunk_for(rate: f64) -> usize {
-    (rate * PACE_CHUNK.as_secs_f64()).round().max(1.0) as usize
-}
+/// When the clicks of a pass stopped for want of a permit may be tried again.
+const STARVED_RETRY: chrono::Duration = chrono::Duration::seconds(1);

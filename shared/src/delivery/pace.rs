@@ -37,8 +37,9 @@
 //!
 //! Slots follow the generic cell rate algorithm: `next_slot` is the earliest instant the next request may go; a
 //! reservation of k requests takes k slots `1/rate` apart from `max(next_slot, now, retry_after)` and moves
-//! `next_slot` past them. Concurrent bridges reserve in short chunks, so the partner sees one evenly spaced
-//! stream whoever sends it.
+//! `next_slot` past them, so the partner sees one evenly spaced stream whoever sends it. A delivery pass
+//! reserves for all its due clicks (up to the partner's concurrency) at once: passes are served in turn, and one
+//! whose turn is further than the bridge waits goes back to the queue until it is near.
 
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 

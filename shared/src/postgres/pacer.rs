@@ -62,8 +62,10 @@ pub struct ClaimSummary {
 }
 
 /// How long after the end of its spread a queued batch's unfinished clicks count as overdue at the bridges (see
-/// [`PartnerLimit::overdue`]): beyond the poll, a pass and a retry or two of a healthy pipeline.
-pub const OVERDUE_AFTER: chrono::TimeDelta = chrono::TimeDelta::seconds(5);
+/// [`PartnerLimit::overdue`]): beyond the poll, a retry or two and the wait of a busy but healthy pipeline, whose
+/// events of ten messages share their partners' send slots with every other bridge's (a few seconds each at the
+/// partner's rate). Any shorter, a steady delay is taken for a backlog and the pacer releases below the rate.
+pub const OVERDUE_AFTER: chrono::TimeDelta = chrono::TimeDelta::seconds(20);
 
 /// Per rated partner, the clicks of queued batches whose spread ended more than [`OVERDUE_AFTER`] before `now`
 /// and that are neither delivered nor dead, owed from `now` on.
