@@ -117,10 +117,14 @@ pub(crate) async fn send_paced<T: Transport, C: Clock>(
             resume_at = Some(now);
             break;
         }
-        // The clicks from `next` on whose share of the spread has come (the shares ascend).
-        let due = not_before[next..].iter().take_while(|at| **at <= now).count();
+        // The clicks from `next` on whose share of the spread comes within the longest wait for a slot (the shares
+        // ascend): reserved together, they go at the partner's (and the campaign's) send pace, up to that wait
+        // ahead of their shares. One reservation a share would put each click behind every slot booked before
+        // it, so a spread batch would take as many of those waits as it has clicks, holding its event's place.
+        let lookahead = max_slot_wait;
+        let due = not_before[next..].iter().take_while(|at| **at <= now + lookahead).count();
         if due == 0 {
-            let at = not_before[next];
+            let at = not_before[next] - lookahead;
             if at - now > horizon {
                 resume_at = Some(at - chrono::Duration::seconds(1));
                 break;

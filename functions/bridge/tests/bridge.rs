@@ -729,7 +729,8 @@ async fn a_later_pass_of_a_spread_batch_keeps_its_pace_for_overdue_clicks() {
 }
 
 /// Requests that waited for the partner's concurrency past their send slot (it hung, then recovered) would go
-/// together when it recovers, more than its rate in that second: a slot is reserved only with a permit in hand.
+/// together when it recovers, more than its rate in that second: a request goes at its slot only with a permit in
+/// hand, and without one goes back with its message.
 #[tokio::test]
 async fn requests_held_up_by_a_hung_partner_do_not_burst_when_it_recovers() {
     let w = world().await;

@@ -444,6 +444,18 @@ pub async fn run(args: &[String]) -> anyhow::Result<()> {
         let (campaign, state, n): (String, String, i64) = (row.get(0), row.get(1), row.get(2));
         states.entry(campaign).or_default().push(format!("{state} {n}"));
     }
+    // Attempts that did not deliver, by outcome and reason.
+    for row in client
+        .query(
+            "SELECT outcome, coalesce(left(error, 80), ''), count(*) FROM delivery_results
+             WHERE outcome <> 'delivered' GROUP BY 1, 2 ORDER BY 3 DESC LIMIT 6",
+            &[],
+        )
+        .await?
+    {
+        let (outcome, error, n): (String, String, i64) = (row.get(0), row.get(1), row.get(2));
+        eprintln!("  {n} attempts {outcome}: {error}");
+    }
     // What the bridges learned about each partner by the end.
     for row in client
         .query(
