@@ -89,11 +89,12 @@ pub(crate) struct Paced<'a> {
     last_start: DateTime<Utc>,
 }
 
-/// Sends at the partner's send pace, reserving slots for up to the partner's concurrency of due clicks at a time
-/// from the row every bridge shares, and reporting what the partner accepted so a throttle sets the pace to it.
-/// Only clicks whose share of the spread has come are reserved for, and only slots before the pass's last start:
-/// clicks whose share is further away than `max_spread_wait`, or whose slot is further than `max_slot_wait` (or
-/// than the invocation lasts), wait for the message to come back.
+/// Sends at the partner's send pace, reserving the slots of all the clicks due (their shares of the spread within
+/// `max_slot_wait`) at once from the row every bridge shares, each request going at its slot with a permit of the
+/// partner's concurrency, and reporting what the partner accepted so a throttle sets the pace to it. Only slots
+/// before the pass's last start are taken: clicks whose share is further away than `max_spread_wait`, whose slot
+/// is further than `max_slot_wait` (or than the invocation lasts), or that found no permit at their slot, wait
+/// for the message to come back.
 pub(crate) async fn send_paced<T: Transport, C: Clock>(
     bridge: &Bridge<T, C>,
     partner: &Partner,
