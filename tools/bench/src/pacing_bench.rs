@@ -208,11 +208,7 @@ struct PacerRuns {
 
 impl PacerRuns {
     fn add(&mut self, summary: &pacer::RunSummary) {
-        self.runs += 1;
-        self.released_clicks += summary.released_clicks;
-        for (reason, n) in &summary.deferred {
-            *self.deferred.entry(reason.clone()).or_default() += n;
-        }
+        self.merge(PacerRuns { runs: 1, released_clicks: summary.released_clicks, deferred: summary.deferred.clone() });
     }
 
     fn merge(&mut self, other: PacerRuns) {
