@@ -5,17 +5,19 @@
 //! The schedule fires at most once a minute, so a run plans a horizon (60 one-second slots) and gives each
 //! released batch an SQS delay equal to its slot: releases flow second by second, never as a burst at the top
 //! of the minute. Each slot asks the pacing engine ([`crate::pacing::allowance`]) with the counters the earlier
-//! slots left, so every rule holds in every window. Campaigns take turns within a slot (the starting campaign
-//! rotates each second), so a huge campaign cannot starve small ones that share its partner.
+//! slots left, so every rule holds in every window. Campaigns with a plan (even, curve) go first in each slot,
+//! then ASAP campaigns take what their partners have left; within each class campaigns take turns (the starting
+//! campaign rotates each second), so a huge campaign cannot starve small ones that share its partner.
 //!
 //! A batch larger than what one second allows (a low partner rate, say) is reserved across consecutive
 //! seconds and the message tells the bridge to spread its clicks over them. A batch that only the even or
 //! curve plan holds back (its first click is due, every cap, budget and rate would let it all go) is released
 //! whole and spread until the plan has accrued its last click, so a slow plan becomes a flow, not a lump per
 //! batch. If the horizon ends first, the
-//! batch waits for the next run and what the campaign had reserved for it is given back (its day ledger and
-//! pacing counters), so no click is counted as released that no message carries; the partner's per-second
-//! counter keeps it (conservative: never over the partner's rate). Limits that accrue (the even plan, rates)
+//! batch waits for the next run and what it had reserved is given back (the campaign's day ledger and pacing
+//! counters, the partner's seconds), so no click is counted as released that no message carries: a partner's
+//! seconds booked for clicks that did not go would be seconds of its rate that nobody sends in, run after run
+//! (with overlapping runs, every run ends with such a batch). Limits that accrue (the even plan, rates)
 //! then let the whole batch go in a later run. A batch's reservation never crosses local midnight: one that
 //! would is given back and starts over on the new day, so its clicks, deliveries and spend all belong to one
 //! local day (the ledger row the bridge counts them on, at the price the claim reserved).
@@ -120,11 +122,13 @@ struct Lane {
     blocked: Option<(DeferReason, Option<DateTime<Utc>>)>,
 }
 
-/// A partial batch's reservations: the campaign's counters before it, and the ledger rows it added to.
+/// A partial batch's reservations: the campaign's counters before it, the ledger rows it added to and the
+/// partner's seconds it took.
 struct Undo {
     state: PacingState,
     touched_states: bool,
     ledger: Vec<((CampaignId, NaiveDate), DayReservation)>,
+    partner_seconds: Vec<(DateTime<Utc>, u64)>,
 }
 
 pub fn plan_releases(input: PlanInput) -> ReleasePlan {
@@ -147,18 +151,27 @@ pub fn plan_releases(input: PlanInput) -> ReleasePlan {
     let mut plan = ReleasePlan::default();
     let mut touched_partners = Vec::new();
 
+    // Campaigns with a plan (even, curve) have a schedule to keep, ASAP ones only a backlog: in every second the
+    // plan's due clicks go first and ASAP campaigns share what their partners have left. Taking turns with a
+    // backlog would leave a plan behind for good, since a shortfall is spread over the rest of its window.
+    let (planned, asap): (Vec<usize>, Vec<usize>) = (0..lanes.len()).partition(|&i| {
+        campaigns.get(&lanes[i].campaign_id).is_some_and(|(c, _)| c.pacing != crate::domain::PacingMode::Asap)
+    });
     'slots: for slot in 0..horizon_seconds {
         let t = now + Duration::seconds(i64::from(slot));
-        let n = lanes.len();
-        // Rounds of one batch per campaign, the first campaign rotating with the second, until nobody can
-        // release more in this slot: fair shares of a partner's capacity whatever the backlogs.
+        // Rounds of one batch per campaign, the first campaign of each class rotating with the second, until
+        // nobody can release more in this slot: fair shares of a partner's capacity whatever the backlogs.
+        let order: Vec<usize> = [&planned, &asap]
+            .into_iter()
+            .flat_map(|class| (0..class.len()).map(move |i| class[(i + slot as usize) % class.len()]))
+            .collect();
         loop {
             let mut progressed = false;
-            for i in 0..n {
+            for &lane_index in &order {
                 if plan.releases.len() >= max_batches {
                     break 'slots;
                 }
-                let lane = &mut lanes[(i + slot as usize) % n];
+                let lane = &mut lanes[lane_index];
                 if lane.blocked.is_some() || lane.wait_until.is_some_and(|w| t < w) {
                     continue;
                 }
@@ -178,7 +191,7 @@ pub fn plan_releases(input: PlanInput) -> ReleasePlan {
                     if local_date(campaign.time_zone, started) != local_date(campaign.time_zone, t) {
                         if let Some(undo) = lane.undo.take() {
                             *state = undo.state.clone();
-                            give_back(&mut plan, &lane.campaign_id, undo);
+                            give_back(&mut plan, &lane.campaign_id, partners.get_mut(&campaign.partner_id), undo);
                         }
                         lane.partial = None;
                     }
@@ -233,6 +246,7 @@ pub fn plan_releases(input: PlanInput) -> ReleasePlan {
                             state: state.clone(),
                             touched_states: plan.states.contains_key(&lane.campaign_id),
                             ledger: Vec::new(),
+                            partner_seconds: Vec::new(),
                         });
                     }
                     state.record_release(campaign, t, take);
@@ -245,6 +259,7 @@ pub fn plan_releases(input: PlanInput) -> ReleasePlan {
                     let reserved = DayReservation { clicks: take, micros: cost(campaign.cost_per_click, take) };
                     if let Some(undo) = lane.undo.as_mut() {
                         undo.ledger.push((key.clone(), reserved));
+                        undo.partner_seconds.push((t, take));
                     }
                     let day = plan.ledger.entry(key).or_default();
                     day.clicks += reserved.clicks;
@@ -302,7 +317,8 @@ pub fn plan_releases(input: PlanInput) -> ReleasePlan {
     for lane in &mut lanes {
         let Some(undo) = lane.undo.take() else { continue };
         if !carry_beyond_the_run(&mut plan, lane, &mut campaigns, &mut partners, now, horizon_seconds) {
-            give_back(&mut plan, &lane.campaign_id, undo);
+            let partner = campaigns.get(&lane.campaign_id).and_then(|(c, _)| partners.get_mut(&c.partner_id));
+            give_back(&mut plan, &lane.campaign_id, partner, undo);
         }
     }
     for lane in lanes {
@@ -389,8 +405,14 @@ fn carry_beyond_the_run(
     true
 }
 
-/// Takes back what a batch that did not complete within the run had reserved.
-fn give_back(plan: &mut ReleasePlan, campaign_id: &CampaignId, undo: Undo) {
+/// Takes back what a batch that did not complete within the run had reserved: its campaign's counters and
+/// ledger, and its partner's seconds, which other campaigns of the partner can then use (in a later run).
+fn give_back(plan: &mut ReleasePlan, campaign_id: &CampaignId, partner: Option<&mut PartnerLimit>, undo: Undo) {
+    if let Some(partner) = partner {
+        for (at, clicks) in &undo.partner_seconds {
+            partner.cancel_release(*at, *clicks);
+        }
+    }
     if undo.touched_states {
         plan.states.insert(campaign_id.clone(), undo.state);
     } else {

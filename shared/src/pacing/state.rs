@@ -66,6 +66,16 @@ impl WindowCounts {
         }
     }
 
+    /// Takes back clicks counted in the window starting at `window_start` that no message carries after all.
+    pub(crate) fn subtract(&mut self, window_start: DateTime<Utc>, clicks: u64) {
+        if let Ok(i) = self.0.binary_search_by_key(&window_start, |(start, _)| *start) {
+            self.0[i].1 = self.0[i].1.saturating_sub(clicks);
+            if self.0[i].1 == 0 {
+                self.0.remove(i);
+            }
+        }
+    }
+
     /// Drops the windows that start before `window_start` (they ended: nothing can be released in them).
     pub fn forget_before(&mut self, window_start: DateTime<Utc>) {
         self.0.retain(|(start, _)| *start >= window_start);
@@ -213,6 +223,11 @@ impl PartnerLimit {
     /// Counts `clicks` released to the partner at `at`.
     pub fn record_release(&mut self, at: DateTime<Utc>, clicks: u64) {
         self.second.add(RateWindow::Second.start_of(at), clicks);
+    }
+
+    /// Takes back a reservation [`Self::record_release`] made within the same plan, for clicks that did not go.
+    pub fn cancel_release(&mut self, at: DateTime<Utc>, clicks: u64) {
+        self.second.subtract(RateWindow::Second.start_of(at), clicks);
     }
 }
 
