@@ -17,6 +17,21 @@ mkdir -p "$LOCAL"
 STARTED_SERVICES=()
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+# Keeps a long step's whole output in the file $1 and shows the lines matching $2 as they come, with the time
+# since the step began, at most one every $3 seconds (default 0: every one) unless it matches $4 (always shown).
+# Exits with the step's status when used as `cmd 2>&1 | show_progress ...` under pipefail.
+show_progress() {
+  local logfile="$1" pattern="$2" every="${3:-0}" always="${4:-^$}" start=$SECONDS last=-1000 line
+  : >"$logfile"
+  while IFS= read -r line; do
+    printf '%s\n' "$line" >>"$logfile"
+    if [[ "$line" =~ $always ]] || { [[ "$line" =~ $pattern ]] && [ $((SECONDS - last)) -ge "$every" ]; }; then
+      printf '    [%dm%02ds] %s\n' $(((SECONDS - start) / 60)) $(((SECONDS - start) % 60)) "${line:0:150}" >&2
+      last=$SECONDS
+    fi
+  done
+}
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 free_port() {
@@ -112,9 +127,11 @@ install_requirements() {
   stamp="$venv/.requirements.sha"
   want="$(sha256sum "$req" | cut -d' ' -f1)"
   if [ -x "$venv/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then return; fi
-  log "installing Python tools from $(basename "$req") into $(basename "$venv")"
+  log "installing Python tools from $(basename "$req") into $(basename "$venv") (a minute or two the first time)"
   [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-  "$venv/bin/pip" install -q -r "$req"
+  "$venv/bin/pip" install --progress-bar off -r "$req" 2>&1 \
+    | show_progress "$venv/pip-install.log" '^(Collecting|Successfully installed)' 0 '^(ERROR|error)' \
+    || { tail -n 30 "$venv/pip-install.log" >&2; die "pip install -r $req failed"; }
   echo "$want" >"$stamp"
 }
 
@@ -127,12 +144,13 @@ ensure_deploy_venv() {
 
 moto_ready() { curl -sf "http://127.0.0.1:$1/moto-api/" >/dev/null 2>&1; }
 
+# `ensure_moto --quiet` says nothing when it reuses a running server (scripts/aws: its output is the CLI's).
 ensure_moto() {
   ensure_venv
   local port_file="$LOCAL/moto.port" port
   if [ -f "$port_file" ] && moto_ready "$(cat "$port_file")"; then
     port="$(cat "$port_file")"
-    log "reusing the moto server on port $port"
+    [ "${1:-}" = --quiet ] || log "reusing the moto server on port $port"
   else
     port="$(free_port)"
     log "starting the moto server on port $port"
@@ -161,6 +179,24 @@ ensure_wrk() {
 ensure_services() {
   ensure_postgres
   ensure_moto
+}
+
+# Runs a command as a child and waits for it, passing SIGINT and SIGTERM sent to this script's pid on to it:
+# a service manager, or a person in another terminal, signals the script, not its process group. The child
+# stops in its own way (the runner prints its reconciliation), then the EXIT trap stops the services.
+run_child() {
+  "$@" &
+  local child=$! status=0
+  trap 'kill -INT "$child" 2>/dev/null || true' INT
+  trap 'kill -TERM "$child" 2>/dev/null || true' TERM
+  # `wait` returns early when a trapped signal arrives; wait again until the child is gone.
+  while :; do
+    status=0
+    wait "$child" || status=$?
+    kill -0 "$child" 2>/dev/null || break
+  done
+  trap - INT TERM
+  return "$status"
 }
 
 stop_started_services() {

@@ -23,6 +23,8 @@ pub mod vars {
     pub const SLICER_MAX_DECOMPRESSED_BYTES: &str = "SLICER_MAX_DECOMPRESSED_BYTES";
     pub const SLICER_MAX_ROWS: &str = "SLICER_MAX_ROWS";
     pub const SLICER_MAX_ROW_BYTES: &str = "SLICER_MAX_ROW_BYTES";
+    /// Log filter (`tracing` directives); in Lambda, `AWS_LAMBDA_LOG_LEVEL` takes precedence.
+    pub const RUST_LOG: &str = "RUST_LOG";
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

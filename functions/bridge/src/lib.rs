@@ -170,6 +170,61 @@ pub enum MessageOutcome {
     },
 }
 
+impl MessageOutcome {
+    /// The outcome's name, as the serialised `outcome` field spells it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Delivered { .. } => "delivered",
+            Self::Stale { .. } => "stale",
+            Self::OutOfTime { .. } => "out_of_time",
+            Self::Paused { .. } => "paused",
+            Self::PartnerDisabled { .. } => "partner_disabled",
+            Self::Malformed { .. } => "malformed",
+        }
+    }
+
+    /// One message's outcome as log fields, at debug: a line per message is detail (the event log and the
+    /// delivery results hold every click's fate), and a malformed message is a warning.
+    fn log(&self, message_id: &str) {
+        match self {
+            Self::Delivered { batch_id, tally, sent, requeued } => tracing::debug!(
+                message_id,
+                outcome = self.name(),
+                batch_id,
+                requests = sent,
+                clicks = tally.clicks,
+                delivered = tally.delivered,
+                dead = tally.dead,
+                finished = tally.finished,
+                requeued,
+                "message handled"
+            ),
+            Self::Stale { batch_id, state } => {
+                tracing::debug!(
+                    message_id,
+                    outcome = self.name(),
+                    batch_id,
+                    state = state.as_deref(),
+                    "message handled"
+                )
+            }
+            Self::OutOfTime { batch_id } => {
+                tracing::debug!(message_id, outcome = self.name(), batch_id, "message handled")
+            }
+            Self::Paused { batch_id, until } | Self::PartnerDisabled { batch_id, until } => tracing::debug!(
+                message_id,
+                outcome = self.name(),
+                batch_id,
+                until = %until,
+                "message handled"
+            ),
+            Self::Malformed { reason } => {
+                tracing::warn!(message_id, outcome = self.name(), reason, "message handled")
+            }
+        }
+    }
+}
+
 /// Handles one SQS event; reports only the messages that must come back.
 pub async fn handle_event<T: Transport, C: Clock>(
     bridge: &Bridge<T, C>,
@@ -187,7 +242,7 @@ pub async fn handle_event<T: Transport, C: Clock>(
     let mut response = SqsBatchResponse::default();
     for (id, result) in results {
         match result {
-            Ok(outcome) => tracing::info!(message_id = id, outcome = ?outcome, "message handled"),
+            Ok(outcome) => outcome.log(&id),
             Err(e) => {
                 tracing::warn!(message_id = id, error = %e, "message returns to the queue");
                 let mut failure = BatchItemFailure::default();

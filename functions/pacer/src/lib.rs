@@ -72,6 +72,32 @@ pub struct RunSummary {
     pub invalid_campaigns: BTreeMap<String, String>,
 }
 
+impl RunSummary {
+    /// The run as log fields (queryable in CloudWatch Logs Insights): at info when it examined batches, at
+    /// debug when it found nothing to do, so an idle schedule does not fill the log.
+    pub fn log(&self) {
+        let deferred = self.deferred.iter().map(|(reason, n)| format!("{reason}={n}")).collect::<Vec<_>>().join(" ");
+        let invalid = self.invalid_campaigns.keys().cloned().collect::<Vec<_>>().join(" ");
+        macro_rules! run {
+            ($level:ident) => {
+                tracing::$level!(
+                    examined = self.examined,
+                    reclaimed = self.reclaimed,
+                    claimed = self.claimed,
+                    released = self.released,
+                    released_clicks = self.released_clicks,
+                    unsent = self.unsent,
+                    lag_seconds = self.lag_seconds,
+                    deferred,
+                    invalid_campaigns = invalid,
+                    "pacer run"
+                )
+            };
+        }
+        if self.examined > 0 { run!(info) } else { run!(debug) }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum PacerError {
     #[error(transparent)]
@@ -91,7 +117,7 @@ pub async fn run_once<Q: ClickQueue>(pacer: &Pacer<Q>, now: DateTime<Utc>) -> Re
     let client = pacer.pool.get().await.map_err(DbError::from)?;
     mark_queued(&**client, &sent, pacer.settings.claim.queued_lease).await?;
     let summary = summarise(claim, now, messages.len() as u64, sent.len() as u64);
-    tracing::info!(summary = ?summary, "pacer run");
+    summary.log();
     Ok(summary)
 }
 

@@ -104,6 +104,66 @@ pub enum UploadOutcome {
     },
 }
 
+impl UploadOutcome {
+    /// The outcome's name, as the serialised `outcome` field and log lines spell it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Completed { .. } => "completed",
+            Self::Failed { .. } => "failed",
+            Self::Suspended { .. } => "suspended",
+            Self::AlreadyFinished { .. } => "already_finished",
+            Self::InProgressElsewhere { .. } => "in_progress_elsewhere",
+            Self::Ignored { .. } => "ignored",
+        }
+    }
+
+    pub fn upload_id(&self) -> Option<i64> {
+        match self {
+            Self::Completed { upload_id, .. }
+            | Self::Failed { upload_id, .. }
+            | Self::Suspended { upload_id, .. }
+            | Self::AlreadyFinished { upload_id, .. }
+            | Self::InProgressElsewhere { upload_id } => Some(*upload_id),
+            Self::Ignored { .. } => None,
+        }
+    }
+
+    /// The rows read so far, for outcomes that read the file.
+    pub fn counts(&self) -> Option<&UploadCounts> {
+        match self {
+            Self::Completed { counts, .. } | Self::Failed { counts, .. } | Self::Suspended { counts, .. } => {
+                Some(counts)
+            }
+            _ => None,
+        }
+    }
+
+    /// Why the upload failed or was ignored.
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            Self::Failed { reason, .. } | Self::Ignored { reason } => Some(reason),
+            _ => None,
+        }
+    }
+}
+
+/// Logs one object's outcome as fields (queryable in CloudWatch Logs Insights), not as a `Debug` dump.
+fn log_outcome(bucket: &str, key: &str, outcome: &UploadOutcome) {
+    let counts = outcome.counts();
+    tracing::info!(
+        bucket,
+        key,
+        outcome = outcome.name(),
+        upload_id = outcome.upload_id(),
+        rows = counts.map(|c| c.rows),
+        accepted = counts.map(|c| c.accepted),
+        rejected = counts.map(|c| c.rejected),
+        duplicate = counts.map(|c| c.duplicate),
+        reason = outcome.reason(),
+        "object handled"
+    );
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct ObjectReport {
     pub bucket: String,
@@ -161,7 +221,7 @@ pub async fn handle_event(
                 if matches!(outcome, UploadOutcome::Suspended { .. }) {
                     unfinished.push(format!("{key}: suspended at the time budget"));
                 }
-                tracing::info!(bucket, key, outcome = ?outcome, "object handled");
+                log_outcome(&bucket, &key, &outcome);
                 reports.push(ObjectReport { bucket, key, outcome });
             }
             Err(e) => {
@@ -517,7 +577,7 @@ async fn fail(
     Ok(UploadOutcome::Failed { upload_id: lease.upload_id, reason, counts: lease.done })
 }
 
-/// Writes `rejects/<key>.csv` when the upload has rejected rows (all of them, from every invocation).
+/// Writes the rejects report ([`UploadKey::rejects_key`]) when the upload has rejected rows (all of them, from every invocation).
 async fn write_rejects_report(
     slicer: &Slicer,
     lease: &UploadLease,

@@ -169,7 +169,7 @@ async fn plain_csv_with_bad_rows_of_every_kind() {
     assert_eq!(w.stored().await.0, 3);
 
     let UploadOutcome::Completed { rejects_key: Some(rejects_key), .. } = outcome else { panic!("{outcome:?}") };
-    assert_eq!(rejects_key, "rejects/mixed.csv.csv");
+    assert_eq!(rejects_key, "rejects/mixed.csv");
     let report = String::from_utf8(w.objects.get_bytes(&w.bucket, &rejects_key).await.unwrap()).unwrap();
     let lines: Vec<&str> = report.lines().collect();
     assert_eq!(lines[0], "row,reason,raw");
@@ -267,7 +267,7 @@ async fn unknown_campaign_and_unreadable_files_are_answered() {
     let w = world(1000).await;
     let etag = w.put("incoming/ghost/a.csv", csv_rows(0..5)).await;
     assert_eq!(counts(&w.slice("incoming/ghost/a.csv", &etag).await), (5, 0, 5, 0));
-    let report = w.objects.get_bytes(&w.bucket, "rejects/ghost/a.csv.csv").await.unwrap();
+    let report = w.objects.get_bytes(&w.bucket, "rejects/ghost/a.csv").await.unwrap();
     assert!(String::from_utf8(report).unwrap().contains("unknown campaign \"\"ghost\"\""));
 
     let etag = w.put("incoming/spring/photo.bin", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR".to_vec()).await;
@@ -581,7 +581,7 @@ async fn killed_at_any_point_resumes_without_loss_or_duplicates() {
         "SELECT (sum(last_row - first_row + 1) = 1500 AND min(first_row) = 1 AND max(last_row) = 1500)::int::bigint
                     FROM upload_chunks";
     assert_eq!(w.scalar(coverage).await, 1, "the committed chunks cover the file");
-    let report = w.objects.get_bytes(&w.bucket, "rejects/mixed.csv.csv").await.unwrap();
+    let report = w.objects.get_bytes(&w.bucket, "rejects/mixed.csv").await.unwrap();
     let lines = String::from_utf8(report).unwrap().lines().count() as u64;
     assert_eq!(lines, expected.2 + 1, "every rejected row in the report, once");
 }
@@ -700,7 +700,7 @@ async fn a_campaign_that_cannot_be_loaded_rejects_only_its_own_rows() {
     let body = "click_id,campaign_id,clicked_at\nk1,spring,1764324000\nk2,summer,1764324000\nk3,spring,1764324000\n";
     let etag = w.put("incoming/mixed.csv", body).await;
     assert_eq!(counts(&w.slice("incoming/mixed.csv", &etag).await), (3, 2, 1, 0));
-    let report = w.objects.get_bytes(&w.bucket, "rejects/mixed.csv.csv").await.unwrap();
+    let report = w.objects.get_bytes(&w.bucket, "rejects/mixed.csv").await.unwrap();
     let report = String::from_utf8(report).unwrap();
     assert!(report.contains("campaign \"\"summer\"\" cannot take clicks"), "{report}");
     assert!(report.contains("posix/America/New_York"), "{report}");
@@ -752,8 +752,8 @@ fn limited(limits: IngestLimits) -> SlicerSettings {
 
 /// The rejects report's lines after the header.
 async fn report_lines(w: &World, key: &str) -> Vec<String> {
-    let name = key.strip_prefix("incoming/").unwrap_or(key);
-    let report = w.objects.get_bytes(&w.bucket, &format!("rejects/{name}.csv")).await.unwrap();
+    let upload = clickpacer::ingest::UploadKey { bucket: w.bucket.clone(), key: key.to_owned() };
+    let report = w.objects.get_bytes(&w.bucket, &upload.rejects_key()).await.unwrap();
     String::from_utf8(report).unwrap().lines().skip(1).map(str::to_owned).collect()
 }
 

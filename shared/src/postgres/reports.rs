@@ -61,10 +61,21 @@ pub struct UploadReconciliation {
     pub duplicate_rows: i64,
     /// Clicks stored for this upload: must equal `accepted_rows`.
     pub stored_clicks: i64,
-    /// Rejected rows by reason.
-    pub rejects: Vec<(String, i64)>,
+    /// Rejected rows by reason, most frequent first.
+    pub rejects: Vec<RejectGroup>,
     #[serde(flatten)]
     pub fates: ClickFates,
+}
+
+/// Rejected rows of one upload whose reasons differ only in the values they quote (`unknown campaign "a"`,
+/// `unknown campaign "b"`): one line each in a report, however many values a file gets wrong.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RejectGroup {
+    /// One of the reasons in full, values and all (the first in sort order).
+    pub example: String,
+    pub rows: i64,
+    /// Distinct reasons in the group (1: every row had exactly `example`).
+    pub distinct: i64,
 }
 
 impl UploadReconciliation {
@@ -150,8 +161,9 @@ pub async fn uploads(db: &impl GenericClient) -> Result<Vec<UploadReconciliation
         .await?;
     let reasons = db
         .query(
-            "SELECT upload_id, regexp_replace(reason, '\"[^\"]*\"', '\"…\"', 'g') AS reason, count(*)
-             FROM upload_rejects GROUP BY 1, 2 ORDER BY 1, 3 DESC",
+            "SELECT upload_id, min(reason) AS example, count(*) AS rows, count(DISTINCT reason) AS distinct_reasons
+             FROM upload_rejects GROUP BY upload_id, regexp_replace(reason, '\"[^\"]*\"', '\"\"', 'g')
+             ORDER BY 1, 3 DESC, 2",
             &[],
         )
         .await?;
@@ -172,7 +184,11 @@ pub async fn uploads(db: &impl GenericClient) -> Result<Vec<UploadReconciliation
                 rejects: reasons
                     .iter()
                     .filter(|x| x.get::<_, i64>(0) == upload_id)
-                    .map(|x| (x.get(1), x.get(2)))
+                    .map(|x| RejectGroup {
+                        example: x.get("example"),
+                        rows: x.get("rows"),
+                        distinct: x.get("distinct_reasons"),
+                    })
                     .collect(),
                 fates: by_upload.get(&upload_id).cloned().unwrap_or_default(),
             }

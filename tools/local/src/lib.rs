@@ -11,6 +11,9 @@
 //! Nothing here implements a function's logic: the runner only wires events to the handlers the Lambdas run.
 
 pub mod demo;
+mod reconciliation;
+
+pub use reconciliation::{render_partner_report, render_reconciliation};
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -302,8 +305,12 @@ impl Pipeline {
                 let budget = Deadline::after(timeout);
                 match tokio::time::timeout(timeout, slicer::handle_event(&self.slicer, event, &budget)).await {
                     Ok(Ok(reports)) => {
+                        // One line per finished upload for the person watching (the slicer logs each object
+                        // as fields too, at info).
                         for report in reports {
-                            tracing::info!(key = report.key, outcome = ?report.outcome, "upload");
+                            if let Some(line) = reconciliation::render_upload_finished(&report) {
+                                println!("{line}");
+                            }
                         }
                         let _ = self.upload_events.delete(&message.receipt_handle).await;
                     }
@@ -328,8 +335,7 @@ impl Pipeline {
             tick.tick().await;
             let run = pacer::run_once(&self.pacer, Utc::now());
             match tokio::time::timeout(self.timing.timeouts.pacer, run).await {
-                Ok(Ok(summary)) if summary.examined > 0 => tracing::info!(summary = ?summary, "pacer"),
-                Ok(Ok(_)) => {}
+                Ok(Ok(_)) => {} // run_once logs its summary
                 Ok(Err(e)) => tracing::warn!(error = %e, "pacer run failed"),
                 Err(_) => tracing::warn!("pacer stopped at its timeout"),
             }
@@ -481,67 +487,6 @@ impl Progress {
         }
         out
     }
-}
-
-/// The reconciliation, printed; returns whether every line holds.
-pub fn render_reconciliation(uploads: &[UploadReconciliation], campaigns: &[CampaignReconciliation]) -> (String, bool) {
-    let mut ok = true;
-    let mut out = String::from(
-        "Uploads: rows = accepted + rejected + duplicate; accepted = delivered + dead + cancelled + pending\n",
-    );
-    for u in uploads {
-        let holds = u.holds();
-        ok &= holds;
-        out.push_str(&format!(
-            "  {} {:<46} {:>10}: rows {} = {} + {} + {}; {} = {} + {} + {} + {}  [{}]{}\n",
-            if holds { "ok " } else { "BAD" },
-            u.object_key,
-            u.status,
-            u.rows,
-            u.accepted_rows,
-            u.rejected_rows,
-            u.duplicate_rows,
-            u.fates.accepted,
-            u.fates.delivered,
-            u.fates.dead,
-            u.fates.cancelled,
-            u.fates.pending,
-            u.status_detail.as_deref().unwrap_or(""),
-            problems(&u.fates),
-        ));
-        for (reason, n) in &u.rejects {
-            out.push_str(&format!("        rejected {n:>6} × {reason}\n"));
-        }
-    }
-    out.push_str("Campaigns: accepted = delivered + dead + cancelled + pending\n");
-    for c in campaigns {
-        let holds = c.fates.holds();
-        ok &= holds;
-        out.push_str(&format!(
-            "  {} {:<18} {} = {} + {} + {} + {}{}\n",
-            if holds { "ok " } else { "BAD" },
-            c.campaign_id,
-            c.fates.accepted,
-            c.fates.delivered,
-            c.fates.dead,
-            c.fates.cancelled,
-            c.fates.pending,
-            problems(&c.fates),
-        ));
-    }
-    (out, ok)
-}
-
-/// What breaks a line beyond its sums: stranded and unaccounted clicks.
-fn problems(fates: &reports::ClickFates) -> String {
-    let mut out = String::new();
-    if fates.stranded > 0 {
-        out.push_str(&format!("  ({} stranded: pending with nothing coming for them)", fates.stranded));
-    }
-    if fates.unaccounted > 0 {
-        out.push_str(&format!("  ({} unaccounted)", fates.unaccounted));
-    }
-    out
 }
 
 /// The local endpoint leaves out record fields S3 always sends (who made the request and from where); they carry

@@ -11,7 +11,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use clickpacer::config::{DatabaseConfig, Env};
 use clickpacer::postgres::replay::{self, ReplayScope};
-use local::{Names, Pipeline, Timing, demo, render_reconciliation};
+use local::{Names, Pipeline, Timing, demo, render_partner_report, render_reconciliation};
 use tokio::sync::watch;
 
 #[derive(Parser)]
@@ -63,13 +63,18 @@ struct RunArgs {
     /// Give up waiting for the drain after this many seconds.
     #[arg(long, default_value_t = 900)]
     timeout: u64,
+    /// Name the local bucket, queues and table `<PREFIX>-uploads` and so on (default `clickpacer`), so that a
+    /// second runner (a test's) does not take the first one's messages.
+    #[arg(long, default_value = "clickpacer")]
+    names_prefix: String,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    clickpacer::telemetry::init();
+    let env = Env::from_process();
+    clickpacer::telemetry::init_terminal(&env);
     let cli = Cli::parse();
-    let database = DatabaseConfig::from_env(&Env::from_process())?;
+    let database = DatabaseConfig::from_env(&env)?;
     let sdk = clickpacer::aws::load_sdk_config().await;
     let (run, clicks) = match cli.command {
         Command::Demo { clicks, run } => (run, Some(clicks)),
@@ -98,7 +103,7 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     let timing = Timing { pacer_every: Duration::from_secs(if run.fast { 5 } else { 60 }), ..Timing::default() };
-    let pipeline = Pipeline::start(&sdk, &database, Names::local(), timing).await?;
+    let pipeline = Pipeline::start(&sdk, &database, Names::with_prefix(&run.names_prefix), timing).await?;
     let sim = partner_sim::spawn(partner_sim::Config::default()).await?;
     demo::seed_partners(&pipeline.pool, &sim).await?;
     let (requeued, resumed) = pipeline.resume().await?;
@@ -134,16 +139,13 @@ async fn main() -> anyhow::Result<()> {
     if run.until_drained {
         let drained = tokio::select! {
             drained = pipeline.run_until_drained(Duration::from_secs(run.timeout), show) => drained?,
-            _ = tokio::signal::ctrl_c() => false,
+            _ = stop_requested() => false,
         };
         let (uploads, campaigns) = pipeline.reconciliation().await?;
         let (text, ok) = render_reconciliation(&uploads, &campaigns);
         print!("{text}");
         let report = sim.sim.report();
-        println!(
-            "partners received {} requests: {} accepted, {} throttled (429), {} clicks accepted twice",
-            report.total_requests, report.accepted, report.throttled, report.duplicate_accepted_keys
-        );
+        print!("{}", render_partner_report(&report));
         if !drained {
             println!("stopped before the pipeline drained");
         }
@@ -161,9 +163,27 @@ async fn main() -> anyhow::Result<()> {
     tokio::select! {
         _ = pipeline.run(stopped) => {}
         _ = ticker => {}
-        _ = tokio::signal::ctrl_c() => { let _ = stop.send(true); }
+        _ = stop_requested() => { let _ = stop.send(true); }
     }
     let (uploads, campaigns) = pipeline.reconciliation().await?;
     print!("{}", render_reconciliation(&uploads, &campaigns).0);
+    print!("{}", render_partner_report(&sim.sim.report()));
     Ok(())
+}
+
+/// Ctrl-C, or SIGINT or SIGTERM to this process (a service manager, `kill`, or `scripts/demo` passing on the one it
+/// got): the runner stops what it runs and prints its reconciliation.
+async fn stop_requested() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
 }
