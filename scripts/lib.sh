@@ -22,12 +22,13 @@ log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 # since the step began, at most one every $3 seconds (default 0: every one) unless it matches $4 (always shown).
 # Exits with the step's status when used as `cmd 2>&1 | show_progress ...` under pipefail.
 show_progress() {
-  local logfile="$1" pattern="$2" every="${3:-0}" always="${4:-^$}" start=$SECONDS last=-1000 line
+  local logfile="$1" pattern="$2" every="${3:-0}" always="${4:-^$}" start=$SECONDS last=-1000 line shown
   : >"$logfile"
   while IFS= read -r line; do
     printf '%s\n' "$line" >>"$logfile"
     if [[ "$line" =~ $always ]] || { [[ "$line" =~ $pattern ]] && [ $((SECONDS - last)) -ge "$every" ]; }; then
-      printf '    [%dm%02ds] %s\n' $(((SECONDS - start) / 60)) $(((SECONDS - start) % 60)) "${line:0:150}" >&2
+      shown="${line%% (from *}" # pip's "Collecting x (from y->z ...)": the package is enough
+      printf '    [%dm%02ds] %s\n' $(((SECONDS - start) / 60)) $(((SECONDS - start) % 60)) "${shown:0:150}" >&2
       last=$SECONDS
     fi
   done
