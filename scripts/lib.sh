@@ -20,20 +20,38 @@ log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
 # Keeps a long step's whole output in the file $1 and shows the lines matching $2 as they come, with the time
 # since the step began, at most one every $3 seconds (default 0: every one) unless it matches $4 (always shown).
-# Exits with the step's status when used as `cmd 2>&1 | show_progress ...` under pipefail.
+# With $5 (seconds), a step silent that long says it is still going and what rustc is compiling (`sam build`
+# prints a function's build output only when the function is done). Exits with the step's status when used as
+# `cmd 2>&1 | show_progress ...` under pipefail.
 show_progress() {
-  local logfile="$1" pattern="$2" every="${3:-0}" always="${4:-^$}" start=$SECONDS last=-1000 line shown
+  local logfile="$1" pattern="$2" every="${3:-0}" always="${4:-^$}" heartbeat="${5:-0}"
+  local start=$SECONDS last=-1000 line="" partial="" shown rc crate
   : >"$logfile"
-  while IFS= read -r line; do
+  while :; do
+    if [ "$heartbeat" -gt 0 ]; then
+      IFS= read -r -t "$heartbeat" line && rc=0 || rc=$?
+    else
+      IFS= read -r line && rc=0 || rc=$?
+    fi
+    if [ "$rc" -gt 128 ]; then
+      # Timed out: keep what came of the line so far, and say the step is alive.
+      partial+="$line"
+      crate="$(pgrep -a rustc 2>/dev/null | sed -n 's/.*--crate-name \([^ ]*\).*/\1/p' | head -n 1)"
+      printf '    [%dm%02ds] still going%s\n' $(((SECONDS - start) / 60)) $(((SECONDS - start) % 60)) \
+        "${crate:+: compiling $crate}" >&2
+      continue
+    fi
+    [ "$rc" -eq 0 ] || [ -n "$partial$line" ] || break
+    line="$partial$line"; partial=""
     printf '%s\n' "$line" >>"$logfile"
     if [[ "$line" =~ $always ]] || { [[ "$line" =~ $pattern ]] && [ $((SECONDS - last)) -ge "$every" ]; }; then
       shown="${line%% (from *}" # pip's "Collecting x (from y->z ...)": the package is enough
       printf '    [%dm%02ds] %s\n' $(((SECONDS - start) / 60)) $(((SECONDS - start) % 60)) "${shown:0:150}" >&2
       last=$SECONDS
     fi
+    [ "$rc" -eq 0 ] || break
   done
 }
-die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
