@@ -24,7 +24,7 @@ log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 # prints a function's build output only when the function is done). Exits with the step's status when used as
 # `cmd 2>&1 | show_progress ...` under pipefail.
 show_progress() {
-  local logfile="$1" pattern="$2" every="${3:-0}" always="${4:-^$}" heartbeat="${5:-0}"
+  local logfile="$1" pattern="$2" every="${3:-0}" always="${4:-}" heartbeat="${5:-0}"
   local start=$SECONDS last=-1000 line="" partial="" shown rc crate
   : >"$logfile"
   while :; do
@@ -44,7 +44,7 @@ show_progress() {
     [ "$rc" -eq 0 ] || [ -n "$partial$line" ] || break
     line="$partial$line"; partial=""
     printf '%s\n' "$line" >>"$logfile"
-    if [[ "$line" =~ $always ]] || { [[ "$line" =~ $pattern ]] && [ $((SECONDS - last)) -ge "$every" ]; }; then
+    if { [ -n "$always" ] && [[ "$line" =~ $always ]]; } || { [[ "$line" =~ $pattern ]] && [ $((SECONDS - last)) -ge "$every" ]; }; then
       shown="${line%% (from *}" # pip's "Collecting x (from y->z ...)": the package is enough
       printf '    [%dm%02ds] %s\n' $(((SECONDS - start) / 60)) $(((SECONDS - start) % 60)) "${shown:0:150}" >&2
       last=$SECONDS
