@@ -379,7 +379,11 @@ fn rules_at(
     }
     if let Some(rate) = partner.effective_rate_per_second() {
         let start = RateWindow::Second.start_millis(at_ms);
-        let used = partner.second.released_in(at_millis(start)) + partner.overdue_in(at_millis(start), rate);
+        // Clicks the bridges still owe the partner hold back ASAP campaigns only. A planned (even or curve)
+        // campaign's due clicks are part of a promise per local hour: deferring them behind an ASAP backlog
+        // turns that backlog into plan error, while the ASAP campaigns, which have no such promise, absorb it.
+        let owed = if campaign.pacing == PacingMode::Asap { partner.overdue_in(at_millis(start), rate) } else { 0 };
+        let used = partner.second.released_in(at_millis(start)) + owed;
         rules.push(rate_rule(DeferReason::PartnerRate, rate, used, start, 1_000, at_ms));
     }
     rules
@@ -737,6 +741,23 @@ mod tests {
             Some(next + Duration::seconds(1)),
         );
         assert_eq!(allowance(&c, &PacingState::default(), &partner, 10, now + Duration::seconds(2)).clicks, 4);
+    }
+
+    #[test]
+    fn clicks_the_bridges_owe_hold_back_asap_campaigns_but_not_a_plan_that_is_due() {
+        let mut c = campaign(Tz::UTC);
+        c.pacing = PacingMode::Even;
+        c.daily_cap = Some(86_400 * 3);
+        let now = utc(2024, 5, 1, 12, 0, 0);
+        let overdue = Some(crate::pacing::Overdue { clicks: 40, since: now });
+        let partner = PartnerLimit { rate_per_second: Some(4), overdue, ..PartnerLimit::unlimited() };
+        // Half the day is due and nothing went yet: the partner's rate bounds the plan, the backlog does not.
+        let a = allowance(&c, &PacingState::default(), &partner, 10, now);
+        assert_deferred(a, 4, DeferReason::PartnerRate, Some(now + Duration::seconds(1)));
+        // An ASAP campaign waits until the 40 owed clicks had their 10 seconds at 4 a second.
+        c.pacing = PacingMode::Asap;
+        let a = allowance(&c, &PacingState::default(), &partner, 10, now);
+        assert_deferred(a, 0, DeferReason::PartnerRate, Some(now + Duration::seconds(10)));
     }
 
     #[test]

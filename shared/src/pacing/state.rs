@@ -169,7 +169,8 @@ pub struct PartnerLimit {
     /// Clicks released earlier that the bridges should have sent by now and have not (they are behind: retries,
     /// a throttle, late invocations). They take the partner's first seconds from the run's start, so the pacer
     /// releases less until the bridges catch up instead of queueing ever more in front of them, where the clicks
-    /// of every other campaign of the partner would wait behind them.
+    /// of every other campaign of the partner would wait behind them. They hold back ASAP campaigns only: a planned
+    /// campaign's due clicks go on plan (the partner's rate still bounds them).
     #[serde(default)]
     pub overdue: Option<Overdue>,
 }
