@@ -1,55 +1,234 @@
-//! The API handler against a real PostgreSQL, with requests shaped like API Gateway's (HTTP API, payload 2.0).
+//! The management API's router against a real PostgreSQL, called as the Lambda adapter and the local runner call
+//! it: an HTTP request in, an HTTP response out.
 
-use aws_lambda_events::encodings::Body;
-use aws_lambda_events::event::apigw::ApiGatewayV2httpRequest;
+use axum::body::Body;
+use axum::http::{Request, header};
 use clickpacer::domain::{Campaign, CampaignId, Partner, PartnerId};
 use clickpacer::postgres::{campaigns, partners};
 use clickpacer::testing::TestDb;
 use serde_json::{Value, json};
+use tower::ServiceExt;
 
-fn request(method: &str, path: &str) -> ApiGatewayV2httpRequest {
-    serde_json::from_value(json!({
-        "version": "2.0", "routeKey": format!("{method} /{{proxy+}}"), "rawPath": path, "rawQueryString": "",
-        "headers": {"authorization": "Bearer x"},
-        "requestContext": {"accountId": "123456789012", "apiId": "api", "domainName": "api.example",
-            "domainPrefix": "api", "http": {"method": method, "path": path, "protocol": "HTTP/1.1",
-            "sourceIp": "203.0.113.1", "userAgent": "test"}, "requestId": "r", "routeKey": "r", "stage": "$default",
-            "time": "28/Nov/2026:10:00:00 +0000", "timeEpoch": 1795860000000_i64},
-        "isBase64Encoded": false
-    }))
-    .unwrap()
+#[derive(Debug)]
+struct Reply {
+    status: u16,
+    etag: Option<String>,
+    content_type: String,
+    body: Value,
 }
 
-async fn call(db: &TestDb, method: &str, path: &str) -> (i64, Value) {
-    let response = api::handle(&db.pool, &request(method, path)).await;
-    let Some(Body::Text(body)) = response.body else { panic!("no body") };
-    (response.status_code, serde_json::from_str(&body).unwrap())
+async fn send(db: &TestDb, method: &str, path: &str, headers: &[(&str, &str)], body: Option<Value>) -> Reply {
+    let mut request = Request::builder().method(method).uri(path);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let body = body.map_or(Body::empty(), |b| Body::from(b.to_string()));
+    let response = api::router(db.pool.clone()).oneshot(request.body(body).unwrap()).await.unwrap();
+    let get = |name| response.headers().get(name).map(|v| v.to_str().unwrap().to_string());
+    let (etag, content_type) = (get(header::ETAG), get(header::CONTENT_TYPE).unwrap_or_default());
+    let status = response.status().as_u16();
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+    let body = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap() };
+    Reply { status, etag, content_type, body }
+}
+
+async fn get(db: &TestDb, path: &str) -> Reply {
+    send(db, "GET", path, &[], None).await
+}
+
+async fn post(db: &TestDb, path: &str, body: Value) -> Reply {
+    send(db, "POST", path, &[], Some(body)).await
+}
+
+async fn seed_partner(db: &TestDb, id: &str, enabled: bool) {
+    let mut p = Partner::get(PartnerId::parse(id).unwrap(), "https://partner.example/c?id={click_id}");
+    p.enabled = enabled;
+    p.signing_secret = Some("super-secret-value-123".into());
+    partners::upsert(&**db.client().await, &p).await.unwrap();
+}
+
+fn spring() -> Value {
+    json!({"campaign_id": "spring", "name": "Spring sale", "partner_id": "acme", "time_zone": "America/New_York",
+        "pacing_mode": "even", "daily_cap": 1000})
 }
 
 #[tokio::test]
-async fn routes_answer_with_json_and_keep_secrets() {
+async fn read_views_answer_with_json_and_keep_secrets() {
     let db = TestDb::new().await;
-    {
-        let client = db.client().await;
-        let mut p = Partner::get(PartnerId::parse("acme").unwrap(), "https://acme.example/c?id={click_id}");
-        p.signing_secret = Some("super-secret-value-123".into());
-        partners::upsert(&**client, &p).await.unwrap();
-        campaigns::upsert(&**client, &Campaign::unlimited(CampaignId::parse("spring").unwrap(), p.partner_id))
-            .await
-            .unwrap();
-    }
-    assert_eq!(call(&db, "GET", "/health").await, (200, json!({"status": "ok", "events_waiting": 0})));
-    let (status, body) = call(&db, "GET", "/partners").await;
-    assert_eq!(status, 200);
-    assert_eq!(body["partners"][0]["partner_id"], "acme");
-    assert!(!body.to_string().contains("super-secret"), "signing secrets never leave: {body}");
-    let (status, body) = call(&db, "GET", "/campaigns/spring/pacing").await;
-    assert_eq!((status, body["campaign"]["campaign_id"].clone()), (200, json!("spring")));
-    let (status, body) = call(&db, "GET", "/reconciliation").await;
-    assert_eq!((status, body["holds"].clone()), (200, json!(true)));
+    seed_partner(&db, "acme", true).await;
+    campaigns::upsert(
+        &**db.client().await,
+        &Campaign::unlimited(CampaignId::parse("spring").unwrap(), PartnerId::parse("acme").unwrap()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(get(&db, "/health").await.body, json!({"status": "ok", "events_waiting": 0}));
+    let r = get(&db, "/partners").await;
+    assert_eq!((r.status, &r.body["partners"][0]["partner_id"]), (200, &json!("acme")));
+    assert!(!r.body.to_string().contains("super-secret"), "signing secrets never leave: {}", r.body);
+    let r = get(&db, "/campaigns/spring/pacing").await;
+    assert_eq!((r.status, &r.body["campaign"]["campaign_id"]), (200, &json!("spring")));
+    let r = get(&db, "/reconciliation").await;
+    assert_eq!((r.status, &r.body["holds"]), (200, &json!(true)));
 
-    assert_eq!(call(&db, "GET", "/campaigns/ghost/pacing").await.0, 404);
-    assert_eq!(call(&db, "GET", "/campaigns/bad%20id/pacing").await.0, 400);
-    assert_eq!(call(&db, "GET", "/nope").await.0, 404);
-    assert_eq!(call(&db, "DELETE", "/campaigns").await.0, 405);
+    assert_eq!(get(&db, "/campaigns/ghost/pacing").await.status, 404);
+    assert_eq!(get(&db, "/campaigns/bad%20id/pacing").await.status, 400);
+    let r = get(&db, "/nope").await;
+    assert_eq!((r.status, r.content_type.as_str()), (404, "application/problem+json"));
+    assert_eq!(r.body["detail"], "no route /nope");
+    let r = send(&db, "DELETE", "/campaigns", &[], None).await;
+    assert_eq!((r.status, r.content_type.as_str()), (405, "application/problem+json"));
+}
+
+#[tokio::test]
+async fn a_campaign_is_created_read_and_listed() {
+    let db = TestDb::new().await;
+    seed_partner(&db, "acme", true).await;
+    let r = post(&db, "/campaigns", spring()).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    assert_eq!(r.etag.as_deref(), Some("\"1\""));
+    assert_eq!(r.body["status"], "active");
+    assert_eq!(r.body["version"], 1);
+    assert_eq!(r.body["catch_up"], "spread");
+    assert_eq!(r.body["time_zone"], "America/New_York");
+
+    let read = get(&db, "/campaigns/spring").await;
+    assert_eq!((read.status, read.etag.as_deref()), (200, Some("\"1\"")));
+    assert_eq!(read.body, r.body);
+    let stored = campaigns::get(&**db.client().await, &CampaignId::parse("spring").unwrap()).await.unwrap().unwrap();
+    assert_eq!(stored.daily_cap, Some(1000));
+
+    let again = post(&db, "/campaigns", spring()).await;
+    assert_eq!(again.status, 409);
+    assert_eq!(again.body["detail"], "campaign \"spring\" exists already");
+    assert_eq!(get(&db, "/campaigns/ghost").await.status, 404);
+}
+
+#[tokio::test]
+async fn invalid_campaigns_are_answered_field_by_field_and_nothing_is_stored() {
+    let db = TestDb::new().await;
+    seed_partner(&db, "off", false).await;
+    let mut body = spring();
+    body["time_zone"] = json!("Mars/Olympus");
+    body["partner_id"] = json!("ghost");
+    body["pacing_mode"] = json!("hourly_curve");
+    body["hourly_weights"] = json!([1, 1, 1]);
+    let r = post(&db, "/campaigns", body).await;
+    assert_eq!((r.status, r.content_type.as_str()), (422, "application/problem+json"));
+    let fields: Vec<&str> = r.body["errors"].as_array().unwrap().iter().map(|e| e["field"].as_str().unwrap()).collect();
+    assert_eq!(fields, ["time_zone", "hourly_weights", "partner_id"], "{}", r.body);
+    assert_eq!(r.body["errors"][2]["message"], "no partner \"ghost\"");
+
+    let mut body = spring();
+    body["partner_id"] = json!("off");
+    let r = post(&db, "/campaigns", body).await;
+    assert_eq!(r.body["errors"], json!([{"field": "partner_id", "message": "partner \"off\" is disabled"}]));
+
+    let mut body = spring();
+    body["daily_cap"] = json!("lots");
+    let r = post(&db, "/campaigns", body).await;
+    assert_eq!((r.status, &r.body["errors"][0]["field"]), (422, &json!("daily_cap")));
+    let r = send(&db, "POST", "/campaigns", &[], None).await;
+    assert_eq!(r.status, 400);
+    assert!(r.body["detail"].as_str().unwrap().contains("not valid JSON"), "{}", r.body);
+    assert!(get(&db, "/campaigns").await.body["items"].as_array().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn an_update_names_the_version_it_was_made_from() {
+    let db = TestDb::new().await;
+    seed_partner(&db, "acme", true).await;
+    post(&db, "/campaigns", spring()).await;
+    let mut edit = spring();
+    edit["daily_cap"] = json!(2000);
+
+    let r = send(&db, "PUT", "/campaigns/spring", &[], Some(edit.clone())).await;
+    assert_eq!(r.status, 428, "a change without If-Match is refused");
+    let r = send(&db, "PUT", "/campaigns/spring", &[("if-match", "\"1\"")], Some(edit.clone())).await;
+    assert_eq!((r.status, r.etag.as_deref(), &r.body["daily_cap"]), (200, Some("\"2\""), &json!(2000)));
+
+    // A second editor still holding version 1 is told the campaign moved on, and changes nothing.
+    edit["daily_cap"] = json!(5);
+    let r = send(&db, "PUT", "/campaigns/spring", &[("if-match", "\"1\"")], Some(edit.clone())).await;
+    assert_eq!(r.status, 412);
+    assert!(r.body["detail"].as_str().unwrap().contains("version 2"), "{}", r.body);
+    assert_eq!(get(&db, "/campaigns/spring").await.body["daily_cap"], 2000);
+
+    let r = send(&db, "PUT", "/campaigns/spring", &[("if-match", "yesterday")], Some(edit.clone())).await;
+    assert_eq!(r.status, 400);
+    edit["campaign_id"] = json!("autumn");
+    let r = send(&db, "PUT", "/campaigns/spring", &[("if-match", "\"2\"")], Some(edit)).await;
+    assert_eq!((r.status, &r.body["errors"][0]["field"]), (422, &json!("campaign_id")));
+}
+
+#[tokio::test]
+async fn pause_resume_and_archive_move_the_status_and_the_version() {
+    let db = TestDb::new().await;
+    seed_partner(&db, "acme", true).await;
+    post(&db, "/campaigns", spring()).await;
+    let r = post(&db, "/campaigns/spring/pause", Value::Null).await;
+    assert_eq!((r.status, &r.body["status"], &r.body["version"]), (200, &json!("paused"), &json!(2)));
+    let r = send(&db, "POST", "/campaigns/spring/resume", &[("if-match", "\"1\"")], None).await;
+    assert_eq!(r.status, 412, "a stale If-Match is refused on actions too");
+    let r = send(&db, "POST", "/campaigns/spring/resume", &[("if-match", "\"2\"")], None).await;
+    assert_eq!((r.status, &r.body["status"]), (200, &json!("active")));
+    let r = post(&db, "/campaigns/spring/archive", Value::Null).await;
+    assert_eq!((r.status, &r.body["status"]), (200, &json!("archived")));
+    let r = post(&db, "/campaigns/spring/resume", Value::Null).await;
+    assert_eq!(r.status, 409);
+    assert_eq!(post(&db, "/campaigns/ghost/pause", Value::Null).await.status, 404);
+}
+
+#[tokio::test]
+async fn lists_filter_sort_and_page_by_keyset() {
+    let db = TestDb::new().await;
+    seed_partner(&db, "acme", true).await;
+    seed_partner(&db, "beta", true).await;
+    for (id, name, partner) in [
+        ("c1", "Delta winter", "acme"),
+        ("c2", "Alpha", "beta"),
+        ("c3", "Charlie WINTER", "acme"),
+        ("c4", "Bravo", "acme"),
+    ] {
+        let body = json!({"campaign_id": id, "name": name, "partner_id": partner});
+        assert_eq!(post(&db, "/campaigns", body).await.status, 201);
+    }
+    post(&db, "/campaigns/c4/pause", Value::Null).await;
+    let ids = |r: &Reply| -> Vec<String> {
+        r.body["items"].as_array().unwrap().iter().map(|c| c["campaign_id"].as_str().unwrap().to_string()).collect()
+    };
+    assert_eq!(ids(&get(&db, "/campaigns?partner_id=acme&status=active").await), ["c1", "c3"]);
+    assert_eq!(ids(&get(&db, "/campaigns?q=Winter").await), ["c1", "c3"]);
+    assert_eq!(ids(&get(&db, "/campaigns?sort=name&order=desc").await), ["c1", "c3", "c4", "c2"]);
+
+    let first = get(&db, "/campaigns?sort=name&limit=3").await;
+    assert_eq!(ids(&first), ["c2", "c4", "c3"]);
+    let cursor = first.body["next_cursor"].as_str().unwrap();
+    let second = get(&db, &format!("/campaigns?cursor={cursor}&limit=3")).await;
+    assert_eq!(ids(&second), ["c1"]);
+    assert!(second.body.get("next_cursor").is_none());
+
+    for bad in ["/campaigns?sort=budget", "/campaigns?limit=0", "/campaigns?cursor=zz", "/campaigns?colour=red"] {
+        let r = get(&db, bad).await;
+        assert_eq!(r.status, 400, "{bad}: {}", r.body);
+    }
+}
+
+#[tokio::test]
+async fn the_openapi_document_is_served_and_kept_in_docs() {
+    let db = TestDb::new().await;
+    let r = get(&db, "/openapi.json").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body["openapi"], "3.1.0");
+    assert!(r.body["paths"]["/campaigns/{campaign_id}"]["put"].is_object());
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/openapi.json");
+    let pretty = serde_json::to_string_pretty(&r.body).unwrap() + "\n";
+    if std::env::var_os("CLICKPACER_WRITE_OPENAPI").is_some() {
+        std::fs::write(path, &pretty).unwrap();
+    }
+    let kept = std::fs::read_to_string(path).unwrap_or_default();
+    assert!(
+        kept == pretty,
+        "docs/openapi.json is out of date: run `CLICKPACER_WRITE_OPENAPI=1 cargo nextest run -p api openapi`"
+    );
 }

@@ -12,6 +12,7 @@ use super::ids::{CampaignId, PartnerId};
 pub struct Micros(pub i64);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum CampaignStatus {
     Active,
@@ -34,6 +35,16 @@ impl CampaignStatus {
             "paused" => Some(Self::Paused),
             "archived" => Some(Self::Archived),
             _ => None,
+        }
+    }
+
+    /// Whether a person may move a campaign from this status to `to`: archiving is for good.
+    pub fn transition(self, to: Self) -> Result<(), String> {
+        match (self, to) {
+            (Self::Archived, Self::Active | Self::Paused) => {
+                Err("the campaign is archived: an archived campaign cannot be paused or resumed".into())
+            }
+            _ => Ok(()),
         }
     }
 }

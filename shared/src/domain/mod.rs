@@ -2,11 +2,13 @@
 
 pub mod batch;
 pub mod campaign;
+pub mod campaign_spec;
 pub mod events;
 pub mod ids;
 pub mod partner;
 
 pub use batch::BatchState;
 pub use campaign::{Campaign, CampaignStatus, CatchUp, HourlyWeights, Micros, PacingMode};
+pub use campaign_spec::{CampaignSpec, FieldError};
 pub use ids::{CampaignId, ClickId, InvalidId, PartnerId};
 pub use partner::{DeliveryFormat, Partner};

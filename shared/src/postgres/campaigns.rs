@@ -1,86 +1,205 @@
 //! Campaigns in PostgreSQL.
 
 use chrono::{DateTime, Utc};
+use tokio_postgres::types::ToSql;
 use tokio_postgres::{GenericClient, Row};
 
 use super::DbError;
 use super::partners::{to_i32, to_u32};
 use crate::domain::{Campaign, CampaignId, CampaignStatus, CatchUp, HourlyWeights, Micros, PacingMode, PartnerId};
 
-const COLUMNS: &str = "campaign_id, name, partner_id, status, time_zone, flight_start, flight_end, pacing_mode, \
+pub(crate) const COLUMNS: &str = "campaign_id, name, partner_id, status, time_zone, flight_start, flight_end, pacing_mode, \
     hourly_weights, max_per_second, max_per_minute, max_per_hour, daily_cap, cost_per_click_micros, \
     daily_budget_micros, total_budget_micros, batch_size, catch_up, catch_up_percent";
 
-/// Inserts or replaces a campaign's configuration.
-pub async fn upsert(db: &impl GenericClient, c: &Campaign) -> Result<(), DbError> {
-    let weights: Option<Vec<f64>> = match &c.pacing {
-        PacingMode::HourlyCurve(w) => Some(w.weights().to_vec()),
-        _ => None,
-    };
-    let daily_cap = c.daily_cap.map(i64::try_from).transpose().map_err(|_| DbError::Invalid("daily cap".into()))?;
-    db.execute(
-        "INSERT INTO campaigns (campaign_id, name, partner_id, status, time_zone, flight_start, flight_end,
-                                pacing_mode, hourly_weights, max_per_second, max_per_minute, max_per_hour,
-                                daily_cap, cost_per_click_micros, daily_budget_micros, total_budget_micros,
-                                batch_size, catch_up, catch_up_percent)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)
-         ON CONFLICT (campaign_id) DO UPDATE SET
-             name = EXCLUDED.name, partner_id = EXCLUDED.partner_id, status = EXCLUDED.status,
-             time_zone = EXCLUDED.time_zone, flight_start = EXCLUDED.flight_start,
-             flight_end = EXCLUDED.flight_end, pacing_mode = EXCLUDED.pacing_mode,
-             hourly_weights = EXCLUDED.hourly_weights, max_per_second = EXCLUDED.max_per_second,
-             max_per_minute = EXCLUDED.max_per_minute, max_per_hour = EXCLUDED.max_per_hour,
-             daily_cap = EXCLUDED.daily_cap, cost_per_click_micros = EXCLUDED.cost_per_click_micros,
-             daily_budget_micros = EXCLUDED.daily_budget_micros,
-             total_budget_micros = EXCLUDED.total_budget_micros, batch_size = EXCLUDED.batch_size,
-             catch_up = EXCLUDED.catch_up, catch_up_percent = EXCLUDED.catch_up_percent, updated_at = now()",
-        &[
-            &c.campaign_id.as_str(),
-            &c.name,
-            &c.partner_id.as_str(),
-            &c.status.as_str(),
-            &c.time_zone.name(),
-            &c.flight_start,
-            &c.flight_end,
-            &c.pacing.name(),
-            &weights,
-            &c.max_per_second.map(to_i32).transpose()?,
-            &c.max_per_minute.map(to_i32).transpose()?,
-            &c.max_per_hour.map(to_i32).transpose()?,
-            &daily_cap,
-            &c.cost_per_click.0,
-            &c.daily_budget.map(|m| m.0),
-            &c.total_budget.map(|m| m.0),
-            &to_i32(c.batch_size)?,
-            &c.catch_up.name(),
-            &match c.catch_up {
+/// A campaign's configuration as the 19 values of [`COLUMNS`], in order, as PostgreSQL takes them.
+struct Values<'a> {
+    campaign: &'a Campaign,
+    campaign_id: &'a str,
+    partner_id: &'a str,
+    status: &'static str,
+    time_zone: &'static str,
+    pacing_mode: &'static str,
+    weights: Option<Vec<f64>>,
+    max_per_second: Option<i32>,
+    max_per_minute: Option<i32>,
+    max_per_hour: Option<i32>,
+    daily_cap: Option<i64>,
+    daily_budget: Option<i64>,
+    total_budget: Option<i64>,
+    batch_size: i32,
+    catch_up: &'static str,
+    catch_up_percent: Option<i32>,
+}
+
+impl<'a> Values<'a> {
+    fn of(c: &'a Campaign) -> Result<Self, DbError> {
+        Ok(Self {
+            campaign: c,
+            campaign_id: c.campaign_id.as_str(),
+            partner_id: c.partner_id.as_str(),
+            status: c.status.as_str(),
+            time_zone: c.time_zone.name(),
+            pacing_mode: c.pacing.name(),
+            weights: match &c.pacing {
+                PacingMode::HourlyCurve(w) => Some(w.weights().to_vec()),
+                _ => None,
+            },
+            max_per_second: c.max_per_second.map(to_i32).transpose()?,
+            max_per_minute: c.max_per_minute.map(to_i32).transpose()?,
+            max_per_hour: c.max_per_hour.map(to_i32).transpose()?,
+            daily_cap: c.daily_cap.map(i64::try_from).transpose().map_err(|_| DbError::Invalid("daily cap".into()))?,
+            daily_budget: c.daily_budget.map(|m| m.0),
+            total_budget: c.total_budget.map(|m| m.0),
+            batch_size: to_i32(c.batch_size)?,
+            catch_up: c.catch_up.name(),
+            catch_up_percent: match c.catch_up {
                 CatchUp::Ahead(percent) => Some(i32::from(percent)),
                 _ => None,
             },
-        ],
-    )
-    .await?;
+        })
+    }
+
+    fn params(&self) -> [&(dyn ToSql + Sync); 19] {
+        let c = self.campaign;
+        [
+            &self.campaign_id,
+            &c.name,
+            &self.partner_id,
+            &self.status,
+            &self.time_zone,
+            &c.flight_start,
+            &c.flight_end,
+            &self.pacing_mode,
+            &self.weights,
+            &self.max_per_second,
+            &self.max_per_minute,
+            &self.max_per_hour,
+            &self.daily_cap,
+            &c.cost_per_click.0,
+            &self.daily_budget,
+            &self.total_budget,
+            &self.batch_size,
+            &self.catch_up,
+            &self.catch_up_percent,
+        ]
+    }
+}
+
+const INSERT: &str = "INSERT INTO campaigns (campaign_id, name, partner_id, status, time_zone, flight_start,
+        flight_end, pacing_mode, hourly_weights, max_per_second, max_per_minute, max_per_hour, daily_cap,
+        cost_per_click_micros, daily_budget_micros, total_budget_micros, batch_size, catch_up, catch_up_percent)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)";
+
+const SET_ALL: &str = "name = $2, partner_id = $3, status = $4, time_zone = $5, flight_start = $6,
+    flight_end = $7, pacing_mode = $8, hourly_weights = $9, max_per_second = $10, max_per_minute = $11,
+    max_per_hour = $12, daily_cap = $13, cost_per_click_micros = $14, daily_budget_micros = $15,
+    total_budget_micros = $16, batch_size = $17, catch_up = $18, catch_up_percent = $19, updated_at = now(),
+    version = campaigns.version + 1";
+
+/// Inserts or replaces a campaign's configuration.
+pub async fn upsert(db: &impl GenericClient, c: &Campaign) -> Result<(), DbError> {
+    let values = Values::of(c)?;
+    let sql = format!("{INSERT} ON CONFLICT (campaign_id) DO UPDATE SET {SET_ALL}");
+    db.execute(&sql, &values.params()).await?;
     Ok(())
 }
 
-/// Pauses, resumes or archives a campaign; a resume wakes its sleeping batches. Returns whether the campaign
-/// exists.
+/// A campaign as stored: its configuration, its version (every change bumps it) and when it was created and last
+/// changed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredCampaign {
+    pub campaign: Campaign,
+    pub version: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// What a change made from a version came to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    Done(Box<StoredCampaign>),
+    /// The campaign changed since that version: this is the version it is at.
+    Stale {
+        current: i64,
+    },
+    Missing,
+}
+
+pub(crate) const STORED: &str = "version, created_at, updated_at";
+
+/// Creates a campaign; `None` when one with its id exists already.
+pub async fn create(db: &impl GenericClient, c: &Campaign) -> Result<Option<StoredCampaign>, DbError> {
+    let values = Values::of(c)?;
+    let sql = format!("{INSERT} ON CONFLICT (campaign_id) DO NOTHING RETURNING {COLUMNS}, {STORED}");
+    db.query_opt(&sql, &values.params()).await?.map(|row| stored_from_row(&row)).transpose()
+}
+
+/// Replaces a campaign's configuration (status included) if it is still at version `expected` (any version when
+/// `None`), and wakes its deferred batches: the new rules may let them go sooner.
+pub async fn replace(
+    db: &impl GenericClient,
+    c: &Campaign,
+    expected: Option<i64>,
+    now: DateTime<Utc>,
+) -> Result<Change, DbError> {
+    let values = Values::of(c)?;
+    let mut params = values.params().to_vec();
+    params.push(&expected);
+    let sql = format!(
+        "UPDATE campaigns SET {SET_ALL} WHERE campaign_id = $1 AND ($20::bigint IS NULL OR version = $20)
+         RETURNING {COLUMNS}, {STORED}"
+    );
+    match db.query_opt(&sql, &params).await? {
+        Some(row) => {
+            wake_deferred(db, &c.campaign_id, now).await?;
+            Ok(Change::Done(Box::new(stored_from_row(&row)?)))
+        }
+        None => not_changed(db, &c.campaign_id).await,
+    }
+}
+
+/// Pauses, resumes or archives a campaign if it is still at version `expected` (any version when `None`); a
+/// resume wakes its sleeping batches.
+pub async fn change_status(
+    db: &impl GenericClient,
+    campaign_id: &CampaignId,
+    status: CampaignStatus,
+    expected: Option<i64>,
+    now: DateTime<Utc>,
+) -> Result<Change, DbError> {
+    let sql = format!(
+        "UPDATE campaigns SET status = $2, updated_at = now(), version = version + 1
+         WHERE campaign_id = $1 AND ($3::bigint IS NULL OR version = $3) RETURNING {COLUMNS}, {STORED}"
+    );
+    match db.query_opt(&sql, &[&campaign_id.as_str(), &status.as_str(), &expected]).await? {
+        Some(row) => {
+            if status == CampaignStatus::Active {
+                wake_deferred(db, campaign_id, now).await?;
+            }
+            Ok(Change::Done(Box::new(stored_from_row(&row)?)))
+        }
+        None => not_changed(db, campaign_id).await,
+    }
+}
+
+async fn not_changed(db: &impl GenericClient, campaign_id: &CampaignId) -> Result<Change, DbError> {
+    let row = db.query_opt("SELECT version FROM campaigns WHERE campaign_id = $1", &[&campaign_id.as_str()]).await?;
+    Ok(match row {
+        Some(row) => Change::Stale { current: row.try_get("version")? },
+        None => Change::Missing,
+    })
+}
+
+/// Pauses, resumes or archives a campaign whatever its version; a resume wakes its sleeping batches. Returns
+/// whether the campaign exists.
 pub async fn set_status(
     db: &impl GenericClient,
     campaign_id: &CampaignId,
     status: CampaignStatus,
     now: DateTime<Utc>,
 ) -> Result<bool, DbError> {
-    let updated = db
-        .execute(
-            "UPDATE campaigns SET status = $2, updated_at = now() WHERE campaign_id = $1",
-            &[&campaign_id.as_str(), &status.as_str()],
-        )
-        .await?;
-    if updated == 1 && status == CampaignStatus::Active {
-        wake_deferred(db, campaign_id, now).await?;
-    }
-    Ok(updated == 1)
+    Ok(matches!(change_status(db, campaign_id, status, None, now).await?, Change::Done(_)))
 }
 
 /// Makes a campaign's deferred batches due at `now`, so the next pacer run judges them under its rules as they
@@ -98,6 +217,12 @@ pub async fn wake_deferred(
             &[&campaign_id.as_str(), &now],
         )
         .await?)
+}
+
+/// A campaign with its version and times.
+pub async fn get_stored(db: &impl GenericClient, campaign_id: &CampaignId) -> Result<Option<StoredCampaign>, DbError> {
+    let sql = format!("SELECT {COLUMNS}, {STORED} FROM campaigns WHERE campaign_id = $1");
+    db.query_opt(&sql, &[&campaign_id.as_str()]).await?.map(|row| stored_from_row(&row)).transpose()
 }
 
 pub async fn get(db: &impl GenericClient, campaign_id: &CampaignId) -> Result<Option<Campaign>, DbError> {
@@ -129,6 +254,16 @@ pub async fn list_loadable(db: &impl GenericClient) -> Result<(Vec<Campaign>, Ve
         }
     }
     Ok((loaded, unloadable))
+}
+
+/// A row of [`COLUMNS`] and [`STORED`].
+pub(crate) fn stored_from_row(row: &Row) -> Result<StoredCampaign, DbError> {
+    Ok(StoredCampaign {
+        campaign: from_row(row)?,
+        version: row.try_get("version")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
 }
 
 pub(crate) fn from_row(row: &Row) -> Result<Campaign, DbError> {

@@ -67,6 +67,10 @@ struct RunArgs {
     /// second runner (a test's) does not take the first one's messages.
     #[arg(long, default_value = "clickpacer")]
     names_prefix: String,
+    /// Serve the management API on this local port (0: any free port). When the port is taken, any free port is
+    /// used instead; the runner prints the address either way.
+    #[arg(long, default_value_t = 8787)]
+    api_port: u16,
 }
 
 #[tokio::main]
@@ -120,6 +124,8 @@ async fn main() -> anyhow::Result<()> {
             pipeline.names.bucket
         );
     }
+    let api = serve_api(pipeline.pool.clone(), run.api_port).await?;
+    println!("api: http://{api} (OpenAPI document at /openapi.json)");
     println!(
         "partners: simulator at {}; pacer every {} s; bucket s3://{}/incoming/<campaign>/",
         sim.url(),
@@ -169,6 +175,24 @@ async fn main() -> anyhow::Result<()> {
     print!("{}", render_reconciliation(&uploads, &campaigns).0);
     print!("{}", render_partner_report(&sim.sim.report()));
     Ok(())
+}
+
+/// Serves the management API's router, the one Lambda serves, on 127.0.0.1 until the runner exits.
+async fn serve_api(pool: clickpacer::postgres::PgPool, port: u16) -> anyhow::Result<std::net::SocketAddr> {
+    let listener = match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            tracing::warn!(port, error = %e, "API port taken; using any free port");
+            tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?
+        }
+    };
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, api::router(pool)).await {
+            tracing::error!(error = %e, "the API server stopped");
+        }
+    });
+    Ok(addr)
 }
 
 /// Ctrl-C, or SIGINT or SIGTERM to this process (a service manager, `kill`, or `scripts/demo` passing on the one it

@@ -1,0 +1,287 @@
+//! Campaigns: create, read, list, replace (with `If-Match`), pause, resume, archive.
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::{Json, Router, routing};
+use chrono::{DateTime, Utc};
+use clickpacer::domain::{CampaignId, CampaignSpec, CampaignStatus, FieldError, PartnerId};
+use clickpacer::postgres::campaign_list::{self, CampaignFilter, CampaignSort, Cursor};
+use clickpacer::postgres::campaigns::{self, Change, StoredCampaign};
+use clickpacer::postgres::partners;
+use serde::{Deserialize, Serialize};
+use tokio_postgres::GenericClient;
+use utoipa::{IntoParams, ToSchema};
+
+use crate::AppState;
+use crate::extract::{IfMatch, JsonBody, QueryParams, etag};
+use crate::problem::Problem;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/campaigns", routing::get(list).post(create))
+        .route("/campaigns/{campaign_id}", routing::get(read).put(replace))
+        .route("/campaigns/{campaign_id}/pause", routing::post(pause))
+        .route("/campaigns/{campaign_id}/resume", routing::post(resume))
+        .route("/campaigns/{campaign_id}/archive", routing::post(archive))
+}
+
+/// A campaign as the API shows it: its configuration (what `PUT` takes), its status and its version.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CampaignView {
+    #[serde(flatten)]
+    pub spec: CampaignSpec,
+    pub status: CampaignStatus,
+    /// Bumped by every change; send it back in `If-Match` (it is also the `ETag`).
+    pub version: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<&StoredCampaign> for CampaignView {
+    fn from(s: &StoredCampaign) -> Self {
+        Self {
+            spec: CampaignSpec::from(&s.campaign),
+            status: s.campaign.status,
+            version: s.version,
+            created_at: s.created_at,
+            updated_at: s.updated_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CampaignList {
+    pub items: Vec<CampaignView>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListParams {
+    /// `active`, `paused` or `archived`.
+    status: Option<String>,
+    partner_id: Option<String>,
+    /// Found in the campaign's id or name, ignoring case.
+    q: Option<String>,
+    /// `campaign_id` (the default), `name`, `created_at` or `updated_at`.
+    sort: Option<String>,
+    /// `asc` (the default) or `desc`.
+    order: Option<String>,
+    /// 1-200, 50 by default.
+    limit: Option<u32>,
+    /// The `next_cursor` of the page before.
+    cursor: Option<String>,
+}
+
+const MAX_PAGE: u32 = 200;
+
+/// Lists campaigns a page at a time.
+#[utoipa::path(get, path = "/campaigns", tag = "campaigns", params(ListParams),
+    responses((status = 200, body = CampaignList), (status = 400, body = Problem)))]
+pub async fn list(State(app): State<AppState>, QueryParams(p): QueryParams<ListParams>) -> Result<Response, Problem> {
+    let status = p
+        .status
+        .as_deref()
+        .map(|s| CampaignStatus::parse(s).ok_or_else(|| malformed("status", s, "active, paused, archived")))
+        .transpose()?;
+    let partner_id = p
+        .partner_id
+        .map(|s| PartnerId::parse(s).map_err(|e| Problem::malformed(format!("partner_id: {e}"))))
+        .transpose()?;
+    let sort = p
+        .sort
+        .as_deref()
+        .map(|s| CampaignSort::parse(s).ok_or_else(|| malformed("sort", s, &CampaignSort::NAMES.join(", "))))
+        .transpose()?
+        .unwrap_or_default();
+    let descending = match p.order.as_deref() {
+        None | Some("asc") => false,
+        Some("desc") => true,
+        Some(other) => return Err(malformed("order", other, "asc, desc")),
+    };
+    let limit = p.limit.unwrap_or(50);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(Problem::malformed(format!("limit must be from 1 to {MAX_PAGE} (got {limit})")));
+    }
+    let cursor = p
+        .cursor
+        .map(|c| Cursor::decode(&c).ok_or_else(|| Problem::malformed("cursor is not one this API gave")))
+        .transpose()?;
+    let filter = CampaignFilter { status, partner_id, text: p.q.filter(|q| !q.is_empty()) };
+    let client = app.pool.get().await.map_err(clickpacer::postgres::DbError::from)?;
+    let page = campaign_list::page(&**client, &filter, sort, descending, cursor.as_ref(), limit).await?;
+    let body = CampaignList {
+        items: page.items.iter().map(CampaignView::from).collect(),
+        next_cursor: page.next.map(|c| c.encode()),
+    };
+    Ok(Json(body).into_response())
+}
+
+fn malformed(field: &str, value: &str, allowed: &str) -> Problem {
+    Problem::malformed(format!("{field} {value:?} is not one of {allowed}"))
+}
+
+/// Creates a campaign. It starts active.
+#[utoipa::path(post, path = "/campaigns", tag = "campaigns", request_body = CampaignSpec,
+    responses((status = 201, body = CampaignView, headers(("ETag" = String), ("Location" = String))),
+        (status = 400, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)))]
+pub async fn create(State(app): State<AppState>, JsonBody(spec): JsonBody<CampaignSpec>) -> Result<Response, Problem> {
+    let client = app.pool.get().await.map_err(clickpacer::postgres::DbError::from)?;
+    let campaign = checked(&**client, &spec, CampaignStatus::Active).await?;
+    match campaigns::create(&**client, &campaign).await? {
+        Some(stored) => {
+            let location = format!("/campaigns/{}", stored.campaign.campaign_id);
+            let mut response = respond(StatusCode::CREATED, &stored);
+            if let Ok(value) = HeaderValue::from_str(&location) {
+                response.headers_mut().insert(header::LOCATION, value);
+            }
+            Ok(response)
+        }
+        None => Err(Problem::conflict(format!("campaign {:?} exists already", spec.campaign_id))),
+    }
+}
+
+/// One campaign.
+#[utoipa::path(get, path = "/campaigns/{campaign_id}", tag = "campaigns",
+    params(("campaign_id" = String, Path)),
+    responses((status = 200, body = CampaignView, headers(("ETag" = String))),
+        (status = 400, body = Problem), (status = 404, body = Problem)))]
+pub async fn read(State(app): State<AppState>, Path(id): Path<String>) -> Result<Response, Problem> {
+    let id = campaign_id(id)?;
+    let client = app.pool.get().await.map_err(clickpacer::postgres::DbError::from)?;
+    match campaigns::get_stored(&**client, &id).await? {
+        Some(stored) => Ok(respond(StatusCode::OK, &stored)),
+        None => Err(unknown(&id)),
+    }
+}
+
+/// Replaces a campaign's configuration. `If-Match` must carry the version it was made from; its status is kept.
+/// Deferred batches are woken, so relaxed rules take effect at the next pacer run.
+#[utoipa::path(put, path = "/campaigns/{campaign_id}", tag = "campaigns", request_body = CampaignSpec,
+    params(("campaign_id" = String, Path), ("If-Match" = String, Header, description = "the campaign's ETag")),
+    responses((status = 200, body = CampaignView, headers(("ETag" = String))),
+        (status = 400, body = Problem), (status = 404, body = Problem), (status = 412, body = Problem),
+        (status = 422, body = Problem), (status = 428, body = Problem)))]
+pub async fn replace(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    if_match: IfMatch,
+    JsonBody(spec): JsonBody<CampaignSpec>,
+) -> Result<Response, Problem> {
+    let id = campaign_id(id)?;
+    if if_match == IfMatch::Absent {
+        return Err(Problem::precondition_required());
+    }
+    if spec.campaign_id != id.as_str() {
+        let message = format!("is {:?} but the path names {:?}; a campaign's id cannot change", spec.campaign_id, id);
+        return Err(Problem::invalid(vec![FieldError::new("campaign_id", message)]));
+    }
+    let client = app.pool.get().await.map_err(clickpacer::postgres::DbError::from)?;
+    let Some(current) = campaigns::get_stored(&**client, &id).await? else { return Err(unknown(&id)) };
+    if let Some(expected) = if_match.expected()
+        && expected != current.version
+    {
+        return Err(Problem::stale(current.version));
+    }
+    let campaign = checked(&**client, &spec, current.campaign.status).await?;
+    // The version read above is the one replaced: a change made in between makes this one stale, not lost.
+    changed(campaigns::replace(&**client, &campaign, Some(current.version), Utc::now()).await?, &id)
+}
+
+/// Pauses a campaign: nothing more is released until it is resumed.
+#[utoipa::path(post, path = "/campaigns/{campaign_id}/pause", tag = "campaigns", params(("campaign_id" = String, Path),
+    ("If-Match" = Option<String>, Header, description = "when given, the campaign's ETag")),
+    responses((status = 200, body = CampaignView), (status = 404, body = Problem), (status = 409, body = Problem),
+        (status = 412, body = Problem)))]
+pub async fn pause(state: State<AppState>, id: Path<String>, if_match: IfMatch) -> Result<Response, Problem> {
+    transition(state, id, if_match, CampaignStatus::Paused).await
+}
+
+/// Resumes a paused campaign and wakes its deferred batches.
+#[utoipa::path(post, path = "/campaigns/{campaign_id}/resume", tag = "campaigns", params(("campaign_id" = String, Path),
+    ("If-Match" = Option<String>, Header, description = "when given, the campaign's ETag")),
+    responses((status = 200, body = CampaignView), (status = 404, body = Problem), (status = 409, body = Problem),
+        (status = 412, body = Problem)))]
+pub async fn resume(state: State<AppState>, id: Path<String>, if_match: IfMatch) -> Result<Response, Problem> {
+    transition(state, id, if_match, CampaignStatus::Active).await
+}
+
+/// Archives a campaign for good: it releases nothing more and cannot be resumed.
+#[utoipa::path(post, path = "/campaigns/{campaign_id}/archive", tag = "campaigns", params(("campaign_id" = String, Path),
+    ("If-Match" = Option<String>, Header, description = "when given, the campaign's ETag")),
+    responses((status = 200, body = CampaignView), (status = 404, body = Problem), (status = 412, body = Problem)))]
+pub async fn archive(state: State<AppState>, id: Path<String>, if_match: IfMatch) -> Result<Response, Problem> {
+    transition(state, id, if_match, CampaignStatus::Archived).await
+}
+
+async fn transition(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    if_match: IfMatch,
+    to: CampaignStatus,
+) -> Result<Response, Problem> {
+    let id = campaign_id(id)?;
+    let client = app.pool.get().await.map_err(clickpacer::postgres::DbError::from)?;
+    let Some(current) = campaigns::get_stored(&**client, &id).await? else { return Err(unknown(&id)) };
+    if let Some(expected) = if_match.expected()
+        && expected != current.version
+    {
+        return Err(Problem::stale(current.version));
+    }
+    current.campaign.status.transition(to).map_err(Problem::conflict)?;
+    if current.campaign.status == to {
+        return Ok(respond(StatusCode::OK, &current));
+    }
+    changed(campaigns::change_status(&**client, &id, to, Some(current.version), Utc::now()).await?, &id)
+}
+
+/// The campaign a spec describes, once its fields and its partner check out; otherwise every problem found.
+async fn checked(
+    db: &impl GenericClient,
+    spec: &CampaignSpec,
+    status: CampaignStatus,
+) -> Result<clickpacer::domain::Campaign, Problem> {
+    let validated = spec.validate(status);
+    let mut errors = validated.as_ref().err().cloned().unwrap_or_default();
+    if let Ok(partner_id) = PartnerId::parse(spec.partner_id.clone()) {
+        match partners::get(db, &partner_id).await? {
+            Some(p) if p.enabled => {}
+            Some(_) => {
+                errors.push(FieldError::new("partner_id", format!("partner {:?} is disabled", partner_id.as_str())))
+            }
+            None => errors.push(FieldError::new("partner_id", format!("no partner {:?}", partner_id.as_str()))),
+        }
+    }
+    match validated {
+        Ok(campaign) if errors.is_empty() => Ok(campaign),
+        _ => Err(Problem::invalid(errors)),
+    }
+}
+
+fn changed(change: Change, id: &CampaignId) -> Result<Response, Problem> {
+    match change {
+        Change::Done(stored) => Ok(respond(StatusCode::OK, &stored)),
+        Change::Stale { current } => Err(Problem::stale(current)),
+        Change::Missing => Err(unknown(id)),
+    }
+}
+
+fn respond(status: StatusCode, stored: &StoredCampaign) -> Response {
+    let mut headers = HeaderMap::new();
+    if let Ok(value) = HeaderValue::from_str(&etag(stored.version)) {
+        headers.insert(header::ETAG, value);
+    }
+    (status, headers, Json(CampaignView::from(stored))).into_response()
+}
+
+fn campaign_id(id: String) -> Result<CampaignId, Problem> {
+    CampaignId::parse(id).map_err(|e| Problem::malformed(e.to_string()))
+}
+
+fn unknown(id: &CampaignId) -> Problem {
+    Problem::not_found(format!("no campaign {:?}", id.as_str()))
+}

@@ -1,0 +1,32 @@
+//! The OpenAPI 3.1 document, generated from the handlers' annotations and the types they take and return. A copy
+//! is kept in `docs/openapi.json` (a test fails when it is out of date and says how to refresh it).
+
+use utoipa::OpenApi;
+
+use crate::{campaigns, problem, reads};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "ClickPacer management API", description = "Campaigns, partners and pacing, managed and watched."),
+    paths(
+        campaigns::list,
+        campaigns::create,
+        campaigns::read,
+        campaigns::replace,
+        campaigns::pause,
+        campaigns::resume,
+        campaigns::archive,
+        reads::health,
+        reads::list_partners,
+        reads::reconciliation,
+        reads::pacing,
+    ),
+    components(schemas(problem::Problem, clickpacer::domain::FieldError)),
+    tags((name = "campaigns"), (name = "partners"), (name = "system"))
+)]
+struct ApiDoc;
+
+/// The document as JSON.
+pub fn document() -> serde_json::Value {
+    serde_json::to_value(ApiDoc::openapi()).unwrap_or_default()
+}
