@@ -34,7 +34,9 @@ impl DeliveryFormat {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// `Debug` is written by hand: the signing secret and header values (which often carry credentials) never reach a
+/// log, only whether a secret is set and the header names.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Partner {
     pub partner_id: PartnerId,
     pub name: String,
@@ -53,6 +55,29 @@ pub struct Partner {
     pub max_attempts: u32,
     pub retry_base_ms: u32,
     pub retry_max_ms: u32,
+}
+
+impl std::fmt::Debug for Partner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let header_names: Vec<&str> = self.headers.iter().map(|(name, _)| name.as_str()).collect();
+        f.debug_struct("Partner")
+            .field("partner_id", &self.partner_id)
+            .field("name", &self.name)
+            .field("enabled", &self.enabled)
+            .field("delivery_format", &self.delivery_format)
+            .field("endpoint_template", &self.endpoint_template)
+            .field("body_template", &self.body_template)
+            .field("header_names", &header_names)
+            .field("signing_secret", &self.signing_secret.as_ref().map(|_| "<redacted>"))
+            .field("success_body_match", &self.success_body_match)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("rate_per_second", &self.rate_per_second)
+            .field("max_concurrency", &self.max_concurrency)
+            .field("max_attempts", &self.max_attempts)
+            .field("retry_base_ms", &self.retry_base_ms)
+            .field("retry_max_ms", &self.retry_max_ms)
+            .finish()
+    }
 }
 
 impl Partner {
@@ -75,5 +100,20 @@ impl Partner {
             retry_base_ms: 1000,
             retry_max_ms: 900_000,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_never_shows_secrets_or_header_values() {
+        let mut p = Partner::get(PartnerId::parse("acme").unwrap(), "https://acme.example/c");
+        p.signing_secret = Some("super-secret-value-123".into());
+        p.headers = vec![("Authorization".into(), "Bearer token-456".into())];
+        let debug = format!("{p:?}");
+        assert!(!debug.contains("super-secret") && !debug.contains("token-456"), "{debug}");
+        assert!(debug.contains("Authorization") && debug.contains("acme"), "{debug}");
     }
 }
