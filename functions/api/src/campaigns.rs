@@ -112,7 +112,7 @@ pub async fn list(State(app): State<AppState>, QueryParams(p): QueryParams<ListP
         .map(|c| Cursor::decode(&c).ok_or_else(|| Problem::malformed("cursor is not one this API gave")))
         .transpose()?;
     let filter = CampaignFilter { status, partner_id, text: p.q.filter(|q| !q.is_empty()) };
-    let client = app.pool.get().await.map_err(clickpacer::postgres::DbError::from)?;
+    let client = app.client().await?;
     let page = campaign_list::page(&**client, &filter, sort, descending, cursor.as_ref(), limit).await?;
     let body = CampaignList {
         items: page.items.iter().map(CampaignView::from).collect(),
@@ -130,7 +130,7 @@ fn malformed(field: &str, value: &str, allowed: &str) -> Problem {
     responses((status = 201, body = CampaignView, headers(("ETag" = String), ("Location" = String))),
         (status = 400, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)))]
 pub async fn create(State(app): State<AppState>, JsonBody(spec): JsonBody<CampaignSpec>) -> Result<Response, Problem> {
-    let client = app.pool.get().await.map_err(clickpacer::postgres::DbError::from)?;
+    let client = app.client().await?;
     let campaign = checked(&**client, &spec, CampaignStatus::Active).await?;
     match campaigns::create(&**client, &campaign).await? {
         Some(stored) => {
@@ -152,7 +152,7 @@ pub async fn create(State(app): State<AppState>, JsonBody(spec): JsonBody<Campai
         (status = 400, body = Problem), (status = 404, body = Problem)))]
 pub async fn read(State(app): State<AppState>, Path(id): Path<String>) -> Result<Response, Problem> {
     let id = campaign_id(id)?;
-    let client = app.pool.get().await.map_err(clickpacer::postgres::DbError::from)?;
+    let client = app.client().await?;
     match campaigns::get_stored(&**client, &id).await? {
         Some(stored) => Ok(respond(StatusCode::OK, &stored)),
         None => Err(unknown(&id)),
@@ -180,13 +180,8 @@ pub async fn replace(
         let message = format!("is {:?} but the path names {:?}; a campaign's id cannot change", spec.campaign_id, id);
         return Err(Problem::invalid(vec![FieldError::new("campaign_id", message)]));
     }
-    let client = app.pool.get().await.map_err(clickpacer::postgres::DbError::from)?;
-    let Some(current) = campaigns::get_stored(&**client, &id).await? else { return Err(unknown(&id)) };
-    if let Some(expected) = if_match.expected()
-        && expected != current.version
-    {
-        return Err(Problem::stale(current.version));
-    }
+    let client = app.client().await?;
+    let current = at_version(&**client, &id, if_match).await?;
     let campaign = checked(&**client, &spec, current.campaign.status).await?;
     // The version read above is the one replaced: a change made in between makes this one stale, not lost.
     changed(campaigns::replace(&**client, &campaign, Some(current.version), Utc::now()).await?, &id)
@@ -225,18 +220,22 @@ async fn transition(
     to: CampaignStatus,
 ) -> Result<Response, Problem> {
     let id = campaign_id(id)?;
-    let client = app.pool.get().await.map_err(clickpacer::postgres::DbError::from)?;
-    let Some(current) = campaigns::get_stored(&**client, &id).await? else { return Err(unknown(&id)) };
-    if let Some(expected) = if_match.expected()
-        && expected != current.version
-    {
-        return Err(Problem::stale(current.version));
-    }
+    let client = app.client().await?;
+    let current = at_version(&**client, &id, if_match).await?;
     current.campaign.status.transition(to).map_err(Problem::conflict)?;
     if current.campaign.status == to {
         return Ok(respond(StatusCode::OK, &current));
     }
     changed(campaigns::change_status(&**client, &id, to, Some(current.version), Utc::now()).await?, &id)
+}
+
+/// The campaign as stored, if it exists and is at the version `If-Match` names (when it names one).
+async fn at_version(db: &impl GenericClient, id: &CampaignId, if_match: IfMatch) -> Result<StoredCampaign, Problem> {
+    let Some(current) = campaigns::get_stored(db, id).await? else { return Err(unknown(id)) };
+    match if_match.expected() {
+        Some(expected) if expected != current.version => Err(Problem::stale(current.version)),
+        _ => Ok(current),
+    }
 }
 
 /// The campaign a spec describes, once its fields and its partner check out; otherwise every problem found.
@@ -278,10 +277,10 @@ fn respond(status: StatusCode, stored: &StoredCampaign) -> Response {
     (status, headers, Json(CampaignView::from(stored))).into_response()
 }
 
-fn campaign_id(id: String) -> Result<CampaignId, Problem> {
+pub(crate) fn campaign_id(id: String) -> Result<CampaignId, Problem> {
     CampaignId::parse(id).map_err(|e| Problem::malformed(e.to_string()))
 }
 
-fn unknown(id: &CampaignId) -> Problem {
+pub(crate) fn unknown(id: &CampaignId) -> Problem {
     Problem::not_found(format!("no campaign {:?}", id.as_str()))
 }

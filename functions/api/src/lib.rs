@@ -27,6 +27,13 @@ pub struct AppState {
     pub pool: PgPool,
 }
 
+impl AppState {
+    /// A pooled connection; failing to get one is a 500 whose cause goes to the log.
+    pub async fn client(&self) -> Result<deadpool_postgres::Object, Problem> {
+        Ok(self.pool.get().await.map_err(clickpacer::postgres::DbError::from)?)
+    }
+}
+
 /// The whole API.
 pub fn router(pool: PgPool) -> Router {
     Router::new()

@@ -2,8 +2,7 @@
 
 use axum::extract::{Path, State};
 use axum::{Json, Router, routing};
-use clickpacer::domain::CampaignId;
-use clickpacer::postgres::{DbError, bridge, campaigns, partners, reports};
+use clickpacer::postgres::{bridge, campaigns, partners, reports};
 use serde_json::{Value, json};
 
 use crate::AppState;
@@ -20,21 +19,21 @@ pub fn routes() -> Router<AppState> {
 /// `{"status": "ok", "events_waiting": n}` when the database answers.
 #[utoipa::path(get, path = "/health", tag = "system", responses((status = 200, body = Object)))]
 pub async fn health(State(app): State<AppState>) -> Result<Json<Value>, Problem> {
-    let client = app.pool.get().await.map_err(DbError::from)?;
+    let client = app.client().await?;
     Ok(Json(json!({ "status": "ok", "events_waiting": bridge::outbox_depth(&**client).await? })))
 }
 
 /// Every partner's configuration; signing secrets never leave the database.
 #[utoipa::path(get, path = "/partners", tag = "partners", responses((status = 200, body = Object)))]
 pub async fn list_partners(State(app): State<AppState>) -> Result<Json<Value>, Problem> {
-    let client = app.pool.get().await.map_err(DbError::from)?;
+    let client = app.client().await?;
     Ok(Json(json!({ "partners": partners::list(&**client).await? })))
 }
 
 /// Per upload and per campaign: accepted = delivered + dead + cancelled + pending, and whether that holds.
 #[utoipa::path(get, path = "/reconciliation", tag = "system", responses((status = 200, body = Object)))]
 pub async fn reconciliation(State(app): State<AppState>) -> Result<Json<Value>, Problem> {
-    let client = app.pool.get().await.map_err(DbError::from)?;
+    let client = app.client().await?;
     let uploads = reports::uploads(&**client).await?;
     let campaigns = reports::campaigns(&**client).await?;
     let holds = uploads.iter().all(|u| u.holds()) && campaigns.iter().all(|c| c.fates.holds());
@@ -46,11 +45,9 @@ pub async fn reconciliation(State(app): State<AppState>) -> Result<Json<Value>, 
     params(("campaign_id" = String, Path)),
     responses((status = 200, body = Object), (status = 400, body = Problem), (status = 404, body = Problem)))]
 pub async fn pacing(State(app): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, Problem> {
-    let id = CampaignId::parse(id).map_err(|e| Problem::malformed(e.to_string()))?;
-    let client = app.pool.get().await.map_err(DbError::from)?;
-    let Some(campaign) = campaigns::get(&**client, &id).await? else {
-        return Err(Problem::not_found(format!("no campaign {:?}", id.as_str())));
-    };
+    let id = crate::campaigns::campaign_id(id)?;
+    let client = app.client().await?;
+    let Some(campaign) = campaigns::get(&**client, &id).await? else { return Err(crate::campaigns::unknown(&id)) };
     let days = reports::pacing_days(&**client, id.as_str(), 30).await?;
     Ok(Json(json!({ "campaign": campaign, "days": days })))
 }

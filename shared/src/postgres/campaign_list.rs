@@ -122,21 +122,14 @@ pub async fn page(
     let (key, id) = after.map_or((None, None), |c| (Some(c.key.as_str()), Some(c.campaign_id.as_str())));
     // One row more than the page says whether another page follows.
     let rows = db.query(&sql, &[&status, &partner, &filter.text, &key, &id, &(i64::from(limit) + 1)]).await?;
-    let mut items = Vec::with_capacity(rows.len());
-    let mut next = None;
-    for (i, row) in rows.iter().enumerate() {
-        if i == limit as usize {
-            let last = &rows[i - 1];
-            next = Some(Cursor {
-                sort,
-                descending,
-                key: last.try_get("sort_key")?,
-                campaign_id: last.try_get("campaign_id")?,
-            });
-            break;
+    let page = &rows[..rows.len().min(limit as usize)];
+    let next = match page.last() {
+        Some(last) if rows.len() > page.len() => {
+            Some(Cursor { sort, descending, key: last.try_get("sort_key")?, campaign_id: last.try_get("campaign_id")? })
         }
-        items.push(stored_from_row(row)?);
-    }
+        _ => None,
+    };
+    let items = page.iter().map(stored_from_row).collect::<Result<_, _>>()?;
     Ok(CampaignPage { items, next })
 }
 
