@@ -135,6 +135,39 @@ async fn invalid_campaigns_are_answered_field_by_field_and_nothing_is_stored() {
 }
 
 #[tokio::test]
+async fn a_campaigns_ingest_mapping_is_validated_stored_and_returned() {
+    let db = TestDb::new().await;
+    seed_partner(&db, "acme", true).await;
+    let mapping = json!({"columns": {"clicked_at": "event_time"}, "derive_click_id_from": ["ip", "app"],
+                         "timestamp_zone": "campaign", "csv_delimiter": "semicolon"});
+    let mut body = spring();
+    body["ingest"] = mapping.clone();
+    let r = post(&db, "/campaigns", body).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    assert_eq!(r.body["ingest"], mapping);
+    let stored = campaigns::get(&**db.client().await, &CampaignId::parse("spring").unwrap()).await.unwrap().unwrap();
+    assert_eq!(stored.ingest.derive_click_id_from, ["ip", "app"]);
+    assert!(get(&db, "/campaigns/spring").await.body.get("ingest").is_some());
+
+    let mut body = spring();
+    body["campaign_id"] = json!("summer");
+    body["ingest"] = json!({"columns": {"click_id": " ", "ip": "src"}, "derive_click_id_from": ["ip", "IP"]});
+    let r = post(&db, "/campaigns", body).await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert_eq!(
+        r.body["errors"],
+        json!([{"field": "ingest.columns.click_id", "message": "must name a column"},
+               {"field": "ingest.derive_click_id_from[1]", "message": "\"IP\" is listed twice"}])
+    );
+    let mut body = spring();
+    body["campaign_id"] = json!("summer");
+    body["ingest"] = json!({"timestamp_zone": "Mars/Base"});
+    let r = post(&db, "/campaigns", body).await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert!(r.body.to_string().contains("Mars/Base"), "{}", r.body);
+}
+
+#[tokio::test]
 async fn an_update_names_the_version_it_was_made_from() {
     let db = TestDb::new().await;
     seed_partner(&db, "acme", true).await;

@@ -409,6 +409,11 @@ async fn ingest(
 
     // The reader runs ahead of the writers by at most one waiting chunk: with one chunk being read and one being
     // written per writer, memory stays flat whatever the file's size.
+    // The mapping and the zone of naive timestamps are the key campaign's (a file without one in its key reads
+    // with the defaults).
+    let key_campaign_config = key_campaign.as_ref().and_then(|id| campaigns_by_id.get(id));
+    let mapping = key_campaign_config.map(|c| c.ingest.clone()).unwrap_or_default();
+    let naive_zone = mapping.timestamp_zone.resolve(key_campaign_config.map_or(chrono_tz::Tz::UTC, |c| c.time_zone));
     let (tx, mut rx) = mpsc::channel(1);
     let plan = reader::ReadPlan {
         key: key.clone(),
@@ -418,6 +423,8 @@ async fn ingest(
         committed: std::mem::take(&mut lease.committed),
         chunk_rows: slicer.settings.chunk_rows,
         limits: slicer.settings.limits,
+        mapping,
+        naive_zone,
     };
     let reading = tokio::task::spawn_blocking(move || reader::read_file(SyncIoBridge::new(body), plan, tx));
 
@@ -592,12 +599,14 @@ async fn write_rejects_report(
     let mut report = csv::Writer::from_writer(Vec::new());
     let csv_error = |e: csv::Error| SlicerError::Transient(format!("writing the rejects report: {e}"));
     report.write_record(rejects::REPORT_HEADER).map_err(csv_error)?;
-    for (row, reason, raw) in &rows {
-        report.write_record(rejects::report_cells(*row as u64, reason, raw)).map_err(csv_error)?;
+    for row in &rows {
+        let cells =
+            rejects::report_cells(row.row_number as u64, &row.reason, row.field.as_deref().unwrap_or(""), &row.raw);
+        report.write_record(cells).map_err(csv_error)?;
     }
     if lease.done.rejected > limit as u64 {
         let more = format!("{} more rejected rows are not listed", lease.done.rejected - limit as u64);
-        report.write_record(["", more.as_str(), ""]).map_err(csv_error)?;
+        report.write_record(["", more.as_str(), "", ""]).map_err(csv_error)?;
     }
     let body = report.into_inner().map_err(|e| SlicerError::Transient(e.to_string()))?;
     let key = upload_key.rejects_key();

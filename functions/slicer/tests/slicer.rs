@@ -4,146 +4,12 @@ use std::io::Write;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use aws_lambda_events::event::s3::S3Event;
-use clickpacer::aws::s3::S3Objects;
-use clickpacer::domain::{Campaign, CampaignId, CampaignStatus, Partner, PartnerId};
 use clickpacer::ingest::IngestLimits;
 use clickpacer::invocation::Unlimited;
-use clickpacer::postgres::{campaigns, partners};
-use clickpacer::testing::{TestAws, TestDb};
 use slicer::{Slicer, SlicerSettings, TimeBudget, UploadOutcome};
 
-/// A fake clock: plenty of time for `chunks` chunks, then none.
-struct ChunksLeft(AtomicU32);
-impl TimeBudget for ChunksLeft {
-    fn remaining(&self) -> Duration {
-        let left = self.0.load(Ordering::SeqCst);
-        if left == 0 {
-            return Duration::ZERO;
-        }
-        self.0.store(left - 1, Ordering::SeqCst);
-        Duration::from_secs(3600)
-    }
-}
-
-struct World {
-    db: TestDb,
-    slicer: Slicer,
-    objects: S3Objects,
-    bucket: String,
-}
-
-async fn world(chunk_rows: usize) -> World {
-    world_with(SlicerSettings { chunk_rows, reserve: Duration::from_secs(1), ..SlicerSettings::default() }).await
-}
-
-async fn world_with(settings: SlicerSettings) -> World {
-    let db = TestDb::new().await;
-    let aws = TestAws::new().await;
-    let (objects, bucket) = aws.bucket().await;
-    {
-        let client = db.client().await;
-        let partner = Partner::get(PartnerId::parse("acme").unwrap(), "https://acme.example/c?id={click_id}");
-        partners::upsert(&**client, &partner).await.unwrap();
-        for (id, status, batch_size) in [
-            ("spring", CampaignStatus::Active, 10),
-            ("summer", CampaignStatus::Paused, 3),
-            ("old", CampaignStatus::Archived, 10),
-        ] {
-            let mut c = Campaign::unlimited(CampaignId::parse(id).unwrap(), partner.partner_id.clone());
-            c.status = status;
-            c.batch_size = batch_size;
-            campaigns::upsert(&**client, &c).await.unwrap();
-        }
-    }
-    let slicer = Slicer { pool: db.pool.clone(), objects: objects.clone(), settings };
-    World { db, slicer, objects, bucket }
-}
-
-/// S3 encodes keys in notifications form-style: `+` for a space, `%XX` for reserved and non-ASCII bytes.
-fn s3_encode(key: &str) -> String {
-    key.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => (b as char).to_string(),
-            b' ' => "+".into(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-fn event(records: &[(&str, &str, &str)]) -> S3Event {
-    let records: Vec<_> = records
-        .iter()
-        .map(|(bucket, key, etag)| {
-            serde_json::json!({
-                "eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": "us-east-1",
-                "eventTime": "2026-11-28T10:00:00.000Z", "eventName": "ObjectCreated:Put",
-                "userIdentity": {"principalId": "AWS:AIDAEXAMPLE"},
-                "requestParameters": {"sourceIPAddress": "127.0.0.1"},
-                "responseElements": {"x-amz-request-id": "C3D13FE58DE4C810", "x-amz-id-2": "FMyUVURIY8/IgAtTv8xRjskZQpcIZ9KG4V5Wp6S7S/JRWeUWerMUE5JgHvANOjpD"},
-                "s3": {
-                    "s3SchemaVersion": "1.0", "configurationId": "incoming-clicks",
-                    "bucket": {"name": bucket, "ownerIdentity": {"principalId": "A3NL1KOZZKExample"}, "arn": format!("arn:aws:s3:::{bucket}")},
-                    "object": {"key": s3_encode(key), "size": 1024, "eTag": etag, "sequencer": "0055AED6DCD90281E5"}
-                }
-            })
-        })
-        .collect();
-    serde_json::from_value(serde_json::json!({ "Records": records })).unwrap()
-}
-
-impl World {
-    async fn put(&self, key: &str, body: impl Into<Vec<u8>>) -> String {
-        self.objects.put(&self.bucket, key, body.into(), "text/plain").await.unwrap();
-        let (info, _) = self.objects.open(&self.bucket, key).await.unwrap();
-        info.version
-    }
-
-    async fn slice(&self, key: &str, etag: &str) -> UploadOutcome {
-        let reports =
-            slicer::handle_event(&self.slicer, event(&[(&self.bucket, key, etag)]), &Unlimited).await.unwrap();
-        assert_eq!(reports.len(), 1);
-        reports.into_iter().next().unwrap().outcome
-    }
-
-    async fn scalar(&self, sql: &str) -> i64 {
-        self.db.client().await.query_one(sql, &[]).await.unwrap().get(0)
-    }
-
-    /// Clicks stored, clicks counted in batches, and batches: these must always agree.
-    async fn stored(&self) -> (i64, i64, i64) {
-        let clicks = self.scalar("SELECT count(*) FROM clicks").await;
-        let in_batches = self.scalar("SELECT COALESCE(sum(click_count), 0)::bigint FROM batches").await;
-        let batches = self.scalar("SELECT count(*) FROM batches").await;
-        assert_eq!(clicks, in_batches, "every stored click is in exactly one batch");
-        let orphans = self
-            .scalar("SELECT count(*) FROM clicks c LEFT JOIN batches b USING (batch_id) WHERE b.batch_id IS NULL")
-            .await;
-        assert_eq!(orphans, 0);
-        (clicks, in_batches, batches)
-    }
-}
-
-fn counts(outcome: &UploadOutcome) -> (u64, u64, u64, u64) {
-    match outcome {
-        UploadOutcome::Completed { counts, .. }
-        | UploadOutcome::Failed { counts, .. }
-        | UploadOutcome::Suspended { counts, .. } => (counts.rows, counts.accepted, counts.rejected, counts.duplicate),
-        other => panic!("no counts in {other:?}"),
-    }
-}
-
-fn csv_rows(range: std::ops::Range<u32>) -> String {
-    let mut s = String::from("click_id,clicked_at,ip,user_agent,url,tier\n");
-    for i in range {
-        s.push_str(&format!(
-            "c{i},1764324000,10.0.{}.{},Mozilla/5.0,https://shop.example/p?i={i},gold\n",
-            i / 256 % 256,
-            i % 256
-        ));
-    }
-    s
-}
+mod common;
+use common::*;
 
 #[tokio::test]
 async fn plain_csv_with_bad_rows_of_every_kind() {
@@ -169,19 +35,20 @@ async fn plain_csv_with_bad_rows_of_every_kind() {
     assert_eq!(w.stored().await.0, 3);
 
     let UploadOutcome::Completed { rejects_key: Some(rejects_key), .. } = outcome else { panic!("{outcome:?}") };
-    assert_eq!(rejects_key, "rejects/mixed.csv");
+    assert_eq!(rejects_key, "rejects/mixed.csv.rejects.csv");
     let report = String::from_utf8(w.objects.get_bytes(&w.bucket, &rejects_key).await.unwrap()).unwrap();
     let lines: Vec<&str> = report.lines().collect();
-    assert_eq!(lines[0], "row,reason,raw");
+    assert_eq!(lines[0], "row,reason,field,raw");
     assert_eq!(lines.len(), 9);
     for expected in [
-        "3,missing click_id,",
+        "3,missing click_id,click_id,",
         "4,\"unknown campaign \"\"nope\"\"\"",
         "5,\"campaign \"\"old\"\" is archived\"",
         "6,\"unparseable clicked_at \"\"yesterday\"\"",
         "7,\"wrong column count: expected 6, found 5\"",
         "8,\"invalid ip \"\"999.1.1.1\"\"\"",
-        "12,invalid UTF-8,",
+        "12,invalid UTF-8,,",
+        "8,\"invalid ip \"\"999.1.1.1\"\"\",ip,",
     ] {
         assert!(lines.iter().any(|l| l.starts_with(expected)), "{expected:?} in\n{report}");
     }
@@ -267,7 +134,7 @@ async fn unknown_campaign_and_unreadable_files_are_answered() {
     let w = world(1000).await;
     let etag = w.put("incoming/ghost/a.csv", csv_rows(0..5)).await;
     assert_eq!(counts(&w.slice("incoming/ghost/a.csv", &etag).await), (5, 0, 5, 0));
-    let report = w.objects.get_bytes(&w.bucket, "rejects/ghost/a.csv").await.unwrap();
+    let report = w.objects.get_bytes(&w.bucket, "rejects/ghost/a.csv.rejects.csv").await.unwrap();
     assert!(String::from_utf8(report).unwrap().contains("unknown campaign \"\"ghost\"\""));
 
     let etag = w.put("incoming/spring/photo.bin", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR".to_vec()).await;
@@ -581,7 +448,7 @@ async fn killed_at_any_point_resumes_without_loss_or_duplicates() {
         "SELECT (sum(last_row - first_row + 1) = 1500 AND min(first_row) = 1 AND max(last_row) = 1500)::int::bigint
                     FROM upload_chunks";
     assert_eq!(w.scalar(coverage).await, 1, "the committed chunks cover the file");
-    let report = w.objects.get_bytes(&w.bucket, "rejects/mixed.csv").await.unwrap();
+    let report = w.objects.get_bytes(&w.bucket, "rejects/mixed.csv.rejects.csv").await.unwrap();
     let lines = String::from_utf8(report).unwrap().lines().count() as u64;
     assert_eq!(lines, expected.2 + 1, "every rejected row in the report, once");
 }
@@ -700,7 +567,7 @@ async fn a_campaign_that_cannot_be_loaded_rejects_only_its_own_rows() {
     let body = "click_id,campaign_id,clicked_at\nk1,spring,1764324000\nk2,summer,1764324000\nk3,spring,1764324000\n";
     let etag = w.put("incoming/mixed.csv", body).await;
     assert_eq!(counts(&w.slice("incoming/mixed.csv", &etag).await), (3, 2, 1, 0));
-    let report = w.objects.get_bytes(&w.bucket, "rejects/mixed.csv").await.unwrap();
+    let report = w.objects.get_bytes(&w.bucket, "rejects/mixed.csv.rejects.csv").await.unwrap();
     let report = String::from_utf8(report).unwrap();
     assert!(report.contains("campaign \"\"summer\"\" cannot take clicks"), "{report}");
     assert!(report.contains("posix/America/New_York"), "{report}");
@@ -744,17 +611,6 @@ async fn the_bytes_named_by_the_event_are_ingested_even_when_the_key_was_overwri
     assert!(matches!(&outcome, UploadOutcome::Ignored { reason } if reason.contains("overwritten")), "{outcome:?}");
     assert_eq!(w.scalar("SELECT count(*) FROM clicks").await, 0);
     assert_eq!(counts(&w.slice("incoming/spring/b.csv", &e2).await), (3, 3, 0, 0));
-}
-
-fn limited(limits: IngestLimits) -> SlicerSettings {
-    SlicerSettings { chunk_rows: 4, reserve: Duration::from_secs(1), limits, ..SlicerSettings::default() }
-}
-
-/// The rejects report's lines after the header.
-async fn report_lines(w: &World, key: &str) -> Vec<String> {
-    let upload = clickpacer::ingest::UploadKey { bucket: w.bucket.clone(), key: key.to_owned() };
-    let report = w.objects.get_bytes(&w.bucket, &upload.rejects_key()).await.unwrap();
-    String::from_utf8(report).unwrap().lines().skip(1).map(str::to_owned).collect()
 }
 
 #[tokio::test]

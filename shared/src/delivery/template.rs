@@ -20,13 +20,14 @@ pub(crate) enum Macro {
     LandingUrl,
     IdempotencyKey,
     BatchId,
-    /// `{attr.NAME}`: an extra column of the click file.
+    /// `{attr.NAME}`: an extra column of the click file; `{attr.NAME.KEY.0}` reaches into a nested value (see
+    /// [`attribute`]).
     Attr(String),
 }
 
 /// Every name a template may use, for error messages.
 pub(crate) const KNOWN_MACROS: &str = "click_id, campaign_id, ip, user_agent, clicked_at, clicked_at_unix, sub_id, \
-                                       landing_url, idempotency_key, batch_id, attr.NAME";
+                                       landing_url, idempotency_key, batch_id, attr.NAME, attr.NAME.PATH";
 
 impl Macro {
     fn parse(name: &str) -> Option<Self> {
@@ -51,8 +52,8 @@ impl Macro {
         })
     }
 
-    /// The click's value; a missing optional value is empty. Attributes that are not strings render as JSON
-    /// (`12`, `true`); `null` renders empty.
+    /// The click's value; a missing optional value is empty. Attributes that are not strings render as compact
+    /// JSON (`12`, `true`, `{"k":[1,2]}`); `null` renders empty.
     pub(crate) fn value<'c>(&self, click: &'c ClickForDelivery) -> Cow<'c, str> {
         let opt = |v: &'c Option<String>| Cow::Borrowed(v.as_deref().unwrap_or(""));
         match self {
@@ -66,13 +67,38 @@ impl Macro {
             Self::LandingUrl => opt(&click.landing_url),
             Self::IdempotencyKey => Cow::Borrowed(&click.idempotency_key),
             Self::BatchId => Cow::Owned(click.batch_id.to_string()),
-            Self::Attr(name) => match click.attributes.get(name) {
+            Self::Attr(path) => match attribute(&click.attributes, path) {
                 None | Some(serde_json::Value::Null) => Cow::Borrowed(""),
                 Some(serde_json::Value::String(s)) => Cow::Borrowed(s),
                 Some(other) => Cow::Owned(other.to_string()),
             },
         }
     }
+}
+
+/// The attribute a template names: the attribute of that exact name (a column may be called `a.b`), else the
+/// attribute named by the longest leading part of the path that names one, and the rest of the path, dot by dot,
+/// as keys of objects and indexes of arrays within it: `extra.k.1` in `{"extra": {"k": [1, 2]}}` is `2`. A path
+/// that leads nowhere is absent (renders empty).
+fn attribute<'c>(
+    attributes: &'c serde_json::Map<String, serde_json::Value>,
+    path: &str,
+) -> Option<&'c serde_json::Value> {
+    if let Some(value) = attributes.get(path) {
+        return Some(value);
+    }
+    let mut end = path.len();
+    while let Some(dot) = path[..end].rfind('.') {
+        if let Some(root) = attributes.get(&path[..dot]) {
+            return path[dot + 1..].split('.').try_fold(root, |value, step| match value {
+                serde_json::Value::Object(object) => object.get(step),
+                serde_json::Value::Array(items) => step.parse::<usize>().ok().and_then(|i| items.get(i)),
+                _ => None,
+            });
+        }
+        end = dot;
+    }
+    None
 }
 
 /// A parsed template: literal text and macros, in order.
@@ -178,5 +204,21 @@ mod tests {
         assert!(parse("{attr.}").unwrap_err().contains("unknown macro"));
         assert!(parse("x{click_id").unwrap_err().contains("unclosed"));
         assert!(parse("x{click_{id}}").unwrap_err().contains("unclosed"));
+    }
+
+    #[test]
+    fn attribute_paths_reach_into_nested_values() {
+        let attributes = serde_json::json!({"extra": {"k": [1, 2], "s": "x"}, "a.b": "dotted", "tier": "gold"});
+        let attributes = attributes.as_object().unwrap();
+        let at = |path: &str| attribute(attributes, path).map(|v| v.to_string());
+        assert_eq!(at("extra").as_deref(), Some(r#"{"k":[1,2],"s":"x"}"#));
+        assert_eq!(at("extra.k").as_deref(), Some("[1,2]"));
+        assert_eq!(at("extra.k.1").as_deref(), Some("2"));
+        assert_eq!(at("extra.s").as_deref(), Some(r#""x""#));
+        assert_eq!(at("a.b").as_deref(), Some(r#""dotted""#), "an attribute named with a dot");
+        assert_eq!(at("extra.k.5"), None);
+        assert_eq!(at("extra.nope"), None);
+        assert_eq!(at("tier.x"), None);
+        assert_eq!(at("missing.k"), None);
     }
 }

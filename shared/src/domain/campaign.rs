@@ -171,6 +171,9 @@ pub struct Campaign {
     pub daily_budget: Option<Micros>,
     pub total_budget: Option<Micros>,
     pub batch_size: u32,
+    /// How this campaign's click files map onto clicks.
+    #[serde(default, skip_serializing_if = "crate::ingest::IngestMapping::is_default")]
+    pub ingest: crate::ingest::IngestMapping,
 }
 
 impl Campaign {
@@ -194,6 +197,7 @@ impl Campaign {
             daily_budget: None,
             total_budget: None,
             batch_size: 100,
+            ingest: crate::ingest::IngestMapping::default(),
         }
     }
 }

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::campaign::{Campaign, CampaignStatus, CatchUp, HourlyWeights, Micros, PacingMode};
 use super::ids::{CampaignId, PartnerId};
+use crate::ingest::IngestMapping;
 
 /// One invalid field of a request: the field's path (`hourly_weights[3]`, `flight_end`) and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,6 +82,10 @@ pub struct CampaignSpec {
     /// Clicks per batch, 1-10,000.
     #[serde(default = "default_batch_size")]
     pub batch_size: i64,
+    /// How the campaign's click files map onto clicks: source columns, derived click ids, the zone of naive
+    /// timestamps, the CSV delimiter. Every part may be left out.
+    #[serde(default, skip_serializing_if = "IngestMapping::is_default")]
+    pub ingest: IngestMapping,
 }
 
 fn utc() -> String {
@@ -205,6 +210,9 @@ impl CampaignSpec {
             (!(1..=MAX_BATCH_SIZE).contains(&self.batch_size))
                 .then(|| format!("must be from 1 to {MAX_BATCH_SIZE} (got {})", self.batch_size)),
         );
+        for (field, message) in self.ingest.problems() {
+            check(&field, Some(message));
+        }
 
         match (campaign_id, partner_id, time_zone, flight_start, flight_end, pacing, catch_up) {
             (
@@ -233,6 +241,7 @@ impl CampaignSpec {
                 daily_budget,
                 total_budget,
                 batch_size: self.batch_size as u32,
+                ingest: self.ingest.clone(),
             }),
             _ => Err(errors),
         }
@@ -266,6 +275,7 @@ impl From<&Campaign> for CampaignSpec {
             daily_budget_micros: c.daily_budget.map(|m| m.0),
             total_budget_micros: c.total_budget.map(|m| m.0),
             batch_size: i64::from(c.batch_size),
+            ingest: c.ingest.clone(),
         }
     }
 }

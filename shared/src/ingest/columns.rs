@@ -12,10 +12,13 @@
 //!
 //! Every other column is kept as an attribute under its name as written (trimmed), for partner templates.
 
+use super::mapping::{IngestMapping, normalise};
+
 /// Most attribute columns a file may carry.
 pub const MAX_ATTRIBUTES: usize = 64;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum KnownField {
     ClickId,
     CampaignId,
@@ -79,6 +82,14 @@ impl Field {
     pub fn from_name(name: &str) -> Self {
         KnownField::from_name(name).map_or_else(|| Self::Attribute(name.trim().to_owned()), Self::Known)
     }
+
+    /// The name errors and reports use.
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Known(k) => k.name(),
+            Self::Attribute(a) => a,
+        }
+    }
 }
 
 /// Why a whole file cannot be read: its upload fails with this status instead of crash-looping.
@@ -88,13 +99,18 @@ pub enum FileError {
     Empty,
     #[error("the file is neither CSV with a header row nor NDJSON: {0}")]
     UnknownFormat(String),
-    #[error("the header has no click_id column (found: {0})")]
+    #[error(
+        "the header has no click_id column (found: {0}); name the column holding click ids with the campaign's \
+         ingest.columns.click_id, or have ids derived from columns with ingest.derive_click_id_from"
+    )]
     NoClickIdColumn(String),
+    #[error("the header has no column {0:?}, which the campaign's ingest.derive_click_id_from lists")]
+    MissingDerivationColumn(String),
     #[error("the header names {0} twice")]
     DuplicateColumn(String),
     #[error("the header has {0} attribute columns; at most {MAX_ATTRIBUTES} are accepted")]
     TooManyColumns(usize),
-    #[error("the file is not valid gzip: {0}")]
+    #[error("the file is not valid compressed data: {0}")]
     BadCompression(String),
     #[error("reading the file failed: {0}")]
     Read(String),
@@ -103,32 +119,49 @@ pub enum FileError {
     LimitReached { row: u64, limit: String },
 }
 
-/// A CSV header, mapped.
+/// A header (CSV's first row, or a Parquet file's schema), mapped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Columns {
     pub fields: Vec<Field>,
+    /// With a derived click id: the positions of the derivation columns, in the configured order.
+    pub derive_from: Option<Vec<usize>>,
 }
 
 impl Columns {
     pub fn from_header(names: &[&str]) -> Result<Self, FileError> {
-        let fields: Vec<Field> = names.iter().map(|n| Field::from_name(n)).collect();
-        if !fields.contains(&Field::Known(KnownField::ClickId)) {
+        Self::mapped(names, &IngestMapping::default())
+    }
+
+    /// The header read with a campaign's mapping.
+    pub fn mapped(names: &[&str], mapping: &IngestMapping) -> Result<Self, FileError> {
+        let fields: Vec<Field> = names.iter().map(|n| mapping.field(n)).collect();
+        let derive_from = if mapping.derives_click_id() {
+            let positions = mapping
+                .derive_click_id_from
+                .iter()
+                .map(|wanted| {
+                    names
+                        .iter()
+                        .position(|n| normalise(n) == normalise(wanted))
+                        .ok_or_else(|| FileError::MissingDerivationColumn(wanted.clone()))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Some(positions)
+        } else if !fields.contains(&Field::Known(KnownField::ClickId)) {
             return Err(FileError::NoClickIdColumn(names.join(",").chars().take(200).collect()));
-        }
+        } else {
+            None
+        };
         for (i, field) in fields.iter().enumerate() {
             if fields[..i].contains(field) {
-                let name = match field {
-                    Field::Known(k) => k.name().to_owned(),
-                    Field::Attribute(a) => a.clone(),
-                };
-                return Err(FileError::DuplicateColumn(name));
+                return Err(FileError::DuplicateColumn(field.name().to_owned()));
             }
         }
         let attributes = fields.iter().filter(|f| matches!(f, Field::Attribute(_))).count();
         if attributes > MAX_ATTRIBUTES {
             return Err(FileError::TooManyColumns(attributes));
         }
-        Ok(Self { fields })
+        Ok(Self { fields, derive_from })
     }
 }
 

@@ -42,17 +42,12 @@ pub struct UploadKey {
 }
 
 impl UploadKey {
-    /// The rejects report beside the upload, under `rejects/` with the path it had under `incoming/`: a CSV
-    /// upload's report has its name (`rejects/<campaign>/clicks.csv`), any other upload's has `.csv` appended
-    /// (`clicks.ndjson.csv`, `clicks.csv.gz.csv`: the report is plain CSV, and two uploads that differ only in
-    /// their extension keep a report each).
+    /// The rejects report beside the upload: under `rejects/`, the path it had under `incoming/` followed by
+    /// `.rejects.csv` (`rejects/<campaign>/clicks.csv.gz.rejects.csv`): plain CSV whatever the upload was, and two
+    /// uploads that differ only in their extension keep a report each.
     pub fn rejects_key(&self) -> String {
         let original = self.key.strip_prefix("incoming/").unwrap_or(&self.key);
-        if original.to_ascii_lowercase().ends_with(".csv") {
-            format!("rejects/{original}")
-        } else {
-            format!("rejects/{original}.csv")
-        }
+        format!("rejects/{original}.rejects.csv")
     }
 }
 
@@ -87,11 +82,10 @@ mod tests {
     #[test]
     fn rejects_sit_beside_the_upload() {
         let key = UploadKey { bucket: "b".into(), key: "incoming/spring/a b.csv.gz".into() };
-        assert_eq!(key.rejects_key(), "rejects/spring/a b.csv.gz.csv");
-        // A CSV upload's report keeps its name, not `clicks.csv.csv`.
+        assert_eq!(key.rejects_key(), "rejects/spring/a b.csv.gz.rejects.csv");
         let key = UploadKey { bucket: "b".into(), key: "incoming/spring/clicks.csv".into() };
-        assert_eq!(key.rejects_key(), "rejects/spring/clicks.csv");
+        assert_eq!(key.rejects_key(), "rejects/spring/clicks.csv.rejects.csv");
         let key = UploadKey { bucket: "b".into(), key: "incoming/spring/clicks.ndjson".into() };
-        assert_eq!(key.rejects_key(), "rejects/spring/clicks.ndjson.csv");
+        assert_eq!(key.rejects_key(), "rejects/spring/clicks.ndjson.rejects.csv");
     }
 }

@@ -21,7 +21,10 @@ pub enum RejectReason {
     CampaignMismatch { row: String, key: String },
     #[error("missing clicked_at")]
     MissingClickedAt,
-    #[error("unparseable clicked_at {0:?}: use RFC 3339 or epoch seconds or milliseconds")]
+    #[error(
+        "unparseable clicked_at {0:?}: use RFC 3339, epoch seconds or milliseconds, or YYYY-MM-DD HH:MM:SS[.fff] \
+         (read in the campaign's ingest.timestamp_zone, UTC by default)"
+    )]
     InvalidClickedAt(String),
     #[error("invalid ip {0:?}")]
     InvalidIp(String),
@@ -39,10 +42,64 @@ pub enum RejectReason {
     LimitReached(String),
     #[error("invalid JSON: {0}")]
     InvalidJson(String),
-    #[error("a JSON line must be an object")]
+    #[error("not a JSON object: each row must be one")]
     NotAnObject,
     #[error("{0} must be a string or a number")]
     NotAScalar(String),
+    #[error("every column the click id is derived from is empty")]
+    NothingToDeriveClickIdFrom,
+}
+
+impl RejectReason {
+    /// A stable name for the kind of reason, for counts per reason (the message may carry the row's values).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::MissingClickId => "missing_click_id",
+            Self::InvalidClickId(_) => "invalid_click_id",
+            Self::MissingCampaign => "missing_campaign",
+            Self::InvalidCampaign(_) => "invalid_campaign",
+            Self::UnknownCampaign(_) => "unknown_campaign",
+            Self::ArchivedCampaign(_) => "archived_campaign",
+            Self::UnusableCampaign { .. } => "unusable_campaign",
+            Self::CampaignMismatch { .. } => "campaign_mismatch",
+            Self::MissingClickedAt => "missing_clicked_at",
+            Self::InvalidClickedAt(_) => "invalid_clicked_at",
+            Self::InvalidIp(_) => "invalid_ip",
+            Self::InvalidLandingUrl(_) => "invalid_landing_url",
+            Self::FieldTooLong { .. } => "field_too_long",
+            Self::WrongColumnCount { .. } => "wrong_column_count",
+            Self::InvalidUtf8 => "invalid_utf8",
+            Self::RowTooLong(_) => "row_too_long",
+            Self::LimitReached(_) => "limit_reached",
+            Self::InvalidJson(_) => "invalid_json",
+            Self::NotAnObject => "not_an_object",
+            Self::NotAScalar(_) => "not_a_scalar",
+            Self::NothingToDeriveClickIdFrom => "nothing_to_derive_click_id_from",
+        }
+    }
+
+    /// The field that failed, when one did.
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            Self::MissingClickId | Self::InvalidClickId(_) | Self::NothingToDeriveClickIdFrom => Some("click_id"),
+            Self::MissingCampaign
+            | Self::InvalidCampaign(_)
+            | Self::UnknownCampaign(_)
+            | Self::ArchivedCampaign(_)
+            | Self::UnusableCampaign { .. }
+            | Self::CampaignMismatch { .. } => Some("campaign_id"),
+            Self::MissingClickedAt | Self::InvalidClickedAt(_) => Some("clicked_at"),
+            Self::InvalidIp(_) => Some("ip"),
+            Self::InvalidLandingUrl(_) => Some("landing_url"),
+            Self::FieldTooLong { field, .. } | Self::NotAScalar(field) => Some(field),
+            Self::WrongColumnCount { .. }
+            | Self::InvalidUtf8
+            | Self::RowTooLong(_)
+            | Self::LimitReached(_)
+            | Self::InvalidJson(_)
+            | Self::NotAnObject => None,
+        }
+    }
 }
 
 /// One rejected row: its 1-based data row number (header excluded), the reason and the raw row.
@@ -80,11 +137,11 @@ pub fn neutralise_formula(cell: &str) -> String {
 }
 
 /// The header of the rejects report.
-pub const REPORT_HEADER: [&str; 3] = ["row", "reason", "raw"];
+pub const REPORT_HEADER: [&str; 4] = ["row", "reason", "field", "raw"];
 
 /// One report line's cells, made safe.
-pub fn report_cells(row_number: u64, reason: &str, raw: &str) -> [String; 3] {
-    [row_number.to_string(), neutralise_formula(reason), neutralise_formula(raw)]
+pub fn report_cells(row_number: u64, reason: &str, field: &str, raw: &str) -> [String; 4] {
+    [row_number.to_string(), neutralise_formula(reason), neutralise_formula(field), neutralise_formula(raw)]
 }
 
 #[cfg(test)]

@@ -4,57 +4,14 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::IpAddr;
 
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::offset::LocalResult;
+use chrono::{DateTime, NaiveDateTime, Offset, TimeZone, Utc};
+use chrono_tz::Tz;
 
-use super::columns::{Columns, Field, FileError, KnownField};
+use super::columns::{Columns, Field, KnownField};
+use super::mapping::{IngestMapping, derive_click_id, normalise};
 use super::rejects::{RejectReason, RejectedRow, truncate_raw};
 use crate::domain::{CampaignId, CampaignStatus, ClickId};
-
-/// The two formats a click file may have (either may be gzip-compressed).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FileFormat {
-    /// Comma-separated with a header row.
-    Csv,
-    /// One JSON object per line.
-    Ndjson,
-}
-
-impl FileFormat {
-    /// The format a key's extension names (after any `.gz`), if it names one.
-    pub fn from_key(key: &str) -> Option<Self> {
-        let lower = key.to_ascii_lowercase();
-        let name = lower.strip_suffix(".gz").unwrap_or(&lower);
-        if name.ends_with(".csv") {
-            Some(Self::Csv)
-        } else if name.ends_with(".ndjson") || name.ends_with(".jsonl") || name.ends_with(".json") {
-            Some(Self::Ndjson)
-        } else {
-            None
-        }
-    }
-
-    /// Decides from the first bytes when the key does not say: NDJSON starts with `{`, CSV with a printable
-    /// header. Anything else (binary, another text format) is refused with a clear reason.
-    pub fn sniff(head: &[u8]) -> Result<Self, FileError> {
-        let text = head.strip_prefix(b"\xef\xbb\xbf").unwrap_or(head);
-        let first = text.iter().copied().find(|b| !b.is_ascii_whitespace()).ok_or(FileError::Empty)?;
-        if first == b'{' {
-            return Ok(Self::Ndjson);
-        }
-        let line = text.split(|b| *b == b'\n').next().unwrap_or_default();
-        match std::str::from_utf8(line) {
-            Ok(l) if l.chars().all(|c| !c.is_control() || c == '\r' || c == '\t') => Ok(Self::Csv),
-            _ => Err(FileError::UnknownFormat("the first line is not text".into())),
-        }
-    }
-}
-
-/// Whether the object is gzip: by key, by Content-Encoding, or by its magic bytes.
-pub fn is_gzip(key: &str, content_encoding: Option<&str>, head: &[u8]) -> bool {
-    key.to_ascii_lowercase().ends_with(".gz")
-        || content_encoding.is_some_and(|e| e.eq_ignore_ascii_case("gzip"))
-        || head.starts_with(&[0x1f, 0x8b])
-}
 
 /// What the validator must know about campaigns.
 pub trait CampaignFacts {
@@ -111,6 +68,17 @@ pub struct RowContext<'a> {
     pub campaigns: &'a dyn CampaignFacts,
     /// Longest accepted row (raw bytes); longer rows are rejected without being parsed.
     pub max_row_bytes: usize,
+    /// The key campaign's mapping (the default when the key names no campaign).
+    pub mapping: &'a IngestMapping,
+    /// The zone naive timestamps are read in (resolved from the mapping).
+    pub naive_zone: Tz,
+}
+
+/// A value of a row: text (CSV cells, JSON strings and numbers) or a JSON value kept whole (nested objects and
+/// arrays, booleans).
+enum Cell<'a> {
+    Text(Cow<'a, str>),
+    Json(&'a serde_json::Value),
 }
 
 /// Validates one CSV record against the header.
@@ -130,9 +98,13 @@ pub fn validate_csv_record(
     let mut values = Vec::with_capacity(record.len());
     for (field, bytes) in columns.fields.iter().zip(record.iter()) {
         let text = std::str::from_utf8(bytes).map_err(|_| reject(RejectReason::InvalidUtf8))?;
-        values.push((field, Cow::Borrowed(text)));
+        values.push((Cow::Borrowed(field), Cell::Text(Cow::Borrowed(text))));
     }
-    build(values, row_number, ctx).map_err(reject)
+    let derived = columns.derive_from.as_ref().map(|positions| {
+        let texts: Vec<&str> = positions.iter().map(|&i| std::str::from_utf8(&record[i]).unwrap_or_default()).collect();
+        derived_id(&texts)
+    });
+    build(values, derived, row_number, ctx).map_err(reject)
 }
 
 /// Validates one NDJSON line.
@@ -145,33 +117,69 @@ pub fn validate_json_line(line: &[u8], row_number: u64, ctx: &RowContext<'_>) ->
     let value: serde_json::Value =
         serde_json::from_str(text).map_err(|e| reject(RejectReason::InvalidJson(e.to_string())))?;
     let serde_json::Value::Object(object) = value else { return Err(reject(RejectReason::NotAnObject)) };
-    let fields: Vec<(Field, &serde_json::Value)> = object.iter().map(|(k, v)| (Field::from_name(k), v)).collect();
-    let mut values = Vec::with_capacity(fields.len());
-    for (field, value) in &fields {
-        let text = match value {
-            serde_json::Value::String(s) => Cow::Borrowed(s.as_str()),
-            serde_json::Value::Number(n) => Cow::Owned(n.to_string()),
-            serde_json::Value::Null => continue,
-            _ => {
-                let name = match field {
-                    Field::Known(k) => k.name().to_owned(),
-                    Field::Attribute(a) => a.clone(),
-                };
-                return Err(reject(RejectReason::NotAScalar(name)));
-            }
-        };
-        values.push((field, text));
-    }
-    build(values, row_number, ctx).map_err(reject)
+    validate_json_object(&object, row_number, ctx).map_err(reject)
 }
 
-fn build(values: Vec<(&Field, Cow<'_, str>)>, row_number: u64, ctx: &RowContext<'_>) -> Result<ClickRow, RejectReason> {
+/// Validates one row given as a JSON object (an NDJSON line, an element of a JSON array, a Parquet row). Nested
+/// values and booleans are kept as attributes; the click's own fields must be strings or numbers.
+pub fn validate_json_object(
+    object: &serde_json::Map<String, serde_json::Value>,
+    row_number: u64,
+    ctx: &RowContext<'_>,
+) -> Result<ClickRow, RejectReason> {
+    let mut values = Vec::with_capacity(object.len());
+    for (key, value) in object {
+        let field = ctx.mapping.field(key);
+        let cell = match value {
+            serde_json::Value::String(s) => Cell::Text(Cow::Borrowed(s.as_str())),
+            serde_json::Value::Number(n) => Cell::Text(Cow::Owned(n.to_string())),
+            serde_json::Value::Null => continue,
+            other => match field {
+                Field::Known(k) => return Err(RejectReason::NotAScalar(k.name().to_owned())),
+                Field::Attribute(_) => Cell::Json(other),
+            },
+        };
+        values.push((Cow::Owned(field), cell));
+    }
+    let derived = ctx.mapping.derives_click_id().then(|| {
+        let texts: Vec<String> = ctx
+            .mapping
+            .derive_click_id_from
+            .iter()
+            .map(|wanted| {
+                let wanted = normalise(wanted);
+                match object.iter().find(|(k, _)| normalise(k) == wanted).map(|(_, v)| v) {
+                    None | Some(serde_json::Value::Null) => String::new(),
+                    Some(serde_json::Value::String(s)) => s.clone(),
+                    Some(other) => other.to_string(),
+                }
+            })
+            .collect();
+        derived_id(&texts.iter().map(String::as_str).collect::<Vec<_>>())
+    });
+    build(values, derived, row_number, ctx)
+}
+
+/// The derived click id, or why there is none: every derivation column is empty.
+fn derived_id(values: &[&str]) -> Result<String, RejectReason> {
+    if values.iter().all(|v| v.trim().is_empty()) {
+        return Err(RejectReason::NothingToDeriveClickIdFrom);
+    }
+    Ok(derive_click_id(values.iter().copied()))
+}
+
+fn build(
+    values: Vec<(Cow<'_, Field>, Cell<'_>)>,
+    derived_click_id: Option<Result<String, RejectReason>>,
+    row_number: u64,
+    ctx: &RowContext<'_>,
+) -> Result<ClickRow, RejectReason> {
     let mut known: [Option<&str>; 7] = [None; 7];
     let mut attributes = serde_json::Map::new();
-    for (field, value) in &values {
-        let value = value.trim();
-        match field {
-            Field::Known(k) => {
+    for (field, cell) in &values {
+        match (field.as_ref(), cell) {
+            (Field::Known(k), Cell::Text(value)) => {
+                let value = value.trim();
                 if value.len() > k.max_len() {
                     return Err(RejectReason::FieldTooLong { field: k.name().into(), max: k.max_len() });
                 }
@@ -179,7 +187,9 @@ fn build(values: Vec<(&Field, Cow<'_, str>)>, row_number: u64, ctx: &RowContext<
                     known[*k as usize] = Some(value);
                 }
             }
-            Field::Attribute(name) => {
+            (Field::Known(k), Cell::Json(_)) => return Err(RejectReason::NotAScalar(k.name().to_owned())),
+            (Field::Attribute(name), Cell::Text(value)) => {
+                let value = value.trim();
                 if value.len() > MAX_ATTRIBUTE_BYTES {
                     return Err(RejectReason::FieldTooLong { field: name.clone(), max: MAX_ATTRIBUTE_BYTES });
                 }
@@ -187,12 +197,22 @@ fn build(values: Vec<(&Field, Cow<'_, str>)>, row_number: u64, ctx: &RowContext<
                     attributes.insert(name.clone(), serde_json::Value::String(value.to_owned()));
                 }
             }
+            (Field::Attribute(name), Cell::Json(value)) => {
+                // Measured as the compact JSON text a template renders.
+                if value.to_string().len() > MAX_ATTRIBUTE_BYTES {
+                    return Err(RejectReason::FieldTooLong { field: name.clone(), max: MAX_ATTRIBUTE_BYTES });
+                }
+                attributes.insert(name.clone(), (*value).clone());
+            }
         }
     }
     let get = |k: KnownField| known[k as usize];
 
-    let click_id = ClickId::parse(get(KnownField::ClickId).ok_or(RejectReason::MissingClickId)?)
-        .map_err(|e| RejectReason::InvalidClickId(e.reason))?;
+    let click_id = match derived_click_id {
+        Some(derived) => ClickId::parse(derived?).map_err(|e| RejectReason::InvalidClickId(e.reason))?,
+        None => ClickId::parse(get(KnownField::ClickId).ok_or(RejectReason::MissingClickId)?)
+            .map_err(|e| RejectReason::InvalidClickId(e.reason))?,
+    };
 
     let campaign_id = match (get(KnownField::CampaignId), ctx.key_campaign) {
         (Some(row), Some(key)) if row != key.as_str() => {
@@ -211,7 +231,8 @@ fn build(values: Vec<(&Field, Cow<'_, str>)>, row_number: u64, ctx: &RowContext<
         Some(_) => {}
     }
 
-    let clicked_at = parse_clicked_at(get(KnownField::ClickedAt).ok_or(RejectReason::MissingClickedAt)?)?;
+    let clicked_at =
+        parse_clicked_at(get(KnownField::ClickedAt).ok_or(RejectReason::MissingClickedAt)?, ctx.naive_zone)?;
     let ip =
         get(KnownField::Ip).map(|v| v.parse::<IpAddr>().map_err(|_| RejectReason::InvalidIp(v.into()))).transpose()?;
     let landing_url = get(KnownField::LandingUrl)
@@ -235,12 +256,19 @@ fn build(values: Vec<(&Field, Cow<'_, str>)>, row_number: u64, ctx: &RowContext<
     })
 }
 
-/// Longest accepted attribute value in bytes.
+/// Longest accepted attribute value in bytes (a nested value: its compact JSON text).
 pub const MAX_ATTRIBUTE_BYTES: usize = 1024;
 
-/// RFC 3339 (`2026-11-28T10:00:00Z`, offset or `Z`; a space instead of `T` is accepted), or epoch seconds
-/// (optionally fractional) or milliseconds (13+ digits). Times outside 2000..2100 are refused as typos.
-pub fn parse_clicked_at(value: &str) -> Result<DateTime<Utc>, RejectReason> {
+/// When a click happened, from the forms click files use:
+/// - RFC 3339 (`2026-11-28T10:00:00Z`, an offset or `Z`; a space instead of `T` is accepted);
+/// - epoch seconds (optionally fractional) or milliseconds (13 digits or more);
+/// - a naive date-time, `YYYY-MM-DD HH:MM:SS[.fff]` with a space or `T` and no offset (the default of SQL and
+///   spreadsheet exports), read in `naive_zone`. A local time that a DST change skips (02:30 on a spring-forward
+///   night) is moved forward by the length of the gap (03:30, daylight time), and one that happens twice (01:30
+///   on a fall-back night) is the first of the two (daylight time), as PostgreSQL and java.time resolve them.
+///
+/// Times outside 2000..2100 are refused as typos.
+pub fn parse_clicked_at(value: &str, naive_zone: Tz) -> Result<DateTime<Utc>, RejectReason> {
     let invalid = || RejectReason::InvalidClickedAt(value.to_owned());
     let parsed = if value.bytes().all(|b| b.is_ascii_digit()) {
         let n: i64 = value.parse().map_err(|_| invalid())?;
@@ -251,8 +279,13 @@ pub fn parse_clicked_at(value: &str) -> Result<DateTime<Utc>, RejectReason> {
         let secs: i64 = secs.parse().map_err(|_| invalid())?;
         let nanos: u32 = format!("{:0<9}", &frac[..frac.len().min(9)]).parse().map_err(|_| invalid())?;
         Utc.timestamp_opt(secs, nanos).single()
+    } else if let Ok(t) = DateTime::parse_from_rfc3339(value) {
+        Some(t.with_timezone(&Utc))
     } else {
-        DateTime::parse_from_rfc3339(value).ok().map(|t| t.with_timezone(&Utc))
+        ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f"]
+            .iter()
+            .find_map(|format| NaiveDateTime::parse_from_str(value, format).ok())
+            .map(|naive| in_zone(naive, naive_zone))
     };
     let at = parsed.ok_or_else(invalid)?;
     let (min, max) = (Utc.with_ymd_and_hms(2000, 1, 1, 0, 0, 0), Utc.with_ymd_and_hms(2100, 1, 1, 0, 0, 0));
@@ -260,6 +293,20 @@ pub fn parse_clicked_at(value: &str) -> Result<DateTime<Utc>, RejectReason> {
         return Err(invalid());
     }
     Ok(at)
+}
+
+/// A local date-time in `zone`, DST gaps and overlaps resolved as [`parse_clicked_at`] documents.
+fn in_zone(naive: NaiveDateTime, zone: Tz) -> DateTime<Utc> {
+    match zone.from_local_datetime(&naive) {
+        LocalResult::Single(t) => t.with_timezone(&Utc),
+        LocalResult::Ambiguous(first, _) => first.with_timezone(&Utc),
+        LocalResult::None => {
+            // In a gap: read with the offset in force before it, which lands as far past the gap's end as the
+            // time was past its start.
+            let before = zone.offset_from_utc_datetime(&(naive - chrono::TimeDelta::hours(24))).fix();
+            (naive - chrono::TimeDelta::seconds(i64::from(before.local_minus_utc()))).and_utc()
+        }
+    }
 }
 
 fn raw_csv(record: &csv::ByteRecord) -> Vec<u8> {
@@ -287,8 +334,17 @@ mod tests {
     fn csv_row(header: &[&str], cells: &[&[u8]], key_campaign: Option<&CampaignId>) -> Result<ClickRow, RejectReason> {
         let columns = Columns::from_header(header).unwrap();
         let facts = campaigns();
-        let ctx = RowContext { key_campaign, campaigns: &facts, max_row_bytes: 64 * 1024 };
+        let mapping = IngestMapping::default();
+        let ctx = context(key_campaign, &facts, &mapping);
         validate_csv_record(&columns, &csv::ByteRecord::from(cells.to_vec()), 7, &ctx).map_err(|r| r.reason)
+    }
+
+    fn context<'a>(
+        key_campaign: Option<&'a CampaignId>,
+        facts: &'a HashMap<CampaignId, CampaignStatus>,
+        mapping: &'a IngestMapping,
+    ) -> RowContext<'a> {
+        RowContext { key_campaign, campaigns: facts, max_row_bytes: 64 * 1024, mapping, naive_zone: Tz::UTC }
     }
 
     const HEADER: [&str; 5] = ["click_id", "campaign_id", "clicked_at", "ip", "country"];
@@ -342,7 +398,8 @@ mod tests {
     #[test]
     fn json_lines_validate_the_same_way() {
         let facts = campaigns();
-        let ctx = RowContext { key_campaign: None, campaigns: &facts, max_row_bytes: 64 * 1024 };
+        let mapping = IngestMapping::default();
+        let ctx = context(None, &facts, &mapping);
         let line = br#"{"click_id":"c1","campaign":"spring","clicked_at":1764324000123,"url":"https://x.example/a","tier":"gold"}"#;
         let row = validate_json_line(line, 1, &ctx).unwrap();
         assert_eq!(row.clicked_at.timestamp_millis(), 1_764_324_000_123);
@@ -358,21 +415,75 @@ mod tests {
     }
 
     #[test]
-    fn clicked_at_formats() {
-        assert_eq!(parse_clicked_at("1764324000.5").unwrap().timestamp_millis(), 1_764_324_000_500);
-        assert_eq!(parse_clicked_at("2026-11-28 10:00:00Z").unwrap().to_rfc3339(), "2026-11-28T10:00:00+00:00");
-        assert!(parse_clicked_at("99").is_err(), "1970 is a typo, not a click time");
-        assert!(parse_clicked_at("2026-13-01T00:00:00Z").is_err());
+    fn nested_values_are_kept_as_attributes() {
+        let facts = campaigns();
+        let mapping = IngestMapping::default();
+        let ctx = context(None, &facts, &mapping);
+        let line = br#"{"click_id":"c1","campaign_id":"spring","clicked_at":1764324000,"extra":{"k":[1,2]},"ok":true}"#;
+        let row = validate_json_line(line, 1, &ctx).unwrap();
+        assert_eq!(row.attributes["extra"], serde_json::json!({"k": [1, 2]}));
+        assert_eq!(row.attributes["ok"], serde_json::json!(true));
     }
 
     #[test]
-    fn formats_are_detected() {
-        assert_eq!(FileFormat::from_key("incoming/c/a.CSV.gz"), Some(FileFormat::Csv));
-        assert_eq!(FileFormat::from_key("incoming/c/a.jsonl"), Some(FileFormat::Ndjson));
-        assert_eq!(FileFormat::from_key("incoming/c/a.parquet"), None);
-        assert_eq!(FileFormat::sniff(b"\n {\"click_id\":1}").unwrap(), FileFormat::Ndjson);
-        assert_eq!(FileFormat::sniff(b"click_id,ts\n").unwrap(), FileFormat::Csv);
-        assert!(matches!(FileFormat::sniff(b"PAR1\x00\x01\x02"), Err(FileError::UnknownFormat(_))));
-        assert!(is_gzip("a.csv", None, &[0x1f, 0x8b, 8]));
+    fn clicked_at_formats() {
+        let utc = Tz::UTC;
+        assert_eq!(parse_clicked_at("1764324000.5", utc).unwrap().timestamp_millis(), 1_764_324_000_500);
+        assert_eq!(parse_clicked_at("2026-11-28 10:00:00Z", utc).unwrap().to_rfc3339(), "2026-11-28T10:00:00+00:00");
+        assert!(parse_clicked_at("99", utc).is_err(), "1970 is a typo, not a click time");
+        assert!(parse_clicked_at("2026-13-01T00:00:00Z", utc).is_err());
+        assert_eq!(parse_clicked_at("2017-11-06 14:32:10", utc).unwrap().to_rfc3339(), "2017-11-06T14:32:10+00:00");
+        assert_eq!(
+            parse_clicked_at("2017-11-06T14:32:10.250", utc).unwrap().to_rfc3339(),
+            "2017-11-06T14:32:10.250+00:00"
+        );
+        let berlin = chrono_tz::Europe::Berlin;
+        assert_eq!(parse_clicked_at("2017-11-06 14:32:10", berlin).unwrap().to_rfc3339(), "2017-11-06T13:32:10+00:00");
+    }
+
+    #[test]
+    fn naive_times_on_dst_days_follow_the_documented_rule() {
+        let new_york = chrono_tz::America::New_York;
+        let at = |text: &str| parse_clicked_at(text, new_york).unwrap().to_rfc3339();
+        // 2026-03-08: 02:00 EST jumps to 03:00 EDT. 02:30 does not exist: moved forward by the gap, 03:30 EDT.
+        assert_eq!(at("2026-03-08 01:59:59"), "2026-03-08T06:59:59+00:00");
+        assert_eq!(at("2026-03-08 02:30:00"), "2026-03-08T07:30:00+00:00");
+        assert_eq!(at("2026-03-08 03:30:00"), "2026-03-08T07:30:00+00:00");
+        // 2026-11-01: 02:00 EDT falls back to 01:00 EST. 01:30 happens twice: the first, daylight time.
+        assert_eq!(at("2026-11-01 01:30:00"), "2026-11-01T05:30:00+00:00");
+        assert_eq!(at("2026-11-01 02:30:00"), "2026-11-01T07:30:00+00:00");
+    }
+
+    #[test]
+    fn mapped_columns_and_derived_ids() {
+        let facts = campaigns();
+        let spring = CampaignId::parse("spring").unwrap();
+        let mapping = IngestMapping {
+            columns: std::collections::BTreeMap::from([(KnownField::ClickedAt, "click_time".to_owned())]),
+            derive_click_id_from: vec!["ip".into(), "app".into(), "click_time".into()],
+            ..IngestMapping::default()
+        };
+        let ctx = context(Some(&spring), &facts, &mapping);
+        let header = ["ip", "app", "device", "os", "channel", "click_time"];
+        let columns = Columns::mapped(&header, &mapping).unwrap();
+        let record = |cells: &[&str]| csv::ByteRecord::from(cells.to_vec());
+        let row = validate_csv_record(
+            &columns,
+            &record(&["10.0.0.1", "3", "1", "13", "497", "2017-11-06 14:32:10"]),
+            1,
+            &ctx,
+        )
+        .unwrap();
+        assert_eq!(row.click_id.as_str(), derive_click_id(["10.0.0.1", "3", "2017-11-06 14:32:10"]));
+        assert_eq!(row.attributes["device"], "1");
+        let empty = validate_csv_record(&columns, &record(&["", "", "1", "13", "497", ""]), 2, &ctx).unwrap_err();
+        assert_eq!(empty.reason, RejectReason::NothingToDeriveClickIdFrom);
+        assert!(matches!(
+            Columns::mapped(&["ip", "app"], &mapping),
+            Err(crate::ingest::FileError::MissingDerivationColumn(c)) if c == "click_time"
+        ));
+        // The same ids from a JSON row with the same values.
+        let line = br#"{"ip":"10.0.0.1","app":3,"click_time":"2017-11-06 14:32:10"}"#;
+        assert_eq!(validate_json_line(line, 1, &ctx).unwrap().click_id, row.click_id);
     }
 }

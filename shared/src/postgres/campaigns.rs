@@ -10,9 +10,9 @@ use crate::domain::{Campaign, CampaignId, CampaignStatus, CatchUp, HourlyWeights
 
 pub(crate) const COLUMNS: &str = "campaign_id, name, partner_id, status, time_zone, flight_start, flight_end, pacing_mode, \
     hourly_weights, max_per_second, max_per_minute, max_per_hour, daily_cap, cost_per_click_micros, \
-    daily_budget_micros, total_budget_micros, batch_size, catch_up, catch_up_percent";
+    daily_budget_micros, total_budget_micros, batch_size, catch_up, catch_up_percent, ingest";
 
-/// A campaign's configuration as the 19 values of [`COLUMNS`], in order, as PostgreSQL takes them.
+/// A campaign's configuration as the 20 values of [`COLUMNS`], in order, as PostgreSQL takes them.
 struct Values<'a> {
     campaign: &'a Campaign,
     campaign_id: &'a str,
@@ -30,6 +30,7 @@ struct Values<'a> {
     batch_size: i32,
     catch_up: &'static str,
     catch_up_percent: Option<i32>,
+    ingest: postgres_types::Json<&'a crate::ingest::IngestMapping>,
 }
 
 impl<'a> Values<'a> {
@@ -57,10 +58,11 @@ impl<'a> Values<'a> {
                 CatchUp::Ahead(percent) => Some(i32::from(percent)),
                 _ => None,
             },
+            ingest: postgres_types::Json(&c.ingest),
         })
     }
 
-    fn params(&self) -> [&(dyn ToSql + Sync); 19] {
+    fn params(&self) -> [&(dyn ToSql + Sync); 20] {
         let c = self.campaign;
         [
             &self.campaign_id,
@@ -82,19 +84,20 @@ impl<'a> Values<'a> {
             &self.batch_size,
             &self.catch_up,
             &self.catch_up_percent,
+            &self.ingest,
         ]
     }
 }
 
 const INSERT: &str = "INSERT INTO campaigns (campaign_id, name, partner_id, status, time_zone, flight_start,
         flight_end, pacing_mode, hourly_weights, max_per_second, max_per_minute, max_per_hour, daily_cap,
-        cost_per_click_micros, daily_budget_micros, total_budget_micros, batch_size, catch_up, catch_up_percent)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)";
+        cost_per_click_micros, daily_budget_micros, total_budget_micros, batch_size, catch_up, catch_up_percent, ingest)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)";
 
 const SET_ALL: &str = "name = $2, partner_id = $3, status = $4, time_zone = $5, flight_start = $6,
     flight_end = $7, pacing_mode = $8, hourly_weights = $9, max_per_second = $10, max_per_minute = $11,
     max_per_hour = $12, daily_cap = $13, cost_per_click_micros = $14, daily_budget_micros = $15,
-    total_budget_micros = $16, batch_size = $17, catch_up = $18, catch_up_percent = $19, updated_at = now(),
+    total_budget_micros = $16, batch_size = $17, catch_up = $18, catch_up_percent = $19, ingest = $20, updated_at = now(),
     version = campaigns.version + 1";
 
 /// Inserts or replaces a campaign's configuration.
@@ -147,7 +150,7 @@ pub async fn replace(
     let mut params = values.params().to_vec();
     params.push(&expected);
     let sql = format!(
-        "UPDATE campaigns SET {SET_ALL} WHERE campaign_id = $1 AND ($20::bigint IS NULL OR version = $20)
+        "UPDATE campaigns SET {SET_ALL} WHERE campaign_id = $1 AND ($21::bigint IS NULL OR version = $21)
          RETURNING {COLUMNS}, {STORED}"
     );
     match db.query_opt(&sql, &params).await? {
@@ -302,5 +305,9 @@ pub(crate) fn from_row(row: &Row) -> Result<Campaign, DbError> {
         daily_budget: row.try_get::<_, Option<i64>>("daily_budget_micros")?.map(Micros),
         total_budget: row.try_get::<_, Option<i64>>("total_budget_micros")?.map(Micros),
         batch_size: to_u32(row.try_get("batch_size")?),
+        ingest: row
+            .try_get::<_, postgres_types::Json<crate::ingest::IngestMapping>>("ingest")
+            .map_err(|e| DbError::Invalid(format!("campaign {id:?} has an invalid ingest mapping: {e}")))?
+            .0,
     })
 }

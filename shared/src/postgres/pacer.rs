@@ -222,14 +222,7 @@ pub async fn claim_due_batches(
     campaign_ids.sort();
     campaign_ids.dedup();
     let campaign_rows = tx
-        .query(
-            "SELECT campaign_id, name, partner_id, status, time_zone, flight_start, flight_end, pacing_mode,
-                    hourly_weights, max_per_second, max_per_minute, max_per_hour, daily_cap,
-                    cost_per_click_micros, daily_budget_micros, total_budget_micros, batch_size, catch_up,
-                    catch_up_percent
-             FROM campaigns WHERE campaign_id = ANY($1)",
-            &[&campaign_ids],
-        )
+        .query(&format!("SELECT {} FROM campaigns WHERE campaign_id = ANY($1)", campaigns::COLUMNS), &[&campaign_ids])
         .await?;
     // A campaign whose row cannot be loaded (a zone PostgreSQL knows and the engine does not, say) holds up only
     // its own batches: they wait for the next run, with the reason reported, while every other campaign goes.

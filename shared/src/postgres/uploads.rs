@@ -444,8 +444,8 @@ async fn write_chunk_once(
         .await?;
     let rejects_statement = tx
         .prepare_cached(
-            "INSERT INTO upload_rejects (upload_id, row_number, reason, raw)
-             SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::text[])",
+            "INSERT INTO upload_rejects (upload_id, row_number, reason, raw, code, field)
+             SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[])",
         )
         .await?;
     // The lease fence and the counts: the chunk's last write, so concurrent chunks of the upload hold its row
@@ -630,6 +630,8 @@ async fn write_chunk_once(
     let reject_rows: Vec<i64> = rejects.iter().map(|r| r.row_number as i64).collect();
     let reasons: Vec<String> = rejects.iter().map(|r| r.reason.to_string()).collect();
     let raws: Vec<&str> = rejects.iter().map(|r| r.raw.as_str()).collect();
+    let codes: Vec<&str> = rejects.iter().map(|r| r.reason.code()).collect();
+    let fields: Vec<Option<&str>> = rejects.iter().map(|r| r.reason.field()).collect();
     let (first_row, last_row) = (chunk.rows.first as i64, chunk.rows.last as i64);
     let (rejected, fenced, recorded) = tokio::join!(
         biased;
@@ -637,7 +639,7 @@ async fn write_chunk_once(
             if rejects.is_empty() {
                 Ok(0)
             } else {
-                tx.execute(&rejects_statement, &[&upload_id, &reject_rows, &reasons, &raws]).await
+                tx.execute(&rejects_statement, &[&upload_id, &reject_rows, &reasons, &raws, &codes, &fields]).await
             }
         },
         async {
@@ -677,7 +679,8 @@ async fn copy_click_ids(
     Ok(())
 }
 
-/// Ends the upload (completed, or failed with a reason) and gives up the lease.
+/// Ends the upload (completed, or failed with a reason) and gives up the lease, recording its rejected rows per
+/// reason code. A completed upload every row of which was rejected for one reason says so in its status detail.
 pub async fn finish(
     db: &impl tokio_postgres::GenericClient,
     lease: &UploadLease,
@@ -687,9 +690,23 @@ pub async fn finish(
     let status = if failure.is_some() { "failed" } else { "completed" };
     let updated = db
         .execute(
-            "UPDATE uploads SET status = $3, status_detail = $4, rejects_key = $5, completed_at = now(),
+            "WITH counts AS (
+                 SELECT code, count(*) AS n, min(reason) AS reason, count(DISTINCT reason) AS reasons
+                 FROM upload_rejects WHERE upload_id = $1 GROUP BY code
+             ), summary AS (
+                 SELECT coalesce(jsonb_object_agg(code, n), '{}') AS by_code,
+                        CASE WHEN count(*) = 1 THEN min(n) END AS only_n,
+                        CASE WHEN count(*) = 1 AND sum(reasons) = 1 THEN min(reason)
+                             WHEN count(*) = 1 THEN min(code) || ', e.g. ' || min(reason) END AS only_reason
+                 FROM counts
+             )
+             UPDATE uploads u SET status = $3,
+                    status_detail = coalesce($4, CASE WHEN s.only_n > 0 AND s.only_n = u.rows_done
+                        THEN 'every row (' || s.only_n || ') was rejected: ' || s.only_reason END),
+                    reject_counts = s.by_code, rejects_key = $5, completed_at = now(),
                     lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
-             WHERE upload_id = $1 AND lease_owner = $2",
+             FROM summary s
+             WHERE u.upload_id = $1 AND u.lease_owner = $2",
             &[&lease.upload_id, &lease.owner, &status, &failure, &rejects_key],
         )
         .await
@@ -730,19 +747,32 @@ pub async fn release(db: &impl tokio_postgres::GenericClient, lease: &UploadLeas
     Ok(())
 }
 
-/// The upload's first `limit` rejected rows in row order: `(row, reason, raw)`.
+/// One rejected row as the report lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportedReject {
+    pub row_number: i64,
+    pub reason: String,
+    pub field: Option<String>,
+    pub raw: String,
+}
+
+/// The upload's first `limit` rejected rows in row order.
 pub async fn rejects(
     db: &impl tokio_postgres::GenericClient,
     upload_id: i64,
     limit: i64,
-) -> Result<Vec<(i64, String, String)>, DbError> {
+) -> Result<Vec<ReportedReject>, DbError> {
     let rows = db
         .query(
-            "SELECT row_number, reason, raw FROM upload_rejects WHERE upload_id = $1 ORDER BY row_number LIMIT $2",
+            "SELECT row_number, reason, field, raw FROM upload_rejects WHERE upload_id = $1
+             ORDER BY row_number LIMIT $2",
             &[&upload_id, &limit],
         )
         .await?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
+    Ok(rows
+        .iter()
+        .map(|r| ReportedReject { row_number: r.get(0), reason: r.get(1), field: r.get(2), raw: r.get(3) })
+        .collect())
 }
 
 /// Clicks of each campaign already waiting (not yet released): where new batches queue up behind.

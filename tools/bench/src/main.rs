@@ -1,6 +1,8 @@
 //! Benchmarks. Each prints its figures as it goes and, last, one JSON object.
 //!
-//!   scripts/bench slicer [--rows N]    ingest N generated clicks from the local S3 (default 1,000,000)
+//!   scripts/bench slicer [--rows N] [--format parquet]
+//!                                      ingest N generated clicks from the local S3 (default 1,000,000) as
+//!                                      CSV, and with `--format parquet` as Parquet too, in the same run
 //!   scripts/bench pacer [--batches N]  claim + reserve + mark throughput with 1, 2, 4 and 8 pacers over N due
 //!                                      batches (default 200,000), one run through the local SQS, pacing accuracy
 //!                                      over a simulated day, release latency (see pacer_bench.rs)
@@ -30,7 +32,13 @@ async fn main() -> anyhow::Result<()> {
         None => 200_000,
     };
     match which.as_str() {
-        "slicer" => slicer_bench::run(rows).await,
+        "slicer" => {
+            let format = match args.iter().position(|a| a == "--format") {
+                Some(i) => slicer_bench::Format::parse(args.get(i + 1).context("--format needs csv or parquet")?)?,
+                None => slicer_bench::Format::Csv,
+            };
+            slicer_bench::run(rows, format).await
+        }
         "pacer" => pacer_bench::run(batches).await,
         "bridge" => bridge_bench::run(&args).await,
         "pacing" => pacing_bench::run(&args).await,

@@ -1,8 +1,10 @@
-//! Slicer throughput: a generated click file in the local S3, ingested into PostgreSQL by the slicer's own
-//! handler; then, in the same run and database, a plain binary COPY of the same rows into a table of the same
+//! Slicer throughput: a generated click file in the local S3 (CSV, and with `--format parquet` the same rows
+//! as Parquet too), ingested into PostgreSQL by the slicer's own handler; then, in the same run and database, a plain binary COPY of the same rows into a table of the same
 //! shape as `clicks`: the practical limit for getting rows into PostgreSQL.
 
 use std::io::Write;
+
+use anyhow::Context;
 use std::time::{Duration, Instant};
 
 use aws_lambda_events::event::s3::S3Event;
@@ -30,13 +32,45 @@ fn row(i: u64) -> String {
     )
 }
 
-pub async fn run(rows: u64) -> anyhow::Result<()> {
+/// The file formats the benchmark can generate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Csv,
+    Parquet,
+}
+
+impl Format {
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        match text {
+            "csv" => Ok(Self::Csv),
+            "parquet" => Ok(Self::Parquet),
+            other => anyhow::bail!("unknown format {other:?}: use csv or parquet"),
+        }
+    }
+
+    fn key(self) -> &'static str {
+        match self {
+            Self::Csv => "incoming/bench/clicks.csv",
+            Self::Parquet => "incoming/bench/clicks.parquet",
+        }
+    }
+}
+
+/// Ingests `rows` generated clicks as CSV, and with `Format::Parquet` also as Parquet (other click ids, the same
+/// values), in the same run, then a plain COPY of the same rows.
+pub async fn run(rows: u64, format: Format) -> anyhow::Result<()> {
     let db = TestDb::new().await;
     let aws = TestAws::new().await;
     let (objects, bucket) = aws.bucket().await;
-    let result = measure(rows, &db, &objects, &bucket).await;
-    // A run leaves hundreds of MiB behind in each service (the database, the object): remove them.
-    let _ = objects.client().delete_object().bucket(&bucket).key(KEY).send().await;
+    let formats: &[Format] = match format {
+        Format::Csv => &[Format::Csv],
+        Format::Parquet => &[Format::Csv, Format::Parquet],
+    };
+    let result = measure(rows, formats, &db, &objects, &bucket).await;
+    // A run leaves hundreds of MiB behind in each service (the database, the objects): remove them.
+    for format in formats {
+        let _ = objects.client().delete_object().bucket(&bucket).key(format.key()).send().await;
+    }
     db.pool.close();
     let admin = clickpacer::config::DatabaseConfig { url: std::env::var("DATABASE_URL")?, pool_size: 1 };
     let admin = clickpacer::postgres::build_pool(&admin)?;
@@ -44,9 +78,15 @@ pub async fn run(rows: u64) -> anyhow::Result<()> {
     result
 }
 
-const KEY: &str = "incoming/bench/clicks.csv";
+/// One format's figures.
+struct Ingested {
+    file_mib: f64,
+    seconds: f64,
+    rows_per_s: f64,
+    peak_rss_mib: f64,
+}
 
-async fn measure(rows: u64, db: &TestDb, objects: &S3Objects, bucket: &str) -> anyhow::Result<()> {
+async fn measure(rows: u64, formats: &[Format], db: &TestDb, objects: &S3Objects, bucket: &str) -> anyhow::Result<()> {
     {
         let client = db.client().await;
         let partner = Partner::get(PartnerId::parse("bench")?, "https://partner.example/c?id={click_id}");
@@ -55,19 +95,60 @@ async fn measure(rows: u64, db: &TestDb, objects: &S3Objects, bucket: &str) -> a
         campaign.batch_size = 100;
         campaigns::upsert(&**client, &campaign).await?;
     }
+    let settings = settings_from_env()?;
+    eprintln!("slicer settings: {} rows a chunk, {} writers", settings.chunk_rows, settings.writers);
+    let slicer = Slicer { pool: db.pool.clone(), objects: objects.clone(), settings };
 
-    // The file is generated on disk and streamed to S3, so its bytes never sit in this process's memory.
-    let path = std::env::temp_dir().join(format!("clickpacer-bench-{}.csv", std::process::id()));
-    {
-        let mut file = std::io::BufWriter::new(std::fs::File::create(&path)?);
-        file.write_all(b"click_id,clicked_at,ip,user_agent,landing_url,sub_id,country\n")?;
-        for i in 0..rows {
-            file.write_all(row(i).as_bytes())?;
-        }
-        file.flush()?;
+    let mut figures = Vec::new();
+    for &format in formats {
+        figures.push((format, ingest(rows, format, &slicer, objects, bucket).await?));
+    }
+
+    let copy = plain_copy(db, rows).await?;
+    let copy_rps = rows as f64 / copy.as_secs_f64();
+    eprintln!("plain binary COPY: {rows} rows in {:.2} s = {copy_rps:.0} rows/s", copy.as_secs_f64());
+
+    let round = |x: f64, places: i32| (x * 10f64.powi(places)).round() / 10f64.powi(places);
+    let csv = &figures[0].1;
+    let mut summary = json!({
+        "benchmark": "slicer",
+        "rows": rows,
+        "file_mib": round(csv.file_mib, 1),
+        "seconds": round(csv.seconds, 2),
+        "rows_per_s": csv.rows_per_s.round(),
+        "copy_rows_per_s": copy_rps.round(),
+        "copy_ratio": round(csv.rows_per_s / copy_rps, 3),
+        "peak_rss_mib": round(csv.peak_rss_mib, 1),
+        "chunk_rows": slicer.settings.chunk_rows,
+        "writers": slicer.settings.writers,
+    });
+    if let Some((_, parquet)) = figures.iter().find(|(f, _)| *f == Format::Parquet) {
+        summary["parquet_file_mib"] = json!(round(parquet.file_mib, 1));
+        summary["parquet_seconds"] = json!(round(parquet.seconds, 2));
+        summary["parquet_rows_per_s"] = json!(parquet.rows_per_s.round());
+        summary["parquet_peak_rss_mib"] = json!(round(parquet.peak_rss_mib, 1));
+        summary["parquet_to_csv_ratio"] = json!(round(parquet.rows_per_s / csv.rows_per_s, 3));
+    }
+    println!("{summary}");
+    Ok(())
+}
+
+/// Generates the file on disk, streams it to S3 (so its bytes never sit in this process's memory), and has the
+/// slicer's own handler ingest it.
+async fn ingest(
+    rows: u64,
+    format: Format,
+    slicer: &Slicer,
+    objects: &S3Objects,
+    bucket: &str,
+) -> anyhow::Result<Ingested> {
+    let path = std::env::temp_dir().join(format!("clickpacer-bench-{}-{format:?}", std::process::id()));
+    match format {
+        Format::Csv => write_csv(&path, rows)?,
+        Format::Parquet => write_parquet(&path, rows)?,
     }
     let size = std::fs::metadata(&path)?.len();
-    let key = KEY;
+    let key = format.key();
     objects
         .client()
         .put_object()
@@ -78,48 +159,89 @@ async fn measure(rows: u64, db: &TestDb, objects: &S3Objects, bucket: &str) -> a
         .await?;
     std::fs::remove_file(&path)?;
     let (info, _) = objects.open(bucket, key).await?;
-    eprintln!("generated {rows} rows, {:.1} MiB, in the local S3", size as f64 / 1048576.0);
+    let file_mib = size as f64 / 1048576.0;
+    eprintln!("generated {rows} rows as {format:?}, {file_mib:.1} MiB, in the local S3");
 
-    let settings = settings_from_env()?;
-    eprintln!("slicer settings: {} rows a chunk, {} writers", settings.chunk_rows, settings.writers);
-    let slicer = Slicer { pool: db.pool.clone(), objects: objects.clone(), settings };
     let event: S3Event = serde_json::from_value(json!({"Records": [{
         "eventName": "ObjectCreated:Put", "eventTime": "2026-11-28T10:00:00Z",
         "userIdentity": {}, "requestParameters": {}, "responseElements": {},
         "s3": {"bucket": {"name": bucket}, "object": {"key": key, "size": size, "eTag": info.version}}
     }]}))?;
-
     reset_peak_rss();
     let started = Instant::now();
-    let reports = slicer::handle_event(&slicer, event, &Unlimited).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-    let ours = started.elapsed();
-    let peak = peak_rss_mib();
+    let reports = slicer::handle_event(slicer, event, &Unlimited).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let seconds = started.elapsed().as_secs_f64();
+    let peak_rss_mib = peak_rss_mib();
     let UploadOutcome::Completed { counts, .. } = &reports[0].outcome else {
         anyhow::bail!("slicer did not complete: {:?}", reports[0].outcome)
     };
     anyhow::ensure!(counts.accepted == rows, "accepted {} of {rows}", counts.accepted);
-    let ours_rps = rows as f64 / ours.as_secs_f64();
-    eprintln!("slicer: {rows} rows in {:.2} s = {ours_rps:.0} rows/s, peak RSS {peak:.1} MiB", ours.as_secs_f64());
-
-    let copy = plain_copy(db, rows).await?;
-    let copy_rps = rows as f64 / copy.as_secs_f64();
-    eprintln!("plain binary COPY: {rows} rows in {:.2} s = {copy_rps:.0} rows/s", copy.as_secs_f64());
-
-    println!(
-        "{}",
-        json!({
-            "benchmark": "slicer",
-            "rows": rows,
-            "file_mib": (size as f64 / 1048576.0 * 10.0).round() / 10.0,
-            "seconds": (ours.as_secs_f64() * 100.0).round() / 100.0,
-            "rows_per_s": ours_rps.round(),
-            "copy_rows_per_s": copy_rps.round(),
-            "copy_ratio": (ours_rps / copy_rps * 1000.0).round() / 1000.0,
-            "peak_rss_mib": (peak * 10.0).round() / 10.0,
-            "chunk_rows": slicer.settings.chunk_rows,
-            "writers": slicer.settings.writers,
-        })
+    let rows_per_s = rows as f64 / seconds;
+    eprintln!(
+        "slicer, {format:?}: {rows} rows in {seconds:.2} s = {rows_per_s:.0} rows/s, peak RSS {peak_rss_mib:.1} MiB"
     );
+    Ok(Ingested { file_mib, seconds, rows_per_s, peak_rss_mib })
+}
+
+fn write_csv(path: &std::path::Path, rows: u64) -> anyhow::Result<()> {
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
+    file.write_all(b"click_id,clicked_at,ip,user_agent,landing_url,sub_id,country\n")?;
+    for i in 0..rows {
+        file.write_all(row(i).as_bytes())?;
+    }
+    file.flush()?;
+    Ok(())
+}
+
+/// The same values as [`row`] in Parquet, as a warehouse unload writes it: snappy pages, a timestamp column, row
+/// groups of 100,000 rows; click ids `pq-…` so they do not repeat the CSV's.
+fn write_parquet(path: &std::path::Path, rows: u64) -> anyhow::Result<()> {
+    use parquet::data_type::{ByteArray, ByteArrayType, Int64Type};
+    use parquet::file::properties::WriterProperties;
+    use parquet::file::writer::SerializedFileWriter;
+
+    let schema = std::sync::Arc::new(parquet::schema::parser::parse_message_type(
+        "message clicks {
+            required binary click_id (STRING);
+            required int64 clicked_at (TIMESTAMP(MILLIS, true));
+            required binary ip (STRING);
+            required binary user_agent (STRING);
+            required binary landing_url (STRING);
+            required binary sub_id (STRING);
+            required binary country (STRING);
+        }",
+    )?);
+    let properties =
+        std::sync::Arc::new(WriterProperties::builder().set_compression(parquet::basic::Compression::SNAPPY).build());
+    let file = std::fs::File::create(path)?;
+    let mut writer = SerializedFileWriter::new(file, schema, properties)?;
+    const GROUP: u64 = 100_000;
+    for start in (0..rows).step_by(GROUP as usize) {
+        let range = start..(start + GROUP).min(rows);
+        let mut group = writer.next_row_group()?;
+        let texts: [Box<dyn Fn(u64) -> String>; 6] = [
+            Box::new(|i| format!("pq-{i:09}")),
+            Box::new(|i| format!("10.{}.{}.{}", i >> 16 & 255, i >> 8 & 255, i & 255)),
+            Box::new(|_| "Mozilla/5.0 (X11; Linux x86_64) Chrome/126.0".to_owned()),
+            Box::new(|i| format!("https://shop.example/p/{}", i % 5000)),
+            Box::new(|i| format!("sub-{}", i % 97)),
+            Box::new(|_| "DE".to_owned()),
+        ];
+        for (column_index, text) in texts.iter().enumerate() {
+            if column_index == 1 {
+                let times: Vec<i64> = range.clone().map(|i| (1_764_324_000 + (i / 100) as i64) * 1000).collect();
+                let mut column = group.next_column()?.context("the clicked_at column")?;
+                column.typed::<Int64Type>().write_batch(&times, None, None)?;
+                column.close()?;
+            }
+            let values: Vec<ByteArray> = range.clone().map(|i| ByteArray::from(text(i).into_bytes())).collect();
+            let mut column = group.next_column()?.context("a text column")?;
+            column.typed::<ByteArrayType>().write_batch(&values, None, None)?;
+            column.close()?;
+        }
+        group.close()?;
+    }
+    writer.close()?;
     Ok(())
 }
 

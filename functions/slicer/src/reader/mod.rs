@@ -1,21 +1,28 @@
 //! Reads a click file as a stream, on a blocking thread, and hands validated chunks to the writers.
 //!
-//! Memory stays flat whatever the file's size: bytes flow from the S3 body through an optional gzip decoder
-//! and the CSV or NDJSON reader, and the channel holds a bounded number of chunks.
+//! Memory stays flat whatever the file's size: bytes flow from the S3 body through a decoder (gzip, zstd or
+//! bzip2, when the file is compressed) and the reader of its format ([`csv_rows`], [`json_rows`] for NDJSON and
+//! JSON arrays, [`parquet_rows`]), and the channel holds a bounded number of chunks. Parquet alone needs random
+//! access: its decoded bytes are spooled to a temporary file first and read one row group at a time.
 //!
 //! A chunk is a contiguous run of rows none of which is committed yet: rows an earlier invocation committed
 //! are read past (not validated again), and a chunk ends where such a run begins.
 
+mod csv_rows;
+mod json_rows;
+mod parquet_rows;
+
 use std::cell::Cell;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, ErrorKind, Read};
 use std::rc::Rc;
 
+use chrono_tz::Tz;
 use clickpacer::config::vars;
 use clickpacer::domain::CampaignId;
 use clickpacer::ingest::rejects::truncate_raw;
 use clickpacer::ingest::{
-    CampaignDirectory, ClickRow, Columns, FileError, FileFormat, IngestLimits, RejectReason, RejectedRow, RowContext,
-    is_gzip, validate_csv_record, validate_json_line,
+    CampaignDirectory, ClickRow, Compression, FileError, FileFormat, IngestLimits, IngestMapping, RejectReason,
+    RejectedRow, RowContext,
 };
 use clickpacer::postgres::uploads::{ChunkRows, RowRange, StagedClick};
 use flate2::read::MultiGzDecoder;
@@ -62,6 +69,10 @@ pub struct ReadPlan {
     pub committed: Vec<RowRange>,
     pub chunk_rows: usize,
     pub limits: IngestLimits,
+    /// The key campaign's ingest mapping (the default when the key names none).
+    pub mapping: IngestMapping,
+    /// The zone naive timestamps are read in.
+    pub naive_zone: Tz,
 }
 
 /// Reads `body` to the end (or until the receiver is dropped), sending chunks; the last message is `Err` when
@@ -73,26 +84,36 @@ pub fn read_file(body: impl Read, plan: ReadPlan, out: mpsc::Sender<Result<Chunk
 }
 
 fn read_into(body: impl Read, plan: &ReadPlan, out: &mpsc::Sender<Result<Chunk, ReadError>>) -> Result<(), ReadError> {
-    let mut raw = BufReader::with_capacity(256 * 1024, body);
+    let mut raw = BufReader::with_capacity(256 * 1024, Body(body));
     let head = raw.fill_buf().map_err(io_error)?.to_vec();
-    let gzip = is_gzip(&plan.key, plan.content_encoding.as_deref(), &head);
-    let decoded: Box<dyn Read> = if gzip { Box::new(MultiGzDecoder::new(raw)) } else { Box::new(raw) };
-    let guard = ReadGuard::new(&plan.limits, gzip);
+    let compression = Compression::detect(&plan.key, plan.content_encoding.as_deref(), &head);
+    let decoded: Box<dyn Read> = match compression {
+        Compression::None => Box::new(raw),
+        Compression::Gzip => Box::new(MultiGzDecoder::new(raw)),
+        // Every frame of a multi-frame file, like every member of a gzip file.
+        Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(raw).map_err(io_error)?),
+        Compression::Bzip2 => Box::new(bzip2::read::MultiBzDecoder::new(raw)),
+    };
+    let guard = ReadGuard::new(&plan.limits, compression);
     let mut input = BufReader::with_capacity(READ_BUFFER, Guarded { inner: decoded, guard: Rc::clone(&guard) });
     let head = input.fill_buf().map_err(io_error)?;
-    let format = match FileFormat::from_key(&plan.key) {
-        Some(format) if !head.is_empty() => format,
-        _ => FileFormat::sniff(head)?,
-    };
+    let format = FileFormat::of(&plan.key, head)?;
     let ctx = RowContext {
         key_campaign: plan.key_campaign.as_ref(),
         campaigns: &plan.campaigns,
         max_row_bytes: plan.limits.max_row_bytes,
+        mapping: &plan.mapping,
+        naive_zone: plan.naive_zone,
     };
     let mut chunker = Chunker { plan, out, chunk: Chunk::default(), next_committed: 0 };
     let read = match format {
-        FileFormat::Csv => read_csv(input, &ctx, &mut chunker, &guard),
-        FileFormat::Ndjson => read_ndjson(input, &ctx, &mut chunker),
+        FileFormat::Csv => {
+            guard.watch_records.set(true);
+            csv_rows::read(input, &ctx, &mut chunker, &guard)
+        }
+        FileFormat::Ndjson => json_rows::read_lines(input, &ctx, &mut chunker),
+        FileFormat::JsonArray => json_rows::read_array(input, &ctx, &mut chunker),
+        FileFormat::Parquet => parquet_rows::read(input, &ctx, &mut chunker),
     };
     match read {
         // The file cannot be read on: the valid rows read so far are kept. (A transient failure is not flushed:
@@ -113,32 +134,37 @@ const READ_BUFFER: usize = 256 * 1024;
 
 /// Watches the decoded bytes as the row readers pull them: the file's total against
 /// [`IngestLimits::max_decompressed_bytes`], and (for CSV) how far the record being read runs past its start. The
-/// reader it wraps and the row loop share it.
+/// reader it wraps and the row loop share it. (The line and element readers bound each row themselves, and
+/// Parquet has no rows in its byte stream, so only CSV has its records watched.)
 struct ReadGuard {
     read: Cell<u64>,
     record_start: Cell<u64>,
+    watch_records: Cell<bool>,
     max_total: u64,
     max_record: u64,
     max_row_bytes: usize,
-    gzip: bool,
+    compression: Compression,
 }
 
 /// Why the guard stopped the bytes.
 #[derive(Debug)]
 enum Overrun {
-    Total { limit: u64, gzip: bool },
+    Total { limit: u64, compression: Compression },
     Record { limit: usize },
 }
 
 impl std::fmt::Display for Overrun {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Total { limit, gzip: true } => {
-                write!(f, "the file decompresses to more than {limit} bytes ({})", vars::SLICER_MAX_DECOMPRESSED_BYTES)
-            }
-            Self::Total { limit, gzip: false } => {
+            Self::Total { limit, compression: Compression::None } => {
                 write!(f, "the file holds more than {limit} bytes ({})", vars::SLICER_MAX_DECOMPRESSED_BYTES)
             }
+            Self::Total { limit, compression } => write!(
+                f,
+                "the {} file decompresses to more than {limit} bytes ({})",
+                compression.name(),
+                vars::SLICER_MAX_DECOMPRESSED_BYTES
+            ),
             Self::Record { limit } => write!(
                 f,
                 "a row runs on far past the longest allowed, {limit} bytes (an unterminated quote?), so no later \
@@ -152,15 +178,16 @@ impl std::fmt::Display for Overrun {
 impl std::error::Error for Overrun {}
 
 impl ReadGuard {
-    fn new(limits: &IngestLimits, gzip: bool) -> Rc<Self> {
+    fn new(limits: &IngestLimits, compression: Compression) -> Rc<Self> {
         Rc::new(Self {
             read: Cell::new(0),
             record_start: Cell::new(0),
+            watch_records: Cell::new(false),
             max_total: limits.max_decompressed_bytes,
             // What the readers buffer ahead comes on top of the record's own bytes.
             max_record: limits.max_record_read() + READ_BUFFER as u64 + 64 * 1024,
             max_row_bytes: limits.max_row_bytes,
-            gzip,
+            compression,
         })
     }
 
@@ -179,19 +206,52 @@ impl<R: Read> Read for Guarded<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let g = &self.guard;
         let read = g.read.get();
-        if read.saturating_sub(g.record_start.get()) > g.max_record {
+        if g.watch_records.get() && read.saturating_sub(g.record_start.get()) > g.max_record {
             return Err(std::io::Error::other(Overrun::Record { limit: g.max_row_bytes }));
         }
         // Up to the limit exactly, so every row within it is read; past it only to learn whether the file ends.
         let room = g.max_total.saturating_sub(read);
         let want = buf.len().min(usize::try_from(room).unwrap_or(usize::MAX)).max(1);
-        let n = self.inner.read(&mut buf[..want])?;
+        let n = self.inner.read(&mut buf[..want]).map_err(|e| {
+            if g.compression == Compression::None || from_the_body(&e) {
+                e
+            } else {
+                // Any other failure is the decoder's refusal of the bytes (flate2, zstd and bzip2 report them
+                // with different kinds): it names the compression, and no retry can help.
+                std::io::Error::new(ErrorKind::InvalidData, format!("{}: {e}", g.compression.name()))
+            }
+        })?;
         if room == 0 && n > 0 {
-            return Err(std::io::Error::other(Overrun::Total { limit: g.max_total, gzip: g.gzip }));
+            return Err(std::io::Error::other(Overrun::Total { limit: g.max_total, compression: g.compression }));
         }
         g.read.set(read + n as u64);
         Ok(n)
     }
+}
+
+/// The object's byte stream: its failures are marked as its own, so that a broken connection under a decoder is
+/// told apart from the decoder's refusal of corrupt bytes.
+struct Body<R>(R);
+
+#[derive(Debug)]
+struct BodyError(std::io::Error);
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for BodyError {}
+
+impl<R: Read> Read for Body<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.read(buf).map_err(|e| std::io::Error::new(e.kind(), BodyError(e)))
+    }
+}
+
+fn from_the_body(e: &std::io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<BodyError>())
 }
 
 /// The guard's refusal inside an I/O error, if that is what it is.
@@ -216,6 +276,29 @@ impl Chunker<'_> {
             self.next_committed += 1;
         }
         if committed.get(self.next_committed).is_some_and(|r| r.first <= row_number) {
+            self.flush()?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Whether every row of `rows` (which start after the rows read so far) was committed before: then they are
+    /// skipped whole, and the chunk being built ends before them.
+    fn all_committed(&mut self, rows: RowRange) -> Result<bool, ReadError> {
+        let mut next = rows.first;
+        for range in &self.plan.committed[self.next_committed..] {
+            if range.last < next {
+                continue;
+            }
+            if range.first > next {
+                break;
+            }
+            next = range.last + 1;
+            if next > rows.last {
+                break;
+            }
+        }
+        if next > rows.last {
             self.flush()?;
             return Ok(true);
         }
@@ -268,134 +351,17 @@ fn too_many_rows(limits: &IngestLimits) -> String {
     format!("the file has more than {} rows ({})", limits.max_rows, vars::SLICER_MAX_ROWS)
 }
 
-fn read_csv(
-    input: impl Read,
-    ctx: &RowContext<'_>,
-    chunker: &mut Chunker<'_>,
-    guard: &ReadGuard,
-) -> Result<(), ReadError> {
-    let limits = chunker.plan.limits;
-    let mut reader = csv::ReaderBuilder::new().flexible(true).has_headers(true).from_reader(input);
-    let header = reader.byte_headers().map_err(csv_error)?.clone();
-    let names: Vec<&str> = header
-        .iter()
-        .map(std::str::from_utf8)
-        .collect::<Result<_, _>>()
-        .map_err(|_| FileError::UnknownFormat("the header row is not UTF-8 text".into()))?;
-    if names.iter().all(|n| n.trim().is_empty()) {
-        return Err(FileError::Empty.into());
-    }
-    let columns = Columns::from_header(&names)?;
-    guard.record_ended(reader.position().byte());
-    let mut record = csv::ByteRecord::new();
-    let mut row_number = 0u64;
-    loop {
-        match reader.read_byte_record(&mut record) {
-            Ok(true) => {}
-            Ok(false) => return Ok(()),
-            Err(e) => {
-                if let csv::ErrorKind::Io(io) = e.kind()
-                    && let Some(limit) = overrun(io)
-                {
-                    return Err(chunker.stop_at(row_number + 1, limit, b""));
-                }
-                return Err(csv_error(e));
-            }
-        }
-        guard.record_ended(reader.position().byte());
-        row_number += 1;
-        if row_number > limits.max_rows {
-            return Err(chunker.stop_at(row_number, too_many_rows(&limits), record.as_slice()));
-        }
-        if chunker.committed(row_number)? {
-            continue;
-        }
-        chunker.push(row_number, validate_csv_record(&columns, &record, row_number, ctx))?;
-    }
-}
-
-fn read_ndjson(mut input: impl BufRead, ctx: &RowContext<'_>, chunker: &mut Chunker<'_>) -> Result<(), ReadError> {
-    let limits = chunker.plan.limits;
-    let max_row_bytes = limits.max_row_bytes;
-    let mut line = Vec::with_capacity(1024);
-    let mut row_number = 0u64;
-    loop {
-        line.clear();
-        let (consumed, overlong) = match read_line_bounded(&mut input, &mut line, max_row_bytes) {
-            Ok(read) => read,
-            Err(e) => match overrun(&e) {
-                Some(limit) => return Err(chunker.stop_at(row_number + 1, limit, &line)),
-                None => return Err(io_error(e)),
-            },
-        };
-        if consumed == 0 {
-            return Ok(());
-        }
-        let trimmed = line.trim_ascii();
-        if trimmed.is_empty() && !overlong {
-            continue;
-        }
-        row_number += 1;
-        if row_number > limits.max_rows {
-            return Err(chunker.stop_at(row_number, too_many_rows(&limits), trimmed));
-        }
-        if chunker.committed(row_number)? {
-            continue;
-        }
-        let row = if overlong {
-            Err(RejectedRow { row_number, reason: RejectReason::RowTooLong(max_row_bytes), raw: truncate_raw(&line) })
-        } else {
-            validate_json_line(trimmed, row_number, ctx)
-        };
-        chunker.push(row_number, row)?;
-    }
-}
-
-/// Reads one line (through its newline) into `line`, keeping at most `max` bytes of it: a longer line is read
-/// past, never held whole. Returns the bytes consumed (0 at the end) and whether the line was longer than `max`.
-fn read_line_bounded(input: &mut impl BufRead, line: &mut Vec<u8>, max: usize) -> std::io::Result<(usize, bool)> {
-    let mut consumed = 0;
-    let mut overlong = false;
-    loop {
-        let buf = input.fill_buf()?;
-        if buf.is_empty() {
-            return Ok((consumed, overlong));
-        }
-        let (take, done) = match buf.iter().position(|&b| b == b'\n') {
-            Some(at) => (at + 1, true),
-            None => (buf.len(), false),
-        };
-        let room = max.saturating_sub(line.len());
-        let keep = take.min(room);
-        line.extend_from_slice(&buf[..keep]);
-        // The newline itself does not count against the row's length.
-        let content = if done { take - 1 } else { take };
-        if content > room {
-            overlong = true;
-        }
-        input.consume(take);
-        consumed += take;
-        if done {
-            return Ok((consumed, overlong));
-        }
-    }
-}
-
 fn io_error(e: std::io::Error) -> ReadError {
+    if from_the_body(&e) {
+        // The connection to S3 broke: the retry reads on from the checkpoint.
+        return ReadError::Transient(e.to_string());
+    }
     match e.kind() {
-        // flate2 reports corrupt or truncated gzip data this way; retrying cannot help. (A broken connection
-        // surfaces as another kind from the S3 body.)
-        std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput | std::io::ErrorKind::UnexpectedEof => {
+        // A decoder's refusal of corrupt or truncated data: retrying cannot help.
+        ErrorKind::InvalidData | ErrorKind::InvalidInput | ErrorKind::UnexpectedEof => {
             FileError::BadCompression(e.to_string()).into()
         }
         _ => ReadError::Transient(e.to_string()),
-    }
-}
-
-fn csv_error(e: csv::Error) -> ReadError {
-    match e.into_kind() {
-        csv::ErrorKind::Io(io) => io_error(io),
-        other => FileError::Read(format!("{other:?}")).into(),
     }
 }
 
@@ -421,6 +387,8 @@ mod tests {
             committed,
             chunk_rows,
             limits: IngestLimits::default(),
+            mapping: IngestMapping::default(),
+            naive_zone: Tz::UTC,
         };
         let (tx, mut rx) = mpsc::channel(1);
         let reading = std::thread::spawn(move || read_file(std::io::Cursor::new(body.into_bytes()), plan, tx));
@@ -492,6 +460,8 @@ mod tests {
             committed: vec![RowRange { first: 2, last: 3 }],
             chunk_rows: 10,
             limits: IngestLimits::default(),
+            mapping: IngestMapping::default(),
+            naive_zone: Tz::UTC,
         };
         let body = (1..=5).map(|i| format!("{{\"click_id\":\"n{i}\",\"ts\":1764324000}}\n\n")).collect::<String>();
         let (tx, mut rx) = mpsc::channel(1);
