@@ -339,3 +339,25 @@ async fn a_file_every_row_of_which_fails_for_one_reason_says_so_and_counts_reaso
     assert_eq!(row.get::<_, Option<String>>(0), None, "mixed reasons: no upload-level reason");
     assert_eq!(row.get::<_, serde_json::Value>(1), serde_json::json!({"invalid_clicked_at": 2, "missing_click_id": 1}));
 }
+
+#[tokio::test]
+async fn json_files_longer_than_the_row_limits_read_ahead_are_read_to_the_end() {
+    // The reader's check for a CSV record running on (an unterminated quote) must not count a JSON file's bytes
+    // as one record: 3 MiB of rows, well past the 1.3 MiB that check allows one record.
+    let w = world(10_000).await;
+    let ndjson: String = (0..30_000)
+        .map(|i| format!("{{\"click_id\":\"l{i}\",\"ts\":1764324000,\"pad\":\"{}\"}}\n", "x".repeat(64)))
+        .collect();
+    assert!(ndjson.len() > 3 << 20);
+    let etag = w.put("incoming/spring/long.ndjson", ndjson).await;
+    assert_eq!(counts(&w.slice("incoming/spring/long.ndjson", &etag).await), (30_000, 30_000, 0, 0));
+    let array = format!(
+        "[{}]",
+        (0..30_000)
+            .map(|i| format!("{{\"click_id\":\"a{i}\",\"ts\":1764324000,\"pad\":\"{}\"}}", "x".repeat(64)))
+            .collect::<Vec<_>>()
+            .join(",\n")
+    );
+    let etag = w.put("incoming/spring/long.json", array).await;
+    assert_eq!(counts(&w.slice("incoming/spring/long.json", &etag).await), (30_000, 30_000, 0, 0));
+}
