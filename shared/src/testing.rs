@@ -75,6 +75,11 @@ impl TestAws {
         Self { sdk }
     }
 
+    /// An S3 client on the local endpoint (no bucket of its own).
+    pub fn objects(&self) -> S3Objects {
+        S3Objects::new(crate::aws::s3_client(&self.sdk))
+    }
+
     /// A new, empty bucket.
     pub async fn bucket(&self) -> (S3Objects, String) {
         let objects = S3Objects::new(crate::aws::s3_client(&self.sdk));

@@ -1,4 +1,5 @@
-//! Campaigns: create, read, list, replace (with `If-Match`), pause, resume, archive.
+//! Campaigns: create, read, list, replace (with `If-Match`), pause, resume, archive, and cancel their pending
+//! clicks.
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -8,6 +9,7 @@ use chrono::{DateTime, Utc};
 use clickpacer::domain::{CampaignId, CampaignSpec, CampaignStatus, FieldError, PartnerId};
 use clickpacer::postgres::campaign_list::{self, CampaignFilter, CampaignSort, Cursor};
 use clickpacer::postgres::campaigns::{self, Change, StoredCampaign};
+use clickpacer::postgres::cancel::{self, Cancellation};
 use clickpacer::postgres::partners;
 use serde::{Deserialize, Serialize};
 use tokio_postgres::GenericClient;
@@ -24,6 +26,7 @@ pub fn routes() -> Router<AppState> {
         .route("/campaigns/{campaign_id}/pause", routing::post(pause))
         .route("/campaigns/{campaign_id}/resume", routing::post(resume))
         .route("/campaigns/{campaign_id}/archive", routing::post(archive))
+        .route("/campaigns/{campaign_id}/cancel-pending", routing::post(cancel_pending))
 }
 
 /// A campaign as the API shows it: its configuration (what `PUT` takes), its status and its version.
@@ -211,6 +214,36 @@ pub async fn resume(state: State<AppState>, id: Path<String>, if_match: IfMatch)
     responses((status = 200, body = CampaignView), (status = 404, body = Problem), (status = 412, body = Problem)))]
 pub async fn archive(state: State<AppState>, id: Path<String>, if_match: IfMatch) -> Result<Response, Problem> {
     transition(state, id, if_match, CampaignStatus::Archived).await
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct CancelParams {
+    /// Only this upload's pending clicks.
+    upload_id: Option<i64>,
+    /// `true`: change nothing, say what would be cancelled (the count a person confirms).
+    #[serde(default)]
+    preview: bool,
+}
+
+/// Cancels the campaign's pending clicks (all, or one upload's): they will not be delivered, and the
+/// reconciliation counts them as cancelled. Batches a pacer or bridge holds right now finish as they go; the
+/// answer counts them.
+#[utoipa::path(post, path = "/campaigns/{campaign_id}/cancel-pending", tag = "campaigns",
+    params(("campaign_id" = String, Path), CancelParams),
+    responses((status = 200, body = Cancellation), (status = 400, body = Problem), (status = 404, body = Problem)))]
+pub async fn cancel_pending(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    QueryParams(p): QueryParams<CancelParams>,
+) -> Result<Json<Cancellation>, Problem> {
+    let id = campaign_id(id)?;
+    let client = app.client().await?;
+    if campaigns::get(&**client, &id).await?.is_none() {
+        return Err(unknown(&id));
+    }
+    Ok(Json(cancel::cancel_pending(&**client, &id, p.upload_id, p.preview).await?))
 }
 
 async fn transition(

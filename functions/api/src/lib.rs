@@ -5,6 +5,8 @@
 //!
 //! - [`campaigns`]: create, read, list (filters, sort, keyset pages), replace with `If-Match`, pause, resume,
 //!   archive;
+//! - [`uploads`]: uploads with their counts and reasons, one upload with its reconciliation and a link to its
+//!   rejects report;
 //! - [`reads`]: health, partners, reconciliation, a campaign's pacing days.
 //!
 //! An unknown route is a 404 and another method a 405, both as problem details.
@@ -14,17 +16,20 @@ pub mod extract;
 pub mod openapi;
 pub mod problem;
 pub mod reads;
+pub mod uploads;
 
 use axum::http::Uri;
 use axum::{Json, Router};
+use clickpacer::aws::s3::S3Objects;
 use clickpacer::postgres::PgPool;
 
 use crate::problem::Problem;
 
-/// What the handlers share: the database pool.
+/// What the handlers share: the database pool, and the upload bucket's client (for links to rejects reports).
 #[derive(Clone)]
 pub struct AppState {
     pub pool: PgPool,
+    pub objects: S3Objects,
 }
 
 impl AppState {
@@ -35,14 +40,15 @@ impl AppState {
 }
 
 /// The whole API.
-pub fn router(pool: PgPool) -> Router {
+pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(campaigns::routes())
+        .merge(uploads::routes())
         .merge(reads::routes())
         .route("/openapi.json", axum::routing::get(|| async { Json(openapi::document()) }))
         .method_not_allowed_fallback(|uri: Uri| async move {
             Problem::method_not_allowed(format!("{} does not take this method", uri.path()))
         })
         .fallback(|uri: Uri| async move { Problem::not_found(format!("no route {}", uri.path())) })
-        .with_state(AppState { pool })
+        .with_state(state)
 }

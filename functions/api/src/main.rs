@@ -1,5 +1,7 @@
 //! Lambda entry point (HTTP API, payload 2.0): wiring only.
 
+use api::AppState;
+use clickpacer::aws::s3::S3Objects;
 use clickpacer::config::{Config, FunctionKind};
 
 #[tokio::main]
@@ -7,5 +9,7 @@ async fn main() -> Result<(), lambda_http::Error> {
     clickpacer::telemetry::init();
     let config = Config::from_process_env(FunctionKind::Api)?;
     let pool = clickpacer::postgres::build_pool(&config.database)?;
-    lambda_http::run(api::router(pool)).await
+    let sdk = clickpacer::aws::load_sdk_config().await;
+    let objects = S3Objects::new(clickpacer::aws::s3_client(&sdk));
+    lambda_http::run(api::router(AppState { pool, objects })).await
 }

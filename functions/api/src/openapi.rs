@@ -3,7 +3,7 @@
 
 use utoipa::OpenApi;
 
-use crate::{campaigns, problem, reads};
+use crate::{campaigns, problem, reads, uploads};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -16,13 +16,16 @@ use crate::{campaigns, problem, reads};
         campaigns::pause,
         campaigns::resume,
         campaigns::archive,
+        campaigns::cancel_pending,
         reads::health,
         reads::list_partners,
         reads::reconciliation,
         reads::pacing,
+        uploads::list,
+        uploads::read,
     ),
     components(schemas(problem::Problem, clickpacer::domain::FieldError)),
-    tags((name = "campaigns"), (name = "partners"), (name = "system"))
+    tags((name = "campaigns"), (name = "uploads"), (name = "partners"), (name = "system"))
 )]
 struct ApiDoc;
 

@@ -100,6 +100,13 @@ impl From<DbError> for Problem {
     }
 }
 
+impl From<clickpacer::aws::AwsError> for Problem {
+    fn from(e: clickpacer::aws::AwsError) -> Self {
+        tracing::error!(operation = e.operation, error = %e.message, "request failed");
+        Self::internal()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

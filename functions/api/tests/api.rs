@@ -5,7 +5,7 @@ use axum::body::Body;
 use axum::http::{Request, header};
 use clickpacer::domain::{Campaign, CampaignId, Partner, PartnerId};
 use clickpacer::postgres::{campaigns, partners};
-use clickpacer::testing::TestDb;
+use clickpacer::testing::{TestAws, TestDb};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
@@ -23,7 +23,8 @@ async fn send(db: &TestDb, method: &str, path: &str, headers: &[(&str, &str)], b
         request = request.header(*name, *value);
     }
     let body = body.map_or(Body::empty(), |b| Body::from(b.to_string()));
-    let response = api::router(db.pool.clone()).oneshot(request.body(body).unwrap()).await.unwrap();
+    let state = api::AppState { pool: db.pool.clone(), objects: TestAws::new().await.objects() };
+    let response = api::router(state).oneshot(request.body(body).unwrap()).await.unwrap();
     let get = |name| response.headers().get(name).map(|v| v.to_str().unwrap().to_string());
     let (etag, content_type) = (get(header::ETAG), get(header::CONTENT_TYPE).unwrap_or_default());
     let status = response.status().as_u16();
@@ -264,4 +265,132 @@ async fn the_openapi_document_is_served_and_kept_in_docs() {
         kept == pretty,
         "docs/openapi.json is out of date: run `CLICKPACER_WRITE_OPENAPI=1 cargo nextest run -p api openapi`"
     );
+}
+
+/// Has the slicer ingest `body` under `key`, as an S3 notification would.
+async fn slice(slicer: &slicer::Slicer, bucket: &str, key: &str, body: &str) {
+    slicer.objects.put(bucket, key, body.as_bytes().to_vec(), "text/csv").await.unwrap();
+    let (info, _) = slicer.objects.open(bucket, key).await.unwrap();
+    let event = serde_json::from_value(json!({"Records": [{
+        "eventName": "ObjectCreated:Put", "eventTime": "2026-12-07T10:00:00Z",
+        "userIdentity": {}, "requestParameters": {}, "responseElements": {},
+        "s3": {"bucket": {"name": bucket}, "object": {"key": key, "size": body.len(), "eTag": info.version}}
+    }]}))
+    .unwrap();
+    slicer::handle_event(slicer, event, &clickpacer::invocation::Unlimited).await.unwrap();
+}
+
+#[tokio::test]
+async fn uploads_are_listed_newest_first_and_one_shows_its_reconciliation_and_rejects_report() {
+    let db = TestDb::new().await;
+    seed_partner(&db, "acme", true).await;
+    let spring = Campaign::unlimited(CampaignId::parse("spring").unwrap(), PartnerId::parse("acme").unwrap());
+    campaigns::upsert(&**db.client().await, &spring).await.unwrap();
+    let (objects, bucket) = TestAws::new().await.bucket().await;
+    let slicer = slicer::Slicer { pool: db.pool.clone(), objects, settings: slicer::SlicerSettings::default() };
+    let header = "click_id,clicked_at,ip\n";
+    slice(
+        &slicer,
+        &bucket,
+        "incoming/spring/a.csv",
+        &format!("{header}a1,1764324000,\na2,soon,\na3,1764324000,\n,1764324000,\n"),
+    )
+    .await;
+    slice(&slicer, &bucket, "incoming/spring/b.csv", &format!("{header}b1,1764324000,\n")).await;
+    slice(&slicer, &bucket, "incoming/ghost/c.csv", &format!("{header}c1,1764324000,\nc2,1764324000,\n")).await;
+
+    let all = get(&db, "/uploads").await;
+    assert_eq!(all.status, 200, "{}", all.body);
+    let keys: Vec<&str> =
+        all.body["items"].as_array().unwrap().iter().map(|u| u["object_key"].as_str().unwrap()).collect();
+    assert_eq!(keys, ["incoming/ghost/c.csv", "incoming/spring/b.csv", "incoming/spring/a.csv"], "newest first");
+    let ghost = &all.body["items"][0];
+    assert_eq!(ghost["status_detail"], "every row (2) was rejected: unknown campaign \"ghost\"");
+    assert_eq!(ghost["reject_counts"], json!({"unknown_campaign": 2}));
+
+    let first = get(&db, "/uploads?campaign_id=spring&limit=1").await;
+    assert_eq!(first.body["items"][0]["object_key"], "incoming/spring/b.csv");
+    let cursor = first.body["next_cursor"].as_str().unwrap();
+    let second = get(&db, &format!("/uploads?campaign_id=spring&limit=1&cursor={cursor}")).await;
+    assert_eq!(second.body["items"][0]["object_key"], "incoming/spring/a.csv");
+    assert!(second.body.get("next_cursor").is_none(), "{}", second.body);
+    assert_eq!(
+        get(&db, "/uploads?status=completed&campaign_id=ghost").await.body["items"].as_array().unwrap().len(),
+        1
+    );
+    assert_eq!(get(&db, "/uploads?status=done").await.status, 400);
+    assert_eq!(get(&db, "/uploads?cursor=-4").await.status, 400);
+
+    let id = second.body["items"][0]["upload_id"].as_i64().unwrap();
+    let detail = get(&db, &format!("/uploads/{id}")).await;
+    assert_eq!(detail.status, 200, "{}", detail.body);
+    let body = &detail.body;
+    assert_eq!(
+        (body["rows"].as_i64(), body["accepted_rows"].as_i64(), body["rejected_rows"].as_i64()),
+        (Some(4), Some(2), Some(2))
+    );
+    assert_eq!(body["reject_counts"], json!({"invalid_clicked_at": 1, "missing_click_id": 1}));
+    assert_eq!(body["reconciliation"]["holds"], true);
+    assert_eq!(
+        (body["reconciliation"]["accepted"].as_i64(), body["reconciliation"]["pending"].as_i64()),
+        (Some(2), Some(2))
+    );
+    assert_eq!(body["rejects"].as_array().unwrap().len(), 2);
+    let url = body["rejects_report"]["url"].as_str().unwrap();
+    assert!(url.contains("X-Amz-Signature="), "a presigned link: {url}");
+    let report = reqwest::get(url).await.unwrap().text().await.unwrap();
+    assert!(report.starts_with("row,reason,field,raw"), "{report}");
+    assert!(report.contains("missing click_id"), "{report}");
+
+    let b = get(&db, "/uploads?campaign_id=spring&limit=1").await.body["items"][0]["upload_id"].as_i64().unwrap();
+    assert!(get(&db, &format!("/uploads/{b}")).await.body.get("rejects_report").is_none(), "no rejects, no link");
+    assert_eq!(get(&db, "/uploads/999999").await.status, 404);
+    assert_eq!(get(&db, "/uploads/abc").await.status, 400);
+}
+
+#[tokio::test]
+async fn pending_clicks_are_cancelled_after_a_preview_and_in_flight_batches_are_left_to_finish() {
+    let db = TestDb::new().await;
+    seed_partner(&db, "acme", true).await;
+    let spring = Campaign::unlimited(CampaignId::parse("spring").unwrap(), PartnerId::parse("acme").unwrap());
+    campaigns::upsert(&**db.client().await, &spring).await.unwrap();
+    let (objects, bucket) = TestAws::new().await.bucket().await;
+    let slicer = slicer::Slicer { pool: db.pool.clone(), objects, settings: slicer::SlicerSettings::default() };
+    slice(&slicer, &bucket, "incoming/spring/a.csv", "click_id,ts\na1,1764324000\na2,1764324000\na3,1764324000\n")
+        .await;
+    slice(&slicer, &bucket, "incoming/spring/b.csv", "click_id,ts\nb1,1764324000\nb2,1764324000\n").await;
+    let uploads = get(&db, "/uploads").await.body;
+    let (b, a) =
+        (uploads["items"][0]["upload_id"].as_i64().unwrap(), uploads["items"][1]["upload_id"].as_i64().unwrap());
+
+    let preview = post(&db, &format!("/campaigns/spring/cancel-pending?upload_id={a}&preview=true"), Value::Null).await;
+    assert_eq!(preview.status, 200, "{}", preview.body);
+    assert_eq!(preview.body, json!({"batches": 1, "clicks": 3, "in_flight_batches": 0}));
+    assert_eq!(
+        get(&db, &format!("/uploads/{a}")).await.body["reconciliation"]["pending"],
+        3,
+        "a preview changes nothing"
+    );
+
+    let done = post(&db, &format!("/campaigns/spring/cancel-pending?upload_id={a}"), Value::Null).await;
+    assert_eq!(done.body, json!({"batches": 1, "clicks": 3, "in_flight_batches": 0}));
+    let reconciliation = &get(&db, &format!("/uploads/{a}")).await.body["reconciliation"];
+    assert_eq!((reconciliation["cancelled"].as_i64(), reconciliation["pending"].as_i64()), (Some(3), Some(0)));
+    assert_eq!(reconciliation["holds"], true);
+    assert_eq!(get(&db, &format!("/uploads/{b}")).await.body["reconciliation"]["pending"], 2, "another upload's stay");
+
+    // A pacer holds b's batch: it is left to finish, and the answer says so.
+    db.client()
+        .await
+        .execute(
+            "UPDATE batches SET state = 'claimed', lease_expires_at = now() + interval '1 minute', fence = fence + 1
+             WHERE upload_id = $1",
+            &[&b],
+        )
+        .await
+        .unwrap();
+    let rest = post(&db, "/campaigns/spring/cancel-pending", Value::Null).await;
+    assert_eq!(rest.body, json!({"batches": 0, "clicks": 0, "in_flight_batches": 1}));
+    assert_eq!(post(&db, "/campaigns/ghost/cancel-pending", Value::Null).await.status, 404);
+    assert_eq!(post(&db, "/campaigns/spring/cancel-pending?upload_id=x", Value::Null).await.status, 400);
 }

@@ -40,6 +40,28 @@ impl S3Objects {
         &self.client
     }
 
+    /// A link that reads the object, signed with this client's credentials and good for `valid_for` (an S3
+    /// presigned GET): handed to a browser, it fetches the object from S3 directly. Signing is local: no request
+    /// is made.
+    pub async fn presigned_get(
+        &self,
+        bucket: &str,
+        key: &str,
+        valid_for: std::time::Duration,
+    ) -> Result<String, AwsError> {
+        let config = aws_sdk_s3::presigning::PresigningConfig::expires_in(valid_for)
+            .map_err(|e| AwsError { operation: "s3 GetObject presigning", message: e.to_string() })?;
+        let request = self
+            .client
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .presigned(config)
+            .await
+            .map_err(|e| AwsError::from_sdk("s3 GetObject presigning", e))?;
+        Ok(request.uri().to_string())
+    }
+
     /// Opens the latest object as a stream: bytes arrive as they are read, the object is never held whole.
     pub async fn open(
         &self,

@@ -4,10 +4,12 @@
 pub mod bridge;
 pub mod campaign_list;
 pub mod campaigns;
+pub mod cancel;
 pub mod pacer;
 pub mod partners;
 pub mod replay;
 pub mod reports;
+pub mod upload_list;
 pub mod uploads;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};

@@ -9,6 +9,7 @@ use super::DbError;
 
 /// One campaign's (or upload's) clicks by fate.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ClickFates {
     pub accepted: i64,
     pub delivered: i64,
@@ -70,6 +71,7 @@ pub struct UploadReconciliation {
 /// Rejected rows of one upload whose reasons differ only in the values they quote (`unknown campaign "a"`,
 /// `unknown campaign "b"`): one line each in a report, however many values a file gets wrong.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RejectGroup {
     /// One of the reasons in full, values and all (the first in sort order).
     pub example: String,
@@ -105,6 +107,7 @@ const FATES: &str = "
                 FROM delivery_results d WHERE d.batch_id = c.batch_id
                   AND d.campaign_id = c.campaign_id AND d.click_id = c.click_id) AS dead
         FROM clicks c JOIN batches b USING (batch_id)
+        WHERE $2::bigint IS NULL OR c.upload_id = $2
     )
     SELECT {key} AS key,
            count(*) AS accepted,
@@ -142,29 +145,44 @@ fn fates(row: &tokio_postgres::Row) -> ClickFates {
 
 pub async fn campaigns(db: &impl GenericClient) -> Result<Vec<CampaignReconciliation>, DbError> {
     let sql = format!("{} ORDER BY 1", FATES.replace("{key}", "campaign_id"));
-    let rows = db.query(&sql, &[&STRANDED_AFTER_SECONDS]).await?;
+    let rows = db.query(&sql, &[&STRANDED_AFTER_SECONDS, &None::<i64>]).await?;
     Ok(rows.iter().map(|r| CampaignReconciliation { campaign_id: r.get("key"), fates: fates(r) }).collect())
 }
 
 pub async fn uploads(db: &impl GenericClient) -> Result<Vec<UploadReconciliation>, DbError> {
+    uploads_where(db, None).await
+}
+
+/// One upload's reconciliation, reading only its own clicks.
+pub async fn upload(db: &impl GenericClient, upload_id: i64) -> Result<Option<UploadReconciliation>, DbError> {
+    Ok(uploads_where(db, Some(upload_id)).await?.pop())
+}
+
+/// Every upload's reconciliation, or one's.
+async fn uploads_where(db: &impl GenericClient, upload_id: Option<i64>) -> Result<Vec<UploadReconciliation>, DbError> {
     let sql = FATES.replace("{key}", "upload_id");
-    let by_upload: std::collections::HashMap<i64, ClickFates> =
-        db.query(&sql, &[&STRANDED_AFTER_SECONDS]).await?.iter().map(|r| (r.get("key"), fates(r))).collect();
+    let by_upload: std::collections::HashMap<i64, ClickFates> = db
+        .query(&sql, &[&STRANDED_AFTER_SECONDS, &upload_id])
+        .await?
+        .iter()
+        .map(|r| (r.get("key"), fates(r)))
+        .collect();
     let rows = db
         .query(
             "SELECT u.upload_id, u.object_key, u.status, u.status_detail, u.rows_done, u.accepted_rows,
                     u.rejected_rows, u.duplicate_rows,
                     (SELECT count(*) FROM clicks c WHERE c.upload_id = u.upload_id) AS stored
-             FROM uploads u ORDER BY u.upload_id",
-            &[],
+             FROM uploads u WHERE $1::bigint IS NULL OR u.upload_id = $1 ORDER BY u.upload_id",
+            &[&upload_id],
         )
         .await?;
     let reasons = db
         .query(
             "SELECT upload_id, min(reason) AS example, count(*) AS rows, count(DISTINCT reason) AS distinct_reasons
-             FROM upload_rejects GROUP BY upload_id, regexp_replace(reason, '\"[^\"]*\"', '\"\"', 'g')
+             FROM upload_rejects WHERE $1::bigint IS NULL OR upload_id = $1
+             GROUP BY upload_id, regexp_replace(reason, '\"[^\"]*\"', '\"\"', 'g')
              ORDER BY 1, 3 DESC, 2",
-            &[],
+            &[&upload_id],
         )
         .await?;
     Ok(rows

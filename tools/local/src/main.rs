@@ -124,7 +124,8 @@ async fn main() -> anyhow::Result<()> {
             pipeline.names.bucket
         );
     }
-    let api = serve_api(pipeline.pool.clone(), run.api_port).await?;
+    let api = serve_api(api::AppState { pool: pipeline.pool.clone(), objects: pipeline.objects.clone() }, run.api_port)
+        .await?;
     println!("api: http://{api} (OpenAPI document at /openapi.json)");
     println!(
         "partners: simulator at {}; pacer every {} s; bucket s3://{}/incoming/<campaign>/",
@@ -178,7 +179,7 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// Serves the management API's router, the one Lambda serves, on 127.0.0.1 until the runner exits.
-async fn serve_api(pool: clickpacer::postgres::PgPool, port: u16) -> anyhow::Result<std::net::SocketAddr> {
+async fn serve_api(state: api::AppState, port: u16) -> anyhow::Result<std::net::SocketAddr> {
     let listener = match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
         Ok(listener) => listener,
         Err(e) => {
@@ -188,7 +189,7 @@ async fn serve_api(pool: clickpacer::postgres::PgPool, port: u16) -> anyhow::Res
     };
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, api::router(pool)).await {
+        if let Err(e) = axum::serve(listener, api::router(state)).await {
             tracing::error!(error = %e, "the API server stopped");
         }
     });

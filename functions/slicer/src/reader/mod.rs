@@ -373,11 +373,11 @@ mod tests {
 
     use super::*;
 
-    /// Reads `body` as `incoming/spring/clicks.csv` and lists the chunks: (first row, last row, clicks, rejects).
-    fn chunks_of(body: String, committed: Vec<RowRange>, chunk_rows: usize) -> Vec<(u64, u64, usize, usize)> {
+    /// A plan for `key` of the active campaign `spring`, with the default mapping.
+    fn plan(key: &str, committed: Vec<RowRange>, chunk_rows: usize) -> ReadPlan {
         let spring = CampaignId::parse("spring").unwrap();
-        let plan = ReadPlan {
-            key: "incoming/spring/clicks.csv".into(),
+        ReadPlan {
+            key: key.into(),
             content_encoding: None,
             key_campaign: Some(spring.clone()),
             campaigns: CampaignDirectory {
@@ -389,7 +389,12 @@ mod tests {
             limits: IngestLimits::default(),
             mapping: IngestMapping::default(),
             naive_zone: Tz::UTC,
-        };
+        }
+    }
+
+    /// Reads `body` as `incoming/spring/clicks.csv` and lists the chunks: (first row, last row, clicks, rejects).
+    fn chunks_of(body: String, committed: Vec<RowRange>, chunk_rows: usize) -> Vec<(u64, u64, usize, usize)> {
+        let plan = plan("incoming/spring/clicks.csv", committed, chunk_rows);
         let (tx, mut rx) = mpsc::channel(1);
         let reading = std::thread::spawn(move || read_file(std::io::Cursor::new(body.into_bytes()), plan, tx));
         let mut chunks = Vec::new();
@@ -448,21 +453,7 @@ mod tests {
 
     #[test]
     fn ndjson_rows_skip_committed_ranges_too() {
-        let spring = CampaignId::parse("spring").unwrap();
-        let plan = ReadPlan {
-            key: "incoming/spring/clicks.ndjson".into(),
-            content_encoding: None,
-            key_campaign: Some(spring.clone()),
-            campaigns: CampaignDirectory {
-                statuses: HashMap::from([(spring, CampaignStatus::Active)]),
-                ..CampaignDirectory::default()
-            },
-            committed: vec![RowRange { first: 2, last: 3 }],
-            chunk_rows: 10,
-            limits: IngestLimits::default(),
-            mapping: IngestMapping::default(),
-            naive_zone: Tz::UTC,
-        };
+        let plan = plan("incoming/spring/clicks.ndjson", vec![RowRange { first: 2, last: 3 }], 10);
         let body = (1..=5).map(|i| format!("{{\"click_id\":\"n{i}\",\"ts\":1764324000}}\n\n")).collect::<String>();
         let (tx, mut rx) = mpsc::channel(1);
         let reading = std::thread::spawn(move || read_file(std::io::Cursor::new(body.into_bytes()), plan, tx));
