@@ -109,7 +109,7 @@ pub fn generate_files(
         }
         files.push((key, path));
     }
-    // One gzip NDJSON file, the other format a data team may send.
+    // One gzip NDJSON file, another format a data team may send.
     let key = format!("incoming/{}/late-clicks.ndjson.gz", campaigns[0]);
     let path = dir.join("late-clicks.ndjson.gz");
     if !path.exists() {
@@ -122,6 +122,25 @@ pub fn generate_files(
             writeln!(gz, "{line}")?;
         }
         gz.finish()?;
+    }
+    files.push((key, path));
+    // A tool's export: a pretty-printed JSON array, naive SQL-style times (read as UTC), a nested attribute,
+    // zstd-compressed.
+    let key = format!("incoming/{}/crm-export.json.zst", campaigns[0]);
+    let path = dir.join("crm-export.json.zst");
+    if !path.exists() {
+        let rows: Vec<serde_json::Value> = (0..clicks / 5)
+            .map(|i| {
+                let at = (started + Duration::seconds(i64::from(i))).format("%Y-%m-%d %H:%M:%S").to_string();
+                serde_json::json!({
+                    "click_id": format!("crm-{i}"), "clicked_at": at, "ip": "192.0.2.10",
+                    "extra": {"segment": ["returning", "mobile"], "score": i % 10}
+                })
+            })
+            .collect();
+        let mut zst = zstd::stream::write::Encoder::new(std::fs::File::create(&path)?, 3)?;
+        serde_json::to_writer_pretty(&mut zst, &rows)?;
+        zst.finish()?;
     }
     files.push((key, path));
     Ok(files)
