@@ -7,11 +7,13 @@
 //!   archive;
 //! - [`uploads`]: uploads with their counts and reasons, one upload with its reconciliation and a link to its
 //!   rejects report;
+//! - [`dead_letters`]: dead clicks with their reasons, grouped, and their replay (a count first);
 //! - [`reads`]: health, partners, reconciliation, a campaign's pacing days.
 //!
 //! An unknown route is a 404 and another method a 405, both as problem details.
 
 pub mod campaigns;
+pub mod dead_letters;
 pub mod extract;
 pub mod openapi;
 pub mod problem;
@@ -44,6 +46,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(campaigns::routes())
         .merge(uploads::routes())
+        .merge(dead_letters::routes())
         .merge(reads::routes())
         .route("/openapi.json", axum::routing::get(|| async { Json(openapi::document()) }))
         .method_not_allowed_fallback(|uri: Uri| async move {

@@ -3,7 +3,7 @@
 
 use utoipa::OpenApi;
 
-use crate::{campaigns, problem, reads, uploads};
+use crate::{campaigns, dead_letters, problem, reads, uploads};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -23,9 +23,12 @@ use crate::{campaigns, problem, reads, uploads};
         reads::pacing,
         uploads::list,
         uploads::read,
+        dead_letters::list,
+        dead_letters::reasons,
+        dead_letters::replay,
     ),
     components(schemas(problem::Problem, clickpacer::domain::FieldError)),
-    tags((name = "campaigns"), (name = "uploads"), (name = "partners"), (name = "system"))
+    tags((name = "campaigns"), (name = "uploads"), (name = "dead letters"), (name = "partners"), (name = "system"))
 )]
 struct ApiDoc;
 

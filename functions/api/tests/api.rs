@@ -394,3 +394,100 @@ async fn pending_clicks_are_cancelled_after_a_preview_and_in_flight_batches_are_
     assert_eq!(post(&db, "/campaigns/ghost/cancel-pending", Value::Null).await.status, 404);
     assert_eq!(post(&db, "/campaigns/spring/cancel-pending?upload_id=x", Value::Null).await.status, 400);
 }
+
+/// Finishes `upload_id`'s batch as the bridge would after its partner's answers: `(click, outcome, status, error)`.
+async fn finish_batch(db: &TestDb, upload_id: i64, state: &str, results: &[(&str, &str, Option<i32>, &str)]) -> i64 {
+    let client = db.client().await;
+    let batch: i64 = client
+        .query_one(
+            "UPDATE batches SET state = $2, finished_at = now() WHERE upload_id = $1 RETURNING batch_id",
+            &[&upload_id, &state],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    for (click, outcome, status, error) in results {
+        let attempts = if *outcome == "delivered" { 1 } else { 8 };
+        client
+            .execute(
+                "INSERT INTO delivery_results (batch_id, fence, campaign_id, click_id, partner_id, attempt, outcome,
+                                               http_status, error)
+                 VALUES ($1, 1, 'spring', $2, 'acme', $3, $4, $5, NULLIF($6, ''))",
+                &[&batch, click, &attempts, outcome, status, error],
+            )
+            .await
+            .unwrap();
+    }
+    batch
+}
+
+#[tokio::test]
+async fn dead_letters_are_listed_grouped_and_replayed_after_a_count_without_resending_delivered_clicks() {
+    let db = TestDb::new().await;
+    seed_partner(&db, "acme", true).await;
+    let spring = Campaign::unlimited(CampaignId::parse("spring").unwrap(), PartnerId::parse("acme").unwrap());
+    campaigns::upsert(&**db.client().await, &spring).await.unwrap();
+    let (objects, bucket) = TestAws::new().await.bucket().await;
+    let slicer = slicer::Slicer { pool: db.pool.clone(), objects, settings: slicer::SlicerSettings::default() };
+    slice(&slicer, &bucket, "incoming/spring/a.csv", "click_id,ts\na1,1764324000\na2,1764324000\na3,1764324000\n")
+        .await;
+    slice(&slicer, &bucket, "incoming/spring/b.csv", "click_id,ts\nb1,1764324000\nb2,1764324000\n").await;
+    let uploads = get(&db, "/uploads").await.body;
+    let (b, a) =
+        (uploads["items"][0]["upload_id"].as_i64().unwrap(), uploads["items"][1]["upload_id"].as_i64().unwrap());
+    let refused = "partner refused the click: 400 Bad Request";
+    let batch_a = finish_batch(
+        &db,
+        a,
+        "partially_failed",
+        &[("a1", "delivered", Some(200), ""), ("a2", "dead", Some(400), refused), ("a3", "dead", None, "timed out")],
+    )
+    .await;
+    let batch_b =
+        finish_batch(&db, b, "dead", &[("b1", "dead", Some(400), refused), ("b2", "dead", Some(400), refused)]).await;
+
+    let all = get(&db, "/dead-letters").await;
+    assert_eq!(all.status, 200, "{}", all.body);
+    let ids: Vec<&str> =
+        all.body["items"].as_array().unwrap().iter().map(|d| d["click_id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["b2", "b1", "a3", "a2"], "dead clicks only, newest first");
+    assert_eq!(all.body["items"][0]["http_status"], 400);
+    let page = get(&db, "/dead-letters?campaign_id=spring&limit=3").await.body;
+    let next =
+        get(&db, &format!("/dead-letters?campaign_id=spring&limit=3&cursor={}", page["next_cursor"].as_str().unwrap()))
+            .await;
+    assert_eq!(next.body["items"][0]["click_id"], "a2");
+    assert_eq!(get(&db, "/dead-letters?partner_id=other").await.body["items"], json!([]));
+
+    let groups = get(&db, "/dead-letters/reasons?campaign_id=spring").await.body;
+    assert_eq!(groups["groups"][0]["clicks"], 3);
+    assert_eq!(groups["groups"][0]["reason"], refused);
+    assert_eq!(groups["groups"][0]["batch_ids"], json!([batch_a, batch_b]));
+    assert_eq!((groups["groups"][1]["clicks"].as_i64(), groups["groups"][1].get("http_status")), (Some(1), None));
+
+    let body = json!({"campaign_id": "spring", "batch_ids": [batch_a], "preview": true});
+    assert_eq!(post(&db, "/dead-letters/replay", body).await.body, json!({"batches": 1, "clicks": 2}));
+    assert_eq!(get(&db, "/dead-letters").await.body["items"].as_array().unwrap().len(), 4, "a preview changes nothing");
+    let body = json!({"campaign_id": "spring", "batch_ids": [batch_a], "reason": "partner fixed its parser"});
+    assert_eq!(post(&db, "/dead-letters/replay", body.clone()).await.body, json!({"batches": 1, "clicks": 2}));
+    assert_eq!(post(&db, "/dead-letters/replay", body).await.body, json!({"batches": 0, "clicks": 0}), "once");
+    let left: Vec<String> = get(&db, "/dead-letters").await.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["click_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(left, ["b2", "b1"]);
+    let row = db
+        .client()
+        .await
+        .query_one("SELECT state, click_count - settled_clicks FROM batches WHERE batch_id = $1", &[&batch_a])
+        .await
+        .unwrap();
+    assert_eq!((row.get::<_, String>(0), row.get::<_, i32>(1)), ("pending".to_owned(), 2), "a1 is not sent again");
+
+    let r = post(&db, "/dead-letters/replay", json!({"campaign_id": "ghost", "batch_ids": [-1]})).await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    let fields: Vec<&str> = r.body["errors"].as_array().unwrap().iter().map(|e| e["field"].as_str().unwrap()).collect();
+    assert_eq!(fields, ["batch_ids[0]", "campaign_id"]);
+}

@@ -658,7 +658,7 @@ async fn replayed_dead_clicks_are_delivered_once_without_resending_the_delivered
 
     // The partner is reachable again; a person replays the campaign's dead clicks.
     w.bridge.transport.ok.store(usize::MAX, Ordering::SeqCst);
-    let scope = ReplayScope { campaign_id: campaign.clone(), batch_id: None };
+    let scope = ReplayScope { campaign_id: campaign.clone(), batch_ids: Vec::new() };
     let mut client = w.db.pool.get().await.unwrap();
     let summary = replay::replay_dead(&mut client, &scope, "partner fixed").await.unwrap();
     assert_eq!(summary, ReplaySummary { batches: 1, clicks: 6 });

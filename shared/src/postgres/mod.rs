@@ -5,6 +5,7 @@ pub mod bridge;
 pub mod campaign_list;
 pub mod campaigns;
 pub mod cancel;
+pub mod dead_letters;
 pub mod pacer;
 pub mod partners;
 pub mod replay;

@@ -3,22 +3,71 @@
 
 use chrono::NaiveDate;
 use serde::Serialize;
+use tokio_postgres::GenericClient;
 
 use super::DbError;
 use crate::domain::CampaignId;
 
-/// Which dead clicks to replay: a campaign's, or one batch's of it.
+/// Which dead clicks to replay: a campaign's, or those of some of its batches.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplayScope {
     pub campaign_id: CampaignId,
-    pub batch_id: Option<i64>,
+    /// Only these batches; empty: every batch of the campaign.
+    pub batch_ids: Vec<i64>,
 }
 
-/// What a replay reopened.
+/// What a replay reopened (or, as a preview, would reopen).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReplaySummary {
     pub batches: u64,
     pub clicks: u64,
+}
+
+/// What [`replay_dead`] would reopen now, changing nothing: the count a person confirms before replaying.
+pub async fn preview(db: &impl GenericClient, scope: &ReplayScope) -> Result<ReplaySummary, DbError> {
+    let rows = dead_by_batch(db, scope, false).await?;
+    Ok(ReplaySummary {
+        batches: rows.len() as u64,
+        clicks: rows.iter().map(|r| u64::try_from(r.get::<_, i32>("dead")).unwrap_or(0)).sum(),
+    })
+}
+
+/// The finished batches in `scope` that hold dead clicks, with their count (`dead`) and what they reserved;
+/// `lock`: the batches are locked for the replay. A click is dead while it has more 'dead' rows than 'replayed'
+/// ones, and was never delivered.
+async fn dead_by_batch(
+    db: &impl GenericClient,
+    scope: &ReplayScope,
+    lock: bool,
+) -> Result<Vec<tokio_postgres::Row>, DbError> {
+    let lock = if lock { "FOR UPDATE" } else { "" };
+    let batches = db
+        .query(
+            &format!(
+                "SELECT batch_id FROM batches
+                 WHERE campaign_id = $1 AND (cardinality($2::bigint[]) = 0 OR batch_id = ANY($2))
+                   AND state IN ('dead', 'partially_failed')
+                 ORDER BY batch_id
+                 {lock}"
+            ),
+            &[&scope.campaign_id.as_str(), &scope.batch_ids],
+        )
+        .await?;
+    let ids: Vec<i64> = batches.iter().map(|r| r.get(0)).collect();
+    Ok(db
+        .query(
+            "SELECT b.batch_id, b.reserved_day, b.reserved_clicks, b.reserved_micros, count(k.*)::int AS dead
+             FROM batches b
+             JOIN (SELECT r.batch_id FROM delivery_results r WHERE r.batch_id = ANY($1)
+                   GROUP BY r.batch_id, r.campaign_id, r.click_id
+                   HAVING count(*) FILTER (WHERE r.outcome = 'dead') > count(*) FILTER (WHERE r.outcome = 'replayed')
+                      AND NOT bool_or(r.outcome = 'delivered')) k USING (batch_id)
+             GROUP BY b.batch_id
+             ORDER BY b.batch_id",
+            &[&ids],
+        )
+        .await?)
 }
 
 /// Replays the dead clicks in `scope`, in one transaction: each gets a `replayed` row (with `reason`), the day
@@ -34,30 +83,7 @@ pub async fn replay_dead(
     let tx = client.transaction().await?;
     // The campaign's counters first, in the order the pacer's claim takes its locks (counters, then batches).
     tx.query("SELECT 1 FROM campaign_pacing WHERE campaign_id = $1 FOR UPDATE", &[&scope.campaign_id.as_str()]).await?;
-    let batches = tx
-        .query(
-            "SELECT batch_id FROM batches
-             WHERE campaign_id = $1 AND ($2::bigint IS NULL OR batch_id = $2) AND state IN ('dead', 'partially_failed')
-             ORDER BY batch_id
-             FOR UPDATE",
-            &[&scope.campaign_id.as_str(), &scope.batch_id],
-        )
-        .await?;
-    let ids: Vec<i64> = batches.iter().map(|r| r.get(0)).collect();
-    // A click is dead while it has more 'dead' rows than 'replayed' ones, and was never delivered.
-    let rows = tx
-        .query(
-            "SELECT b.batch_id, b.reserved_day, b.reserved_clicks, b.reserved_micros, count(k.*)::int AS dead
-             FROM batches b
-             JOIN (SELECT r.batch_id FROM delivery_results r WHERE r.batch_id = ANY($1)
-                   GROUP BY r.batch_id, r.campaign_id, r.click_id
-                   HAVING count(*) FILTER (WHERE r.outcome = 'dead') > count(*) FILTER (WHERE r.outcome = 'replayed')
-                      AND NOT bool_or(r.outcome = 'delivered')) k USING (batch_id)
-             GROUP BY b.batch_id
-             ORDER BY b.batch_id",
-            &[&ids],
-        )
-        .await?;
+    let rows = dead_by_batch(&tx, scope, true).await?;
     let mut summary = ReplaySummary::default();
     for row in &rows {
         let batch_id: i64 = row.get("batch_id");

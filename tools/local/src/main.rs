@@ -97,7 +97,7 @@ async fn main() -> anyhow::Result<()> {
             if clickpacer::postgres::campaigns::get(&**client, &campaign_id).await?.is_none() {
                 anyhow::bail!("unknown campaign {campaign_id}");
             }
-            let scope = ReplayScope { campaign_id, batch_id: batch };
+            let scope = ReplayScope { campaign_id, batch_ids: batch.into_iter().collect() };
             let replayed = replay::replay_dead(&mut client, &scope, &reason).await?;
             println!(
                 "replayed {} dead clicks in {} batches of {}",
