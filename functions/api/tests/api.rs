@@ -45,6 +45,7 @@ async fn seed_partner(db: &TestDb, id: &str, enabled: bool) {
     let mut p = Partner::get(PartnerId::parse(id).unwrap(), "https://partner.example/c?id={click_id}");
     p.enabled = enabled;
     p.signing_secret = Some("super-secret-value-123".into());
+    p.headers = vec![("Authorization".into(), "Bearer partner-token-456".into())];
     partners::upsert(&**db.client().await, &p).await.unwrap();
 }
 
@@ -67,6 +68,8 @@ async fn read_views_answer_with_json_and_keep_secrets() {
     let r = get(&db, "/partners").await;
     assert_eq!((r.status, &r.body["partners"][0]["partner_id"]), (200, &json!("acme")));
     assert!(!r.body.to_string().contains("super-secret"), "signing secrets never leave: {}", r.body);
+    assert!(!r.body.to_string().contains("partner-token"), "header values (credentials) never leave: {}", r.body);
+    assert_eq!(r.body["partners"][0]["headers"], json!([{"name": "Authorization", "value_set": true}]));
     let r = get(&db, "/campaigns/spring/pacing").await;
     assert_eq!((r.status, &r.body["campaign"]["campaign_id"]), (200, &json!("spring")));
     let r = get(&db, "/reconciliation").await;
