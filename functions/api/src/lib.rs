@@ -7,6 +7,8 @@
 //!   archive;
 //! - [`uploads`]: uploads with their counts and reasons, one upload with its reconciliation and a link to its
 //!   rejects report;
+//! - [`partners`]: create, read, list, replace with `If-Match`, enable, disable; checked when saved, secrets
+//!   write-only;
 //! - [`dead_letters`]: dead clicks with their reasons, grouped, and their replay (a count first);
 //! - [`reads`]: health, partners, reconciliation, a campaign's pacing days.
 //!
@@ -16,6 +18,7 @@ pub mod campaigns;
 pub mod dead_letters;
 pub mod extract;
 pub mod openapi;
+pub mod partners;
 pub mod problem;
 pub mod reads;
 pub mod uploads;
@@ -27,11 +30,13 @@ use clickpacer::postgres::PgPool;
 
 use crate::problem::Problem;
 
-/// What the handlers share: the database pool, and the upload bucket's client (for links to rejects reports).
+/// What the handlers share: the database pool, the upload bucket's client (for links to rejects reports), and
+/// whether partner endpoints may be private addresses (local use only, as for the bridge).
 #[derive(Clone)]
 pub struct AppState {
     pub pool: PgPool,
     pub objects: S3Objects,
+    pub allow_private_partners: bool,
 }
 
 impl AppState {
@@ -47,6 +52,7 @@ pub fn router(state: AppState) -> Router {
         .merge(campaigns::routes())
         .merge(uploads::routes())
         .merge(dead_letters::routes())
+        .merge(partners::routes())
         .merge(reads::routes())
         .route("/openapi.json", axum::routing::get(|| async { Json(openapi::document()) }))
         .method_not_allowed_fallback(|uri: Uri| async move {

@@ -11,5 +11,6 @@ async fn main() -> Result<(), lambda_http::Error> {
     let pool = clickpacer::postgres::build_pool(&config.database)?;
     let sdk = clickpacer::aws::load_sdk_config().await;
     let objects = S3Objects::new(clickpacer::aws::s3_client(&sdk));
-    lambda_http::run(api::router(AppState { pool, objects })).await
+    let allow_private_partners = config.allow_private_partners;
+    lambda_http::run(api::router(AppState { pool, objects, allow_private_partners })).await
 }

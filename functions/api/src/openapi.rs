@@ -3,7 +3,7 @@
 
 use utoipa::OpenApi;
 
-use crate::{campaigns, dead_letters, problem, reads, uploads};
+use crate::{campaigns, dead_letters, partners, problem, reads, uploads};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -18,7 +18,12 @@ use crate::{campaigns, dead_letters, problem, reads, uploads};
         campaigns::archive,
         campaigns::cancel_pending,
         reads::health,
-        reads::list_partners,
+        partners::list,
+        partners::create,
+        partners::read,
+        partners::replace,
+        partners::enable,
+        partners::disable,
         reads::reconciliation,
         reads::pacing,
         uploads::list,

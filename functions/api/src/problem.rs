@@ -60,7 +60,7 @@ impl Problem {
     pub fn stale(current: i64) -> Self {
         Self::new(
             StatusCode::PRECONDITION_FAILED,
-            format!("the campaign changed since that version; it is at version {current}: read it again"),
+            format!("it changed since that version; it is at version {current}: read it again"),
         )
     }
 

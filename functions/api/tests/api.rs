@@ -23,7 +23,8 @@ async fn send(db: &TestDb, method: &str, path: &str, headers: &[(&str, &str)], b
         request = request.header(*name, *value);
     }
     let body = body.map_or(Body::empty(), |b| Body::from(b.to_string()));
-    let state = api::AppState { pool: db.pool.clone(), objects: TestAws::new().await.objects() };
+    let objects = TestAws::new().await.objects();
+    let state = api::AppState { pool: db.pool.clone(), objects, allow_private_partners: false };
     let response = api::router(state).oneshot(request.body(body).unwrap()).await.unwrap();
     let get = |name| response.headers().get(name).map(|v| v.to_str().unwrap().to_string());
     let (etag, content_type) = (get(header::ETAG), get(header::CONTENT_TYPE).unwrap_or_default());
@@ -493,4 +494,87 @@ async fn dead_letters_are_listed_grouped_and_replayed_after_a_count_without_rese
     assert_eq!(r.status, 422, "{}", r.body);
     let fields: Vec<&str> = r.body["errors"].as_array().unwrap().iter().map(|e| e["field"].as_str().unwrap()).collect();
     assert_eq!(fields, ["batch_ids[0]", "campaign_id"]);
+}
+
+fn acme() -> Value {
+    json!({"partner_id": "acme", "name": "Acme", "endpoint_template": "https://track.acme.example/c?id={click_id}&s={attr.extra.segment}",
+        "headers": [{"name": "Authorization", "value": "Bearer acme-token-1"}], "signing_secret": "0123456789abcdef-secret",
+        "rate_per_second": 40})
+}
+
+#[tokio::test]
+async fn partners_are_created_checked_when_saved_and_keep_their_secrets_write_only() {
+    let db = TestDb::new().await;
+    let r = post(&db, "/partners", acme()).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.etag.as_deref(), Some("\"1\""));
+    assert_eq!(r.body["headers"], json!([{"name": "Authorization", "value_set": true}]));
+    assert_eq!(r.body["signing_secret_set"], true);
+    assert!(!r.body.to_string().contains("acme-token") && !r.body.to_string().contains("-secret"), "{}", r.body);
+    assert_eq!(get(&db, "/partners/acme").await.body, r.body);
+    assert_eq!(get(&db, "/partners").await.body["partners"][0]["partner_id"], "acme");
+    assert_eq!(post(&db, "/partners", acme()).await.status, 409);
+
+    // Refused when saved: private and metadata addresses, templates that do not parse or render, bad headers.
+    for (field, value, expected) in [
+        ("endpoint_template", json!("http://127.0.0.1:8080/c?id={click_id}"), "loopback"),
+        ("endpoint_template", json!("http://169.254.169.254/latest/meta-data/{click_id}"), "metadata"),
+        ("endpoint_template", json!("http://10.1.2.3/c"), "private"),
+        ("endpoint_template", json!("https://t.example/c?id={clickid}"), "unknown macro {clickid}"),
+        ("headers[0]", json!([{"name": "Host", "value": "x"}]), "cannot be configured"),
+    ] {
+        let mut body = acme();
+        body["partner_id"] = json!("other");
+        if field == "headers[0]" {
+            body["headers"] = value;
+        } else {
+            body[field] = value;
+        }
+        let r = post(&db, "/partners", body).await;
+        assert_eq!(r.status, 422, "{}", r.body);
+        assert_eq!(r.body["errors"][0]["field"], field, "{}", r.body);
+        assert!(r.body["errors"][0]["message"].as_str().unwrap().contains(expected), "{expected}: {}", r.body);
+    }
+    let mut json_partner = acme();
+    json_partner["partner_id"] = json!("other");
+    json_partner["delivery_format"] = json!("post_json");
+    json_partner["body_template"] = json!("{\"id\": \"{click_id}\"");
+    let r = post(&db, "/partners", json_partner).await;
+    assert_eq!((r.status, &r.body["errors"][0]["field"]), (422, &json!("body_template")), "{}", r.body);
+    assert_eq!(get(&db, "/partners").await.body["partners"].as_array().unwrap().len(), 1, "nothing else stored");
+
+    // A replace names its version; left-out secrets and header values are kept, null removes the secret.
+    let mut change = acme();
+    change["name"] = json!("Acme Tracking");
+    change["headers"] = json!([{"name": "Authorization"}, {"name": "X-Account", "value": "42"}]);
+    change.as_object_mut().unwrap().remove("signing_secret");
+    assert_eq!(send(&db, "PUT", "/partners/acme", &[], Some(change.clone())).await.status, 428);
+    assert_eq!(send(&db, "PUT", "/partners/acme", &[("If-Match", "\"7\"")], Some(change.clone())).await.status, 412);
+    let r = send(&db, "PUT", "/partners/acme", &[("If-Match", "\"1\"")], Some(change)).await;
+    assert_eq!((r.status, r.etag.as_deref()), (200, Some("\"2\"")), "{}", r.body);
+    let stored = partners::get(&**db.client().await, &PartnerId::parse("acme").unwrap()).await.unwrap().unwrap();
+    assert_eq!(stored.name, "Acme Tracking");
+    assert_eq!(
+        stored.headers,
+        [("Authorization".to_owned(), "Bearer acme-token-1".to_owned()), ("X-Account".to_owned(), "42".to_owned())]
+    );
+    assert_eq!(stored.signing_secret.as_deref(), Some("0123456789abcdef-secret"));
+    let mut removed = acme();
+    removed["signing_secret"] = Value::Null;
+    let r = send(&db, "PUT", "/partners/acme", &[("If-Match", "\"2\"")], Some(removed)).await;
+    assert_eq!(r.body["signing_secret_set"], false, "{}", r.body);
+
+    let r = post(&db, "/partners/acme/disable", Value::Null).await;
+    assert_eq!((r.status, &r.body["enabled"], &r.body["version"]), (200, &json!(false), &json!(4)));
+    let mut campaign = spring();
+    campaign["partner_id"] = json!("acme");
+    assert_eq!(
+        post(&db, "/campaigns", campaign.clone()).await.body["errors"][0]["message"],
+        "partner \"acme\" is disabled"
+    );
+    assert_eq!(send(&db, "POST", "/partners/acme/enable", &[("If-Match", "\"3\"")], None).await.status, 412);
+    assert_eq!(post(&db, "/partners/acme/enable", Value::Null).await.body["enabled"], true);
+    assert_eq!(post(&db, "/campaigns", campaign).await.status, 201);
+    assert_eq!(get(&db, "/partners/ghost").await.status, 404);
+    assert_eq!(get(&db, "/partners/Bad%20Id").await.status, 400);
 }

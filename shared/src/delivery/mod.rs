@@ -2,8 +2,9 @@
 //!
 //! - [`render`]: a [`Partner`](crate::domain::Partner) and a [`ClickForDelivery`] become a [`RenderedRequest`]
 //!   (GET URL template, POST JSON body template or POST form, custom headers, `Idempotency-Key`, optional HMAC
-//!   signature). [`validate_partner`] checks a partner when it is saved; [`CompiledPartner`] parses its templates
-//!   once so the bridge renders many clicks without re-parsing.
+//!   signature). [`CompiledPartner`] parses its templates once so the bridge renders many clicks without
+//!   re-parsing.
+//! - [`validate`]: everything wrong with a partner, field by field, when it is saved.
 //! - [`outcome`]: what a partner's answer (or a transport error) means: [`Outcome::Delivered`],
 //!   [`Outcome::Retry`] or [`Outcome::Permanent`].
 //! - [`backoff`]: capped exponential backoff with full jitter, combined with Retry-After.
@@ -20,6 +21,7 @@ pub mod pace;
 pub mod render;
 pub mod ssrf;
 mod template;
+pub mod validate;
 
 use std::net::IpAddr;
 
@@ -34,9 +36,10 @@ pub use health::{HealthChange, ObservedHealth, PartnerHealth};
 pub use outcome::{Outcome, TransportError, classify, classify_transport, parse_retry_after};
 pub use render::{
     CompiledPartner, IDEMPOTENCY_HEADER, RenderError, RenderRequestError, RenderedRequest, SIGNATURE_HEADER,
-    SignatureError, render_request, sign, validate_partner, verify_signature,
+    SignatureError, render_request, sign, verify_signature,
 };
 pub use ssrf::{SsrfError, check_ip, check_url, filter_resolved, is_forbidden};
+pub use validate::{sample_click, validate_partner};
 
 /// One click as the bridge delivers it: the stored click plus what identifies this delivery.
 #[derive(Debug, Clone, PartialEq)]

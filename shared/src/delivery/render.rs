@@ -1,6 +1,6 @@
 //! A partner's templates, a click's values: the HTTP request to send.
 //!
-//! Templates use `{macro}` placeholders (see the list in [`validate_partner`]); `{{` and `}}` are literal braces.
+//! Templates use `{macro}` placeholders (see the list in [`super::validate`]); `{{` and `}}` are literal braces.
 //!
 //! - **URL** (every format): macros are allowed in the path and the query only, never in the scheme, host, port,
 //!   user info or fragment, so a click's data can never choose where a request goes. The template is parsed once
@@ -31,7 +31,6 @@ use sha2::Sha256;
 use url::Url;
 
 use super::ClickForDelivery;
-use super::ssrf::check_url;
 use super::template::{self, Macro, Piece, Template};
 use crate::domain::{DeliveryFormat, Partner};
 
@@ -162,14 +161,14 @@ pub fn verify_signature(
 
 /// The URL template, parsed: the path and the query as pieces where they hold macros.
 #[derive(Debug, Clone)]
-struct UrlTemplate {
-    base: Url,
+pub(super) struct UrlTemplate {
+    pub(super) base: Url,
     path: Option<Template>,
     query: Option<Template>,
 }
 
 impl UrlTemplate {
-    fn compile(text: &str) -> Result<Self, String> {
+    pub(super) fn compile(text: &str) -> Result<Self, String> {
         let pieces = template::parse(text).map_err(|e| format!("endpoint template: {e}"))?;
         // A placeholder that survives URL parsing unchanged in a path or a query (lowercase, alphanumeric) and
         // cannot be confused with the template's own text: not in it, and border-free (its first character occurs
@@ -253,7 +252,7 @@ fn split_marked(component: &str, marker: &str, macros: &[Macro]) -> Option<Templ
 
 /// A JSON body template: the JSON value with its macro-bearing strings parsed.
 #[derive(Debug, Clone)]
-enum JsonNode {
+pub(super) enum JsonNode {
     Static(Value),
     Text(Template),
     Array(Vec<JsonNode>),
@@ -315,7 +314,7 @@ impl JsonNode {
 }
 
 #[derive(Debug, Clone)]
-enum BodyTemplate {
+pub(super) enum BodyTemplate {
     None,
     Json(JsonNode),
     Form(Vec<(String, Template)>),
@@ -336,31 +335,13 @@ pub struct CompiledPartner {
 
 impl CompiledPartner {
     /// Parses the partner's templates; the errors say what is wrong, all at once. Does not check the
-    /// destination (see [`validate_partner`] and [`check_url`]).
+    /// destination (see [`super::validate_partner`] and [`super::check_url`]).
     pub fn compile(partner: &Partner) -> Result<Self, Vec<String>> {
         let mut errors = Vec::new();
         let url = UrlTemplate::compile(&partner.endpoint_template).map_err(|e| errors.push(e)).ok();
-        let body = match (partner.delivery_format, partner.body_template.as_deref()) {
-            (DeliveryFormat::Get, None) => Some(BodyTemplate::None),
-            (DeliveryFormat::Get, Some(_)) => {
-                errors.push("a GET partner takes no body template".into());
-                None
-            }
-            (DeliveryFormat::PostJson, None) => {
-                errors.push("a JSON partner needs a body template".into());
-                None
-            }
-            (DeliveryFormat::PostJson, Some(text)) => serde_json::from_str::<Value>(text)
-                .map_err(|e| format!("body template is not valid JSON: {e}"))
-                .and_then(JsonNode::compile)
-                .map(BodyTemplate::Json)
-                .map_err(|e| errors.push(e))
-                .ok(),
-            (DeliveryFormat::PostForm, None) => Some(BodyTemplate::FormAll),
-            (DeliveryFormat::PostForm, Some(text)) => {
-                compile_form(text).map(BodyTemplate::Form).map_err(|e| errors.push(e)).ok()
-            }
-        };
+        let body = BodyTemplate::compile(partner.delivery_format, partner.body_template.as_deref())
+            .map_err(|e| errors.push(e))
+            .ok();
         let mut headers = Vec::new();
         let mut content_type = None;
         for (name, value) in &partner.headers {
@@ -436,6 +417,23 @@ impl CompiledPartner {
     }
 }
 
+impl BodyTemplate {
+    /// The body a partner of `format` sends, from its body template.
+    pub(super) fn compile(format: DeliveryFormat, text: Option<&str>) -> Result<Self, String> {
+        match (format, text) {
+            (DeliveryFormat::Get, None) => Ok(Self::None),
+            (DeliveryFormat::Get, Some(_)) => Err("a GET partner takes no body template".into()),
+            (DeliveryFormat::PostJson, None) => Err("a JSON partner needs a body template".into()),
+            (DeliveryFormat::PostJson, Some(text)) => serde_json::from_str::<Value>(text)
+                .map_err(|e| format!("body template is not valid JSON: {e}"))
+                .and_then(JsonNode::compile)
+                .map(Self::Json),
+            (DeliveryFormat::PostForm, None) => Ok(Self::FormAll),
+            (DeliveryFormat::PostForm, Some(text)) => compile_form(text).map(Self::Form),
+        }
+    }
+}
+
 const FORM: &str = "application/x-www-form-urlencoded";
 
 fn form_all(click: &ClickForDelivery) -> String {
@@ -473,12 +471,12 @@ fn compile_form(text: &str) -> Result<Vec<(String, Template)>, String> {
         .collect()
 }
 
-enum HeaderKind {
+pub(super) enum HeaderKind {
     ContentType(String),
     Custom(Template),
 }
 
-fn compile_header(name: &str, value: &str) -> Result<HeaderKind, String> {
+pub(super) fn compile_header(name: &str, value: &str) -> Result<HeaderKind, String> {
     let parsed =
         http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("header name {name:?} is invalid"))?;
     let lower = parsed.as_str();
@@ -519,57 +517,6 @@ pub enum RenderRequestError {
     InvalidPartner(Vec<String>),
     #[error(transparent)]
     Render(#[from] RenderError),
-}
-
-/// Everything wrong with a partner, checked when it is saved (the API) and when it is loaded (the bridge):
-///
-/// - templates parse, use only known macros (`{click_id}`, `{campaign_id}`, `{ip}`, `{user_agent}`,
-///   `{clicked_at}`, `{clicked_at_unix}`, `{sub_id}`, `{landing_url}`, `{idempotency_key}`, `{batch_id}`,
-///   `{attr.NAME}`), and use them only where allowed (URL path and query, JSON string values, form values,
-///   header values);
-/// - the endpoint is http or https, has no user info, and is not a forbidden address (see [`check_url`];
-///   `allow_private` is the local-use setting); host names are checked again against DNS at send time;
-/// - a JSON partner has a JSON body template, a GET partner none;
-/// - header names are valid tokens and not reserved; values have no control characters;
-/// - the numbers are within the schema's bounds.
-pub fn validate_partner(partner: &Partner, allow_private: bool) -> Result<(), Vec<String>> {
-    let mut errors = match CompiledPartner::compile(partner) {
-        Ok(compiled) => {
-            let mut errors = Vec::new();
-            if let Err(e) = check_url(&compiled.url.base, allow_private) {
-                errors.push(format!("endpoint: {e}"));
-            }
-            errors
-        }
-        Err(errors) => errors,
-    };
-    let mut check = |ok: bool, message: &str| {
-        if !ok {
-            errors.push(message.to_owned());
-        }
-    };
-    check(!partner.name.trim().is_empty() && partner.name.len() <= 200, "the name must have 1 to 200 characters");
-    check(partner.endpoint_template.len() <= 4096, "the endpoint template is longer than 4096 bytes");
-    check(
-        partner.body_template.as_ref().is_none_or(|b| b.len() <= 65_536),
-        "the body template is longer than 65536 bytes",
-    );
-    check(
-        partner.signing_secret.as_ref().is_none_or(|s| (16..=512).contains(&s.len())),
-        "the signing secret must have 16 to 512 bytes",
-    );
-    check(
-        partner.success_body_match.as_ref().is_none_or(|s| s.len() <= 1024),
-        "the success body match is longer than 1024 bytes",
-    );
-    check((100..=60_000).contains(&partner.timeout_ms), "timeout_ms must be between 100 and 60000");
-    check(partner.rate_per_second.is_none_or(|r| r > 0), "rate_per_second must be positive");
-    check((1..=1024).contains(&partner.max_concurrency), "max_concurrency must be between 1 and 1024");
-    check((1..=50).contains(&partner.max_attempts), "max_attempts must be between 1 and 50");
-    check((10..=3_600_000).contains(&partner.retry_base_ms), "retry_base_ms must be between 10 and 3600000");
-    check((10..=43_200_000).contains(&partner.retry_max_ms), "retry_max_ms must be between 10 and 43200000");
-    check(partner.retry_max_ms >= partner.retry_base_ms, "retry_max_ms must not be below retry_base_ms");
-    if errors.is_empty() { Ok(()) } else { Err(errors) }
 }
 
 #[cfg(test)]
@@ -867,39 +814,6 @@ mod tests {
             hex::encode(mac.finalize().into_bytes())
         };
         assert_eq!(sign(b"key", 1_700_000_000, b"payload"), format!("t=1700000000,v1={expected}"));
-    }
-
-    #[test]
-    fn partners_are_validated_whole() {
-        let good = partner(DeliveryFormat::Get, "https://p.example/t?c={click_id}", None);
-        assert_eq!(validate_partner(&good, false), Ok(()));
-        let local = partner(DeliveryFormat::Get, "http://127.0.0.1:8080/p/acme?c={click_id}", None);
-        assert!(validate_partner(&local, false).unwrap_err()[0].contains("loopback"));
-        assert_eq!(validate_partner(&local, true), Ok(()));
-        let metadata = partner(DeliveryFormat::Get, "http://169.254.169.254/latest/{click_id}", None);
-        assert!(validate_partner(&metadata, true).unwrap_err()[0].contains("metadata"));
-        let creds = partner(DeliveryFormat::Get, "https://u:p@p.example/", None);
-        assert!(validate_partner(&creds, false).unwrap_err()[0].contains("user name"));
-
-        let mut bad = partner(DeliveryFormat::Get, "https://p.example/{nope}", Some("x"));
-        bad.timeout_ms = 0;
-        bad.max_concurrency = 0;
-        bad.retry_max_ms = 5;
-        bad.signing_secret = Some("short".into());
-        bad.headers = vec![("Bad Header".into(), "v".into())];
-        let errors = validate_partner(&bad, false).unwrap_err();
-        for expected in [
-            "unknown macro {nope}",
-            "GET partner takes no body",
-            "Bad Header",
-            "timeout_ms",
-            "max_concurrency",
-            "retry_max_ms must be between",
-            "retry_max_ms must not be below",
-            "signing secret",
-        ] {
-            assert!(errors.iter().any(|e| e.contains(expected)), "{expected} missing from {errors:?}");
-        }
     }
 
     #[test]

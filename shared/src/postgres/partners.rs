@@ -1,5 +1,7 @@
 //! Partners in PostgreSQL.
 
+use chrono::{DateTime, Utc};
+use tokio_postgres::types::ToSql;
 use tokio_postgres::{GenericClient, Row};
 
 use super::DbError;
@@ -9,43 +11,134 @@ const COLUMNS: &str = "partner_id, name, enabled, delivery_format, endpoint_temp
     signing_secret, success_body_match, timeout_ms, rate_per_second, max_concurrency, max_attempts, \
     retry_base_ms, retry_max_ms";
 
-/// Inserts or replaces a partner's configuration.
-pub async fn upsert(db: &impl GenericClient, p: &Partner) -> Result<(), DbError> {
+/// A partner's configuration as the database holds it: its values as PostgreSQL takes them.
+fn values(p: &Partner) -> Result<Vec<Box<dyn ToSql + Sync + Send>>, DbError> {
     let headers: serde_json::Map<String, serde_json::Value> =
         p.headers.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect();
-    db.execute(
-        "INSERT INTO partners (partner_id, name, enabled, delivery_format, endpoint_template, body_template,
-                               headers, signing_secret, success_body_match, timeout_ms, rate_per_second,
-                               max_concurrency, max_attempts, retry_base_ms, retry_max_ms)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
-         ON CONFLICT (partner_id) DO UPDATE SET
-             name = EXCLUDED.name, enabled = EXCLUDED.enabled, delivery_format = EXCLUDED.delivery_format,
-             endpoint_template = EXCLUDED.endpoint_template, body_template = EXCLUDED.body_template,
-             headers = EXCLUDED.headers, signing_secret = EXCLUDED.signing_secret,
-             success_body_match = EXCLUDED.success_body_match, timeout_ms = EXCLUDED.timeout_ms,
-             rate_per_second = EXCLUDED.rate_per_second, max_concurrency = EXCLUDED.max_concurrency,
-             max_attempts = EXCLUDED.max_attempts, retry_base_ms = EXCLUDED.retry_base_ms,
-             retry_max_ms = EXCLUDED.retry_max_ms, updated_at = now()",
-        &[
-            &p.partner_id.as_str(),
-            &p.name,
-            &p.enabled,
-            &p.delivery_format.as_str(),
-            &p.endpoint_template,
-            &p.body_template,
-            &serde_json::Value::Object(headers),
-            &p.signing_secret,
-            &p.success_body_match,
-            &to_i32(p.timeout_ms)?,
-            &p.rate_per_second.map(to_i32).transpose()?,
-            &to_i32(p.max_concurrency)?,
-            &to_i32(p.max_attempts)?,
-            &to_i32(p.retry_base_ms)?,
-            &to_i32(p.retry_max_ms)?,
-        ],
-    )
-    .await?;
+    Ok(vec![
+        Box::new(p.partner_id.to_string()),
+        Box::new(p.name.clone()),
+        Box::new(p.enabled),
+        Box::new(p.delivery_format.as_str()),
+        Box::new(p.endpoint_template.clone()),
+        Box::new(p.body_template.clone()),
+        Box::new(serde_json::Value::Object(headers)),
+        Box::new(p.signing_secret.clone()),
+        Box::new(p.success_body_match.clone()),
+        Box::new(to_i32(p.timeout_ms)?),
+        Box::new(p.rate_per_second.map(to_i32).transpose()?),
+        Box::new(to_i32(p.max_concurrency)?),
+        Box::new(to_i32(p.max_attempts)?),
+        Box::new(to_i32(p.retry_base_ms)?),
+        Box::new(to_i32(p.retry_max_ms)?),
+    ])
+}
+
+const INSERT: &str = "INSERT INTO partners (partner_id, name, enabled, delivery_format, endpoint_template,
+        body_template, headers, signing_secret, success_body_match, timeout_ms, rate_per_second, max_concurrency,
+        max_attempts, retry_base_ms, retry_max_ms)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)";
+
+const SET_ALL: &str = "name = $2, enabled = $3, delivery_format = $4, endpoint_template = $5, body_template = $6,
+    headers = $7, signing_secret = $8, success_body_match = $9, timeout_ms = $10, rate_per_second = $11,
+    max_concurrency = $12, max_attempts = $13, retry_base_ms = $14, retry_max_ms = $15, updated_at = now(),
+    version = partners.version + 1";
+
+const STORED: &str = "version, created_at, updated_at";
+
+/// Inserts or replaces a partner's configuration (seeding and tests; the API creates and replaces with versions).
+pub async fn upsert(db: &impl GenericClient, p: &Partner) -> Result<(), DbError> {
+    let values = values(p)?;
+    let params: Vec<&(dyn ToSql + Sync)> = values.iter().map(|v| v.as_ref() as &(dyn ToSql + Sync)).collect();
+    let sql = format!("{INSERT} ON CONFLICT (partner_id) DO UPDATE SET {SET_ALL}");
+    db.execute(&sql, &params).await?;
     Ok(())
+}
+
+/// A partner with its version and times.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredPartner {
+    pub partner: Partner,
+    pub version: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// What a change made from a version came to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    Done(Box<StoredPartner>),
+    /// The partner changed since that version: this is the version it is at.
+    Stale {
+        current: i64,
+    },
+    Missing,
+}
+
+/// Creates a partner; `None` when one with its id exists already.
+pub async fn create(db: &impl GenericClient, p: &Partner) -> Result<Option<StoredPartner>, DbError> {
+    let values = values(p)?;
+    let params: Vec<&(dyn ToSql + Sync)> = values.iter().map(|v| v.as_ref() as &(dyn ToSql + Sync)).collect();
+    let sql = format!("{INSERT} ON CONFLICT (partner_id) DO NOTHING RETURNING {COLUMNS}, {STORED}");
+    db.query_opt(&sql, &params).await?.map(|row| stored_from_row(&row)).transpose()
+}
+
+/// Replaces a partner's configuration if it is still at `expected` (any version when `None`).
+pub async fn replace(db: &impl GenericClient, p: &Partner, expected: Option<i64>) -> Result<Change, DbError> {
+    let values = values(p)?;
+    let mut params: Vec<&(dyn ToSql + Sync)> = values.iter().map(|v| v.as_ref() as &(dyn ToSql + Sync)).collect();
+    params.push(&expected);
+    let sql = format!(
+        "UPDATE partners SET {SET_ALL} WHERE partner_id = $1 AND ($16::bigint IS NULL OR version = $16)
+         RETURNING {COLUMNS}, {STORED}"
+    );
+    match db.query_opt(&sql, &params).await? {
+        Some(row) => Ok(Change::Done(Box::new(stored_from_row(&row)?))),
+        None => missing_or_stale(db, &p.partner_id).await,
+    }
+}
+
+/// Enables or disables a partner if it is still at `expected` (any version when `None`).
+pub async fn set_enabled(
+    db: &impl GenericClient,
+    partner_id: &PartnerId,
+    enabled: bool,
+    expected: Option<i64>,
+) -> Result<Change, DbError> {
+    let sql = format!(
+        "UPDATE partners SET enabled = $2, updated_at = now(), version = version + 1
+         WHERE partner_id = $1 AND ($3::bigint IS NULL OR version = $3) RETURNING {COLUMNS}, {STORED}"
+    );
+    match db.query_opt(&sql, &[&partner_id.as_str(), &enabled, &expected]).await? {
+        Some(row) => Ok(Change::Done(Box::new(stored_from_row(&row)?))),
+        None => missing_or_stale(db, partner_id).await,
+    }
+}
+
+async fn missing_or_stale(db: &impl GenericClient, partner_id: &PartnerId) -> Result<Change, DbError> {
+    let current = db.query_opt("SELECT version FROM partners WHERE partner_id = $1", &[&partner_id.as_str()]).await?;
+    Ok(current.map_or(Change::Missing, |row| Change::Stale { current: row.get(0) }))
+}
+
+/// A partner with its version and times.
+pub async fn get_stored(db: &impl GenericClient, partner_id: &PartnerId) -> Result<Option<StoredPartner>, DbError> {
+    let sql = format!("SELECT {COLUMNS}, {STORED} FROM partners WHERE partner_id = $1");
+    db.query_opt(&sql, &[&partner_id.as_str()]).await?.map(|row| stored_from_row(&row)).transpose()
+}
+
+/// Every partner with its version and times, by id.
+pub async fn list_stored(db: &impl GenericClient) -> Result<Vec<StoredPartner>, DbError> {
+    let sql = format!("SELECT {COLUMNS}, {STORED} FROM partners ORDER BY partner_id");
+    db.query(&sql, &[]).await?.iter().map(stored_from_row).collect()
+}
+
+fn stored_from_row(row: &Row) -> Result<StoredPartner, DbError> {
+    Ok(StoredPartner {
+        partner: from_row(row)?,
+        version: row.try_get("version")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
 }
 
 pub async fn get(db: &impl GenericClient, partner_id: &PartnerId) -> Result<Option<Partner>, DbError> {

@@ -124,8 +124,16 @@ async fn main() -> anyhow::Result<()> {
             pipeline.names.bucket
         );
     }
-    let api = serve_api(api::AppState { pool: pipeline.pool.clone(), objects: pipeline.objects.clone() }, run.api_port)
-        .await?;
+    let api = serve_api(
+        api::AppState {
+            pool: pipeline.pool.clone(),
+            objects: pipeline.objects.clone(),
+            // The simulated partners listen on loopback, as the bridge is allowed to reach locally.
+            allow_private_partners: true,
+        },
+        run.api_port,
+    )
+    .await?;
     println!("api: http://{api} (OpenAPI document at /openapi.json)");
     println!(
         "partners: simulator at {}; pacer every {} s; bucket s3://{}/incoming/<campaign>/",
