@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use clickpacer::aws::dynamodb::{GSI_BY_CAMPAIGN, GSI_BY_PARTNER, GSI_FAILURES, TTL_ATTRIBUTE};
 use clickpacer::config::{FunctionKind, vars};
+use clickpacer::domain::access::ADMIN_GROUP;
 use serde_norway::value::{Tag, TaggedValue};
 use serde_norway::{Mapping, Value};
 
@@ -636,6 +637,34 @@ fn check_events_table(t: &Value) -> Vec<String> {
     problems
 }
 
+/// The HTTP API's routes are behind the Cognito JWT authorizer: tokens of this stack's user pool (issuer) for the
+/// dashboard's client (audience); and the group the API lets change things exists in that pool.
+fn check_authorizer(t: &Value) -> Vec<String> {
+    let mut problems = Vec::new();
+    let auth = at(t, &["Resources", "HttpApi", "Properties", "Auth"]);
+    let default = auth.and_then(|a| at(a, &["DefaultAuthorizer"])).and_then(Value::as_str).unwrap_or_default();
+    let jwt = auth.and_then(|a| at(a, &["Authorizers", default, "JwtConfiguration"]));
+    if default.is_empty() || jwt.is_none() {
+        problems.push("HttpApi: no default JWT authorizer".to_owned());
+    }
+    let issuer = jwt.and_then(|j| at(j, &["issuer"])).and_then(|i| tagged(i, "Sub")).and_then(Value::as_str);
+    if !issuer.is_some_and(|i| i.starts_with("https://cognito-idp.") && i.ends_with("/${UserPool}")) {
+        problems.push(format!("HttpApi: the authorizer's issuer is not this stack's user pool: {issuer:?}"));
+    }
+    let audience = jwt.and_then(|j| at(j, &["audience"])).map(strings).unwrap_or_default();
+    if audience.len() != 1 || ref_target(audience[0]) != Some("UserPoolClient") {
+        problems.push("HttpApi: the authorizer's audience is not exactly the dashboard's UserPoolClient".to_owned());
+    }
+    let admins = of_type(t, "AWS::Cognito::UserPoolGroup").into_iter().any(|(_, g)| {
+        at(g, &["Properties", "GroupName"]).and_then(Value::as_str) == Some(ADMIN_GROUP)
+            && at(g, &["Properties", "UserPoolId"]).and_then(ref_target) == Some("UserPool")
+    });
+    if !admins {
+        problems.push(format!("no Cognito group {ADMIN_GROUP:?} in the UserPool: nobody could change anything"));
+    }
+    problems
+}
+
 // ───────────────────────────────────────────── tests on the real template ───────────────────────────────────
 
 fn assert_clean(check: fn(&Value) -> Vec<String>) {
@@ -676,6 +705,24 @@ fn every_function_gets_exactly_the_variables_its_config_reads() {
 #[test]
 fn events_table_matches_the_dynamodb_adapter() {
     assert_clean(check_events_table);
+}
+
+#[test]
+fn the_api_is_behind_the_user_pools_jwt_authorizer_with_an_admin_group() {
+    assert_clean(check_authorizer);
+}
+
+#[test]
+fn authorizer_check_catches_another_issuer_or_audience_and_a_missing_group() {
+    caught(check_authorizer, "issuer", |t| {
+        let path = ["Resources", "HttpApi", "Properties", "Auth", "Authorizers", "CognitoJwt", "JwtConfiguration"];
+        *slot(t, &[&path[..], &["issuer"]].concat()) = tag("Sub", "https://accounts.example.com/");
+    });
+    caught(check_authorizer, "audience", |t| {
+        let path = ["Resources", "HttpApi", "Properties", "Auth", "Authorizers", "CognitoJwt", "JwtConfiguration"];
+        *slot(t, &[&path[..], &["audience"]].concat()) = Value::Sequence(vec!["some-other-client".into()]);
+    });
+    caught(check_authorizer, "no Cognito group", |t| remove(t, &["Resources", "AdminGroup"]));
 }
 
 /// The bridge flushes its event outbox at the end of every invocation; one whose flush failed leaves events

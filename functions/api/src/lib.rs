@@ -12,8 +12,10 @@
 //! - [`dead_letters`]: dead clicks with their reasons, grouped, and their replay (a count first);
 //! - [`reads`]: health, partners, reconciliation, a campaign's pacing days.
 //!
-//! An unknown route is a 404 and another method a 405, both as problem details.
+//! Every route but `/openapi.json` needs a signed-in caller, and changes need an admin ([`auth`]). An unknown
+//! route is a 404 and another method a 405, both as problem details.
 
+pub mod auth;
 pub mod campaigns;
 pub mod dead_letters;
 pub mod extract;
@@ -59,5 +61,6 @@ pub fn router(state: AppState) -> Router {
             Problem::method_not_allowed(format!("{} does not take this method", uri.path()))
         })
         .fallback(|uri: Uri| async move { Problem::not_found(format!("no route {}", uri.path())) })
+        .layer(axum::middleware::from_fn(auth::authorize))
         .with_state(state)
 }

@@ -17,10 +17,46 @@ struct Reply {
     body: Value,
 }
 
+/// Who a test request comes from.
+enum Identity<'a> {
+    /// The local runner's user, allowed everything.
+    LocalAdmin,
+    /// Nobody: no verified identity.
+    Anonymous,
+    /// A caller through API Gateway: the claims its JWT authorizer passes on.
+    Claims(&'a [(&'a str, &'a str)]),
+}
+
 async fn send(db: &TestDb, method: &str, path: &str, headers: &[(&str, &str)], body: Option<Value>) -> Reply {
+    send_as(db, Identity::LocalAdmin, method, path, headers, body).await
+}
+
+async fn send_as(
+    db: &TestDb,
+    identity: Identity<'_>,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<Value>,
+) -> Reply {
     let mut request = Request::builder().method(method).uri(path);
     for (name, value) in headers {
         request = request.header(*name, *value);
+    }
+    match identity {
+        Identity::LocalAdmin => request = request.extension(api::auth::Caller::local_admin()),
+        Identity::Anonymous => {}
+        Identity::Claims(claims) => {
+            let context: lambda_http::aws_lambda_events::apigw::ApiGatewayV2httpRequestContext =
+                serde_json::from_value(json!({
+                    "http": {"method": method, "path": path, "protocol": "HTTP/1.1", "sourceIp": "192.0.2.1",
+                             "userAgent": "test"},
+                    "authorizer": {"jwt": {
+                    "claims": claims.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
+                    "scopes": null}}}))
+                .unwrap();
+            request = request.extension(lambda_http::request::RequestContext::ApiGatewayV2(context));
+        }
     }
     let body = body.map_or(Body::empty(), |b| Body::from(b.to_string()));
     let objects = TestAws::new().await.objects();
@@ -577,4 +613,29 @@ async fn partners_are_created_checked_when_saved_and_keep_their_secrets_write_on
     assert_eq!(post(&db, "/campaigns", campaign).await.status, 201);
     assert_eq!(get(&db, "/partners/ghost").await.status, 404);
     assert_eq!(get(&db, "/partners/Bad%20Id").await.status, 400);
+}
+
+#[tokio::test]
+async fn callers_need_a_verified_identity_and_changes_need_an_admin() {
+    let db = TestDb::new().await;
+    seed_partner(&db, "acme", true).await;
+    let r = send_as(&db, Identity::Anonymous, "GET", "/campaigns", &[], None).await;
+    assert_eq!((r.status, r.content_type.as_str()), (401, "application/problem+json"));
+    assert_eq!(send_as(&db, Identity::Anonymous, "POST", "/campaigns", &[], Some(spring())).await.status, 401);
+    assert_eq!(send_as(&db, Identity::Anonymous, "GET", "/openapi.json", &[], None).await.status, 200, "public");
+
+    let reader = Identity::Claims(&[("sub", "reader-1"), ("cognito:groups", "[readers]")]);
+    assert_eq!(send_as(&db, reader, "GET", "/campaigns", &[], None).await.status, 200);
+    let reader = Identity::Claims(&[("sub", "reader-1"), ("cognito:groups", "[readers]")]);
+    let r = send_as(&db, reader, "POST", "/campaigns", &[], Some(spring())).await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(r.body["detail"].as_str().unwrap().contains("admins"), "{}", r.body);
+    assert!(get(&db, "/campaigns").await.body["items"].as_array().unwrap().is_empty(), "nothing was created");
+
+    let admin = Identity::Claims(&[("sub", "admin-1"), ("cognito:groups", "[admins]")]);
+    assert_eq!(send_as(&db, admin, "POST", "/campaigns", &[], Some(spring())).await.status, 201);
+    let machine = Identity::Claims(&[("sub", "client-1"), ("scope", "clickpacer/write")]);
+    assert_eq!(send_as(&db, machine, "POST", "/campaigns/spring/pause", &[], None).await.status, 200);
+    let no_subject = Identity::Claims(&[("cognito:groups", "[admins]")]);
+    assert_eq!(send_as(&db, no_subject, "GET", "/campaigns", &[], None).await.status, 401);
 }

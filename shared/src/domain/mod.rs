@@ -1,5 +1,6 @@
 //! The business model. Pure: no AWS, no PostgreSQL, no I/O.
 
+pub mod access;
 pub mod batch;
 pub mod campaign;
 pub mod campaign_spec;

@@ -197,7 +197,9 @@ async fn serve_api(state: api::AppState, port: u16) -> anyhow::Result<std::net::
     };
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, api::router(state)).await {
+        if let Err(e) =
+            axum::serve(listener, api::router(state).layer(axum::Extension(api::auth::Caller::local_admin()))).await
+        {
             tracing::error!(error = %e, "the API server stopped");
         }
     });
