@@ -16,6 +16,8 @@ pub mod vars {
     pub const DATABASE_POOL_SIZE: &str = "DATABASE_POOL_SIZE";
     pub const CLICK_QUEUE_URL: &str = "CLICK_QUEUE_URL";
     pub const EVENTS_TABLE: &str = "EVENTS_TABLE";
+    /// The click queue's dead-letter queue (the API shows its depth).
+    pub const DEAD_LETTER_QUEUE_URL: &str = "DEAD_LETTER_QUEUE_URL";
     /// Local use only: lets partner URLs resolve to private and loopback addresses (the partner simulator).
     pub const ALLOW_PRIVATE_PARTNERS: &str = "ALLOW_PRIVATE_PARTNERS";
     pub const SLICER_WRITERS: &str = "SLICER_WRITERS";
@@ -125,7 +127,7 @@ impl FunctionKind {
             Self::Slicer | Self::Migrate => &[DATABASE_URL],
             Self::Pacer => &[DATABASE_URL, CLICK_QUEUE_URL],
             Self::Bridge => &[DATABASE_URL, CLICK_QUEUE_URL, EVENTS_TABLE],
-            Self::Api => &[DATABASE_URL, CLICK_QUEUE_URL, EVENTS_TABLE],
+            Self::Api => &[DATABASE_URL, CLICK_QUEUE_URL, DEAD_LETTER_QUEUE_URL, EVENTS_TABLE],
         }
     }
 }
@@ -135,6 +137,7 @@ impl FunctionKind {
 pub struct Config {
     pub database: DatabaseConfig,
     pub click_queue_url: Option<String>,
+    pub dead_letter_queue_url: Option<String>,
     pub events_table: Option<String>,
     pub allow_private_partners: bool,
     pub slicer: SlicerConfig,
@@ -183,6 +186,7 @@ impl Config {
         Ok(Self {
             database: DatabaseConfig::from_env(env)?,
             click_queue_url: env.optional(vars::CLICK_QUEUE_URL),
+            dead_letter_queue_url: env.optional(vars::DEAD_LETTER_QUEUE_URL),
             events_table: env.optional(vars::EVENTS_TABLE),
             allow_private_partners: env.parsed_or(vars::ALLOW_PRIVATE_PARTNERS, false)?,
             slicer: SlicerConfig::from_env(env)?,
@@ -196,6 +200,10 @@ impl Config {
 
     pub fn click_queue_url(&self) -> Result<&str, ConfigError> {
         self.click_queue_url.as_deref().ok_or(ConfigError::Missing { name: vars::CLICK_QUEUE_URL })
+    }
+
+    pub fn dead_letter_queue_url(&self) -> Result<&str, ConfigError> {
+        self.dead_letter_queue_url.as_deref().ok_or(ConfigError::Missing { name: vars::DEAD_LETTER_QUEUE_URL })
     }
 
     pub fn events_table(&self) -> Result<&str, ConfigError> {
@@ -251,8 +259,12 @@ mod tests {
 
     #[test]
     fn full_config_loads_for_every_function() {
-        let env =
-            Env::from_pairs([DB, ("CLICK_QUEUE_URL", "http://localhost:5000/123/clicks"), ("EVENTS_TABLE", "events")]);
+        let env = Env::from_pairs([
+            DB,
+            ("CLICK_QUEUE_URL", "http://localhost:5000/123/clicks"),
+            ("DEAD_LETTER_QUEUE_URL", "http://localhost:5000/123/clicks-dlq"),
+            ("EVENTS_TABLE", "events"),
+        ]);
         for kind in FunctionKind::ALL {
             let config = Config::load(&env, kind).unwrap();
             assert_eq!(config.database.pool_size, 4);

@@ -19,6 +19,7 @@ pub mod auth;
 pub mod campaigns;
 pub mod dead_letters;
 pub mod extract;
+pub mod health;
 pub mod openapi;
 pub mod partners;
 pub mod problem;
@@ -28,17 +29,27 @@ pub mod uploads;
 use axum::http::Uri;
 use axum::{Json, Router};
 use clickpacer::aws::s3::S3Objects;
+use clickpacer::aws::sqs::SqsQueue;
 use clickpacer::postgres::PgPool;
 
 use crate::problem::Problem;
 
-/// What the handlers share: the database pool, the upload bucket's client (for links to rejects reports), and
-/// whether partner endpoints may be private addresses (local use only, as for the bridge).
+/// What the handlers share: the database pool, the upload bucket's client (for links to rejects reports), the
+/// queues whose depths the health view shows, and whether partner endpoints may be private addresses (local use
+/// only, as for the bridge).
 #[derive(Clone)]
 pub struct AppState {
     pub pool: PgPool,
     pub objects: S3Objects,
+    pub queues: Option<Queues>,
     pub allow_private_partners: bool,
+}
+
+/// The click queue and its dead-letter queue.
+#[derive(Clone)]
+pub struct Queues {
+    pub click: SqsQueue,
+    pub dead_letter: SqsQueue,
 }
 
 impl AppState {

@@ -1,7 +1,8 @@
 //! Lambda entry point (HTTP API, payload 2.0): wiring only.
 
-use api::AppState;
+use api::{AppState, Queues};
 use clickpacer::aws::s3::S3Objects;
+use clickpacer::aws::sqs::SqsQueue;
 use clickpacer::config::{Config, FunctionKind};
 
 #[tokio::main]
@@ -11,6 +12,11 @@ async fn main() -> Result<(), lambda_http::Error> {
     let pool = clickpacer::postgres::build_pool(&config.database)?;
     let sdk = clickpacer::aws::load_sdk_config().await;
     let objects = S3Objects::new(clickpacer::aws::s3_client(&sdk));
+    let sqs = clickpacer::aws::sqs_client(&sdk);
+    let queues = Queues {
+        click: SqsQueue::new(sqs.clone(), config.click_queue_url()?),
+        dead_letter: SqsQueue::new(sqs, config.dead_letter_queue_url()?),
+    };
     let allow_private_partners = config.allow_private_partners;
-    lambda_http::run(api::router(AppState { pool, objects, allow_private_partners })).await
+    lambda_http::run(api::router(AppState { pool, objects, queues: Some(queues), allow_private_partners })).await
 }

@@ -3,7 +3,7 @@
 
 use utoipa::OpenApi;
 
-use crate::{campaigns, dead_letters, partners, problem, reads, uploads};
+use crate::{campaigns, dead_letters, health, partners, problem, reads, uploads};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -17,7 +17,7 @@ use crate::{campaigns, dead_letters, partners, problem, reads, uploads};
         campaigns::resume,
         campaigns::archive,
         campaigns::cancel_pending,
-        reads::health,
+        health::health,
         partners::list,
         partners::create,
         partners::read,

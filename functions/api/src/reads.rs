@@ -1,8 +1,8 @@
-//! Read-only views: health, reconciliation, a campaign's pacing days.
+//! Read-only views: reconciliation, a campaign's pacing days (and the route of [`crate::health`]).
 
 use axum::extract::{Path, State};
 use axum::{Json, Router, routing};
-use clickpacer::postgres::{bridge, campaigns, reports};
+use clickpacer::postgres::{campaigns, reports};
 use serde_json::{Value, json};
 
 use crate::AppState;
@@ -10,16 +10,9 @@ use crate::problem::Problem;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route("/health", routing::get(health))
+        .route("/health", routing::get(crate::health::health))
         .route("/reconciliation", routing::get(reconciliation))
         .route("/campaigns/{campaign_id}/pacing", routing::get(pacing))
-}
-
-/// `{"status": "ok", "events_waiting": n}` when the database answers.
-#[utoipa::path(get, path = "/health", tag = "system", responses((status = 200, body = Object)))]
-pub async fn health(State(app): State<AppState>) -> Result<Json<Value>, Problem> {
-    let client = app.client().await?;
-    Ok(Json(json!({ "status": "ok", "events_waiting": bridge::outbox_depth(&**client).await? })))
 }
 
 /// Per upload and per campaign: accepted = delivered + dead + cancelled + pending, and whether that holds.

@@ -60,7 +60,7 @@ async fn send_as(
     }
     let body = body.map_or(Body::empty(), |b| Body::from(b.to_string()));
     let objects = TestAws::new().await.objects();
-    let state = api::AppState { pool: db.pool.clone(), objects, allow_private_partners: false };
+    let state = api::AppState { pool: db.pool.clone(), objects, queues: None, allow_private_partners: false };
     let response = api::router(state).oneshot(request.body(body).unwrap()).await.unwrap();
     let get = |name| response.headers().get(name).map(|v| v.to_str().unwrap().to_string());
     let (etag, content_type) = (get(header::ETAG), get(header::CONTENT_TYPE).unwrap_or_default());
@@ -101,7 +101,12 @@ async fn read_views_answer_with_json_and_keep_secrets() {
     )
     .await
     .unwrap();
-    assert_eq!(get(&db, "/health").await.body, json!({"status": "ok", "events_waiting": 0}));
+    let health = get(&db, "/health").await.body;
+    assert_eq!(
+        (&health["status"], &health["events_waiting"], &health["alerts"]),
+        (&json!("ok"), &json!(0), &json!([]))
+    );
+    assert_eq!(health["partners"][0]["partner_id"], "acme");
     let r = get(&db, "/partners").await;
     assert_eq!((r.status, &r.body["partners"][0]["partner_id"]), (200, &json!("acme")));
     assert!(!r.body.to_string().contains("super-secret"), "signing secrets never leave: {}", r.body);
@@ -638,4 +643,61 @@ async fn callers_need_a_verified_identity_and_changes_need_an_admin() {
     assert_eq!(send_as(&db, machine, "POST", "/campaigns/spring/pause", &[], None).await.status, 200);
     let no_subject = Identity::Claims(&[("cognito:groups", "[admins]")]);
     assert_eq!(send_as(&db, no_subject, "GET", "/campaigns", &[], None).await.status, 401);
+}
+
+#[tokio::test]
+async fn health_shows_queues_lag_stranded_work_stuck_uploads_and_paused_partners_with_alerts() {
+    let db = TestDb::new().await;
+    seed_partner(&db, "acme", true).await;
+    let spring = Campaign::unlimited(CampaignId::parse("spring").unwrap(), PartnerId::parse("acme").unwrap());
+    campaigns::upsert(&**db.client().await, &spring).await.unwrap();
+    let aws = TestAws::new().await;
+    let (objects, bucket) = aws.bucket().await;
+    let slicer =
+        slicer::Slicer { pool: db.pool.clone(), objects: objects.clone(), settings: slicer::SlicerSettings::default() };
+    slice(&slicer, &bucket, "incoming/spring/a.csv", "click_id,ts\na1,1764324000\na2,1764324000\n").await;
+    let (click, dead_letter) = aws.queue_with_dead_letter(30, 5).await;
+    let message = clickpacer::aws::sqs::OutgoingMessage { id: "m1".into(), body: "{}".into(), delay_seconds: 0 };
+    dead_letter.send_batch(&[message]).await.unwrap();
+    let client = db.client().await;
+    // The slice's batch has waited ten minutes past its due time; an upload nobody reads; a partner's pause.
+    client.execute("UPDATE batches SET due_at = now() - interval '10 minutes'", &[]).await.unwrap();
+    client
+        .execute(
+            "INSERT INTO uploads (bucket, object_key, object_version, updated_at) VALUES ('b', 'incoming/spring/x.csv', 'v1', now() - interval '1 hour')",
+            &[],
+        )
+        .await
+        .unwrap();
+    client
+        .execute(
+            "INSERT INTO partner_health (partner_id, retry_after_until) VALUES ('acme', now() + interval '5 minutes')",
+            &[],
+        )
+        .await
+        .unwrap();
+    drop(client);
+
+    let state = api::AppState {
+        pool: db.pool.clone(),
+        objects,
+        queues: Some(api::Queues { click, dead_letter }),
+        allow_private_partners: false,
+    };
+    let request =
+        Request::builder().uri("/health").extension(api::auth::Caller::local_admin()).body(Body::empty()).unwrap();
+    let response = api::router(state).oneshot(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value =
+        serde_json::from_slice(&axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap()).unwrap();
+    assert_eq!(body["status"], "attention", "{body}");
+    assert!(body["pacer_lag_seconds"].as_f64().unwrap() >= 599.0, "{body}");
+    assert_eq!((body["due_batches"].as_i64(), body["stranded_batches"].as_i64()), (Some(1), Some(1)));
+    assert_eq!(body["stuck_uploads"], 1);
+    assert_eq!(body["dead_letter_queue"]["visible"], 1);
+    assert_eq!(body["click_queue"], json!({"visible": 0, "in_flight": 0, "delayed": 0}));
+    assert_eq!(body["partners"][0]["open_batches"], 1);
+    assert!(body["partners"][0]["paused_until"].is_string(), "{body}");
+    let kinds: Vec<&str> = body["alerts"].as_array().unwrap().iter().map(|a| a["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["pacer_lag", "stranded_work", "stuck_uploads", "dead_letter_queue", "partner_paused"]);
 }

@@ -35,6 +35,18 @@ pub struct ReceivedMessage {
     pub receive_count: u32,
 }
 
+/// A queue's messages by kind (SQS's approximate counts).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct QueueCounts {
+    /// Waiting to be received.
+    pub visible: u64,
+    /// Received and not yet deleted (being worked on, or waiting out a visibility timeout).
+    pub in_flight: u64,
+    /// Sent with a delay that has not run out.
+    pub delayed: u64,
+}
+
 #[derive(Clone)]
 pub struct SqsQueue {
     client: Client,
@@ -178,8 +190,8 @@ impl SqsQueue {
         queue_arn(&self.client, &self.url).await
     }
 
-    /// Messages in the queue: visible, in flight and delayed.
-    pub async fn depth(&self) -> Result<u64, AwsError> {
+    /// Messages in the queue by kind.
+    pub async fn counts(&self) -> Result<QueueCounts, AwsError> {
         let names = [
             QueueAttributeName::ApproximateNumberOfMessages,
             QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
@@ -194,7 +206,14 @@ impl SqsQueue {
             .await
             .map_err(|e| AwsError::from_sdk("sqs GetQueueAttributes", e))?;
         let attributes = out.attributes().cloned().unwrap_or_default();
-        Ok(names.iter().filter_map(|n| attributes.get(n)).filter_map(|v| v.parse::<u64>().ok()).sum())
+        let count = |name: &QueueAttributeName| attributes.get(name).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        Ok(QueueCounts { visible: count(&names[0]), in_flight: count(&names[1]), delayed: count(&names[2]) })
+    }
+
+    /// Messages in the queue: visible, in flight and delayed.
+    pub async fn depth(&self) -> Result<u64, AwsError> {
+        let counts = self.counts().await?;
+        Ok(counts.visible + counts.in_flight + counts.delayed)
     }
 
     /// Creates (or finds) a queue; with `dead_letter` set, messages received `max_receives` times move there.

@@ -102,6 +102,12 @@ pub async fn page(
     Ok((clicks, next))
 }
 
+/// How many clicks are dead.
+pub async fn count(db: &impl GenericClient, filter: &DeadFilter) -> Result<i64, DbError> {
+    let (campaign, partner) = params(filter);
+    Ok(db.query_one(&format!("SELECT count(*) FROM ({DEAD}) dead"), &[&campaign, &partner]).await?.get(0))
+}
+
 /// Dead clicks grouped by partner, status and reason, largest group first (at most 100 groups).
 pub async fn reasons(db: &impl GenericClient, filter: &DeadFilter) -> Result<Vec<DeadReason>, DbError> {
     let (campaign, partner) = params(filter);

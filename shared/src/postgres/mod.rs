@@ -6,6 +6,7 @@ pub mod campaign_list;
 pub mod campaigns;
 pub mod cancel;
 pub mod dead_letters;
+pub mod health;
 pub mod pacer;
 pub mod partners;
 pub mod replay;

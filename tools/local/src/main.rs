@@ -128,6 +128,10 @@ async fn main() -> anyhow::Result<()> {
         api::AppState {
             pool: pipeline.pool.clone(),
             objects: pipeline.objects.clone(),
+            queues: Some(api::Queues {
+                click: pipeline.click_queue.clone(),
+                dead_letter: pipeline.dead_letters.clone(),
+            }),
             // The simulated partners listen on loopback, as the bridge is allowed to reach locally.
             allow_private_partners: true,
         },
