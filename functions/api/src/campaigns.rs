@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Json, Router, routing};
 use chrono::{DateTime, Utc};
 use clickpacer::domain::{CampaignId, CampaignSpec, CampaignStatus, FieldError, PartnerId};
+use clickpacer::pacing::{DeliveryStatus, PendingWork, delivery_status};
 use clickpacer::postgres::campaign_list::{self, CampaignFilter, CampaignSort, Cursor};
 use clickpacer::postgres::campaigns::{self, Change, StoredCampaign};
 use clickpacer::postgres::cancel::{self, Cancellation};
@@ -29,28 +30,44 @@ pub fn routes() -> Router<AppState> {
         .route("/campaigns/{campaign_id}/cancel-pending", routing::post(cancel_pending))
 }
 
-/// A campaign as the API shows it: its configuration (what `PUT` takes), its status and its version.
+/// A campaign as the API shows it: its configuration (what `PUT` takes), its status, whether it is delivering
+/// now and why not, and its version.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct CampaignView {
     #[serde(flatten)]
     pub spec: CampaignSpec,
     pub status: CampaignStatus,
+    pub delivery: DeliveryStatus,
     /// Bumped by every change; send it back in `If-Match` (it is also the `ETag`).
     pub version: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
 
-impl From<&StoredCampaign> for CampaignView {
-    fn from(s: &StoredCampaign) -> Self {
+impl CampaignView {
+    fn new(s: &StoredCampaign, work: &PendingWork, now: DateTime<Utc>) -> Self {
         Self {
             spec: CampaignSpec::from(&s.campaign),
             status: s.campaign.status,
+            delivery: delivery_status(&s.campaign, work, now),
             version: s.version,
             created_at: s.created_at,
             updated_at: s.updated_at,
         }
     }
+}
+
+/// The views of `stored` campaigns, with their delivery status read from their batches now.
+async fn views(db: &impl GenericClient, stored: &[&StoredCampaign]) -> Result<Vec<CampaignView>, Problem> {
+    let ids: Vec<&str> = stored.iter().map(|s| s.campaign.campaign_id.as_str()).collect();
+    let work = campaigns::pending_work(db, &ids).await?;
+    let now = Utc::now();
+    Ok(stored
+        .iter()
+        .map(|s| {
+            CampaignView::new(s, work.get(s.campaign.campaign_id.as_str()).unwrap_or(&PendingWork::default()), now)
+        })
+        .collect())
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -118,7 +135,7 @@ pub async fn list(State(app): State<AppState>, QueryParams(p): QueryParams<ListP
     let client = app.client().await?;
     let page = campaign_list::page(&**client, &filter, sort, descending, cursor.as_ref(), limit).await?;
     let body = CampaignList {
-        items: page.items.iter().map(CampaignView::from).collect(),
+        items: views(&**client, &page.items.iter().collect::<Vec<_>>()).await?,
         next_cursor: page.next.map(|c| c.encode()),
     };
     Ok(Json(body).into_response())
@@ -138,7 +155,7 @@ pub async fn create(State(app): State<AppState>, JsonBody(spec): JsonBody<Campai
     match campaigns::create(&**client, &campaign).await? {
         Some(stored) => {
             let location = format!("/campaigns/{}", stored.campaign.campaign_id);
-            let mut response = respond(StatusCode::CREATED, &stored);
+            let mut response = respond(&**client, StatusCode::CREATED, &stored).await?;
             if let Ok(value) = HeaderValue::from_str(&location) {
                 response.headers_mut().insert(header::LOCATION, value);
             }
@@ -157,7 +174,7 @@ pub async fn read(State(app): State<AppState>, Path(id): Path<String>) -> Result
     let id = campaign_id(id)?;
     let client = app.client().await?;
     match campaigns::get_stored(&**client, &id).await? {
-        Some(stored) => Ok(respond(StatusCode::OK, &stored)),
+        Some(stored) => respond(&**client, StatusCode::OK, &stored).await,
         None => Err(unknown(&id)),
     }
 }
@@ -187,7 +204,7 @@ pub async fn replace(
     let current = at_version(&**client, &id, if_match).await?;
     let campaign = checked(&**client, &spec, current.campaign.status).await?;
     // The version read above is the one replaced: a change made in between makes this one stale, not lost.
-    changed(campaigns::replace(&**client, &campaign, Some(current.version), Utc::now()).await?, &id)
+    changed(&**client, campaigns::replace(&**client, &campaign, Some(current.version), Utc::now()).await?, &id).await
 }
 
 /// Pauses a campaign: nothing more is released until it is resumed.
@@ -257,9 +274,10 @@ async fn transition(
     let current = at_version(&**client, &id, if_match).await?;
     current.campaign.status.transition(to).map_err(Problem::conflict)?;
     if current.campaign.status == to {
-        return Ok(respond(StatusCode::OK, &current));
+        return respond(&**client, StatusCode::OK, &current).await;
     }
-    changed(campaigns::change_status(&**client, &id, to, Some(current.version), Utc::now()).await?, &id)
+    changed(&**client, campaigns::change_status(&**client, &id, to, Some(current.version), Utc::now()).await?, &id)
+        .await
 }
 
 /// The campaign as stored, if it exists and is at the version `If-Match` names (when it names one).
@@ -294,20 +312,21 @@ async fn checked(
     }
 }
 
-fn changed(change: Change, id: &CampaignId) -> Result<Response, Problem> {
+async fn changed(db: &impl GenericClient, change: Change, id: &CampaignId) -> Result<Response, Problem> {
     match change {
-        Change::Done(stored) => Ok(respond(StatusCode::OK, &stored)),
+        Change::Done(stored) => respond(db, StatusCode::OK, &stored).await,
         Change::Stale { current } => Err(Problem::stale(current)),
         Change::Missing => Err(unknown(id)),
     }
 }
 
-fn respond(status: StatusCode, stored: &StoredCampaign) -> Response {
+async fn respond(db: &impl GenericClient, status: StatusCode, stored: &StoredCampaign) -> Result<Response, Problem> {
     let mut headers = HeaderMap::new();
     if let Ok(value) = HeaderValue::from_str(&etag(stored.version)) {
         headers.insert(header::ETAG, value);
     }
-    (status, headers, Json(CampaignView::from(stored))).into_response()
+    let view = views(db, &[stored]).await?.pop().ok_or_else(Problem::internal)?;
+    Ok((status, headers, Json(view)).into_response())
 }
 
 pub(crate) fn campaign_id(id: String) -> Result<CampaignId, Problem> {

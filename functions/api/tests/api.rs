@@ -701,3 +701,38 @@ async fn health_shows_queues_lag_stranded_work_stuck_uploads_and_paused_partners
     let kinds: Vec<&str> = body["alerts"].as_array().unwrap().iter().map(|a| a["kind"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["pacer_lag", "stranded_work", "stuck_uploads", "dead_letter_queue", "partner_paused"]);
 }
+
+#[tokio::test]
+async fn each_campaign_says_whether_it_delivers_and_why_not() {
+    let db = TestDb::new().await;
+    seed_partner(&db, "acme", true).await;
+    let r = post(&db, "/campaigns", spring()).await;
+    assert_eq!(r.body["delivery"], json!({"state": "idle", "reason": "idle: no clicks waiting"}));
+    let (objects, bucket) = TestAws::new().await.bucket().await;
+    let slicer = slicer::Slicer { pool: db.pool.clone(), objects, settings: slicer::SlicerSettings::default() };
+    slice(&slicer, &bucket, "incoming/spring/a.csv", "click_id,ts\na1,1764324000\na2,1764324000\n").await;
+    // The pacer found the day's cap reached and deferred the batch to the next local midnight.
+    let midnight: chrono::DateTime<chrono::Utc> = db
+        .client()
+        .await
+        .query_one(
+            "UPDATE batches SET defer_reason = 'daily_cap',
+                    due_at = (date_trunc('day', now() AT TIME ZONE 'America/New_York') + interval '1 day')
+                             AT TIME ZONE 'America/New_York'
+             RETURNING due_at",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let delivery = &get(&db, "/campaigns/spring").await.body["delivery"];
+    assert_eq!(delivery["state"], "not_delivering");
+    let reason = delivery["reason"].as_str().unwrap();
+    assert!(reason.starts_with("not delivering: daily cap reached, resets"), "{reason}");
+    assert!(reason.ends_with("00:00 America/New_York"), "{reason}");
+    assert_eq!(delivery["until"], json!(midnight.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)));
+    let listed = get(&db, "/campaigns").await.body;
+    assert_eq!(listed["items"][0]["delivery"], *delivery);
+    let paused = post(&db, "/campaigns/spring/pause", Value::Null).await.body;
+    assert_eq!(paused["delivery"], json!({"state": "paused", "reason": "paused; 2 clicks wait"}));
+}

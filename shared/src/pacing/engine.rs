@@ -43,6 +43,28 @@ pub enum DeferReason {
 }
 
 impl DeferReason {
+    pub const ALL: [Self; 14] = [
+        Self::Archived,
+        Self::Paused,
+        Self::BeforeFlight,
+        Self::AfterFlight,
+        Self::TotalBudget,
+        Self::DailyCap,
+        Self::DailyBudget,
+        Self::PartnerRetryAfter,
+        Self::Daypart,
+        Self::PacingPlan,
+        Self::RatePerHour,
+        Self::RatePerMinute,
+        Self::RatePerSecond,
+        Self::PartnerRate,
+    ];
+
+    /// The reason a stored name (`batches.defer_reason`) stands for.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.as_str() == name)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Archived => "archived",

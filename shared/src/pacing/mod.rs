@@ -43,6 +43,7 @@
 mod calendar;
 mod engine;
 mod state;
+mod status;
 
 #[cfg(test)]
 mod proptests;
@@ -50,3 +51,4 @@ mod proptests;
 pub use calendar::{LocalDay, LocalHour, local_date, local_hour};
 pub use engine::{Allowance, DeferReason, PlanSpread, allowance, cap_short_of, plan_spread};
 pub use state::{Overdue, PacingState, PartnerLimit, RateWindow, WindowCounts};
+pub use status::{DeliveryState, DeliveryStatus, PendingWork, delivery_status};

@@ -311,3 +311,40 @@ pub(crate) fn from_row(row: &Row) -> Result<Campaign, DbError> {
             .0,
     })
 }
+
+/// What the batches of each of `campaign_ids` say now, for their delivery status: clicks waiting, those due or on
+/// their way, and the rule holding back the deferred batch due first (a batch due later with no rule waits for
+/// its plan).
+pub async fn pending_work(
+    db: &impl GenericClient,
+    campaign_ids: &[&str],
+) -> Result<std::collections::HashMap<String, crate::pacing::PendingWork>, DbError> {
+    let rows = db
+        .query(
+            "SELECT campaign_id,
+                    sum(click_count - settled_clicks)::bigint AS clicks,
+                    coalesce(sum(click_count - settled_clicks) FILTER (WHERE state IN ('claimed', 'queued')
+                                                                        OR due_at <= now()), 0)::bigint AS moving,
+                    (array_agg(coalesce(defer_reason, 'pacing_plan') ORDER BY due_at)
+                        FILTER (WHERE state = 'pending' AND due_at > now()))[1] AS reason,
+                    min(due_at) FILTER (WHERE state = 'pending' AND due_at > now()) AS until
+             FROM batches WHERE campaign_id = ANY($1) AND state IN ('pending', 'claimed', 'queued')
+             GROUP BY campaign_id",
+            &[&campaign_ids],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let reason: Option<String> = r.get("reason");
+            let until: Option<DateTime<Utc>> = r.get("until");
+            let deferred = reason.as_deref().and_then(crate::pacing::DeferReason::parse).zip(until);
+            let work = crate::pacing::PendingWork {
+                clicks: u64::try_from(r.get::<_, i64>("clicks")).unwrap_or(0),
+                moving: u64::try_from(r.get::<_, i64>("moving")).unwrap_or(0),
+                deferred,
+            };
+            (r.get("campaign_id"), work)
+        })
+        .collect())
+}
