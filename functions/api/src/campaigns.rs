@@ -4,19 +4,22 @@
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::{Json, Router, routing};
+use axum::{Extension, Json, Router, routing};
 use chrono::{DateTime, Utc};
 use clickpacer::domain::{CampaignId, CampaignSpec, CampaignStatus, FieldError, PartnerId};
 use clickpacer::pacing::{DeliveryStatus, PendingWork, delivery_status};
+use clickpacer::postgres::audit::Entity;
 use clickpacer::postgres::campaign_list::{self, CampaignFilter, CampaignSort, Cursor};
 use clickpacer::postgres::campaigns::{self, Change, StoredCampaign};
 use clickpacer::postgres::cancel::{self, Cancellation};
-use clickpacer::postgres::partners;
+use clickpacer::postgres::{DbError, partners};
 use serde::{Deserialize, Serialize};
 use tokio_postgres::GenericClient;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::AppState;
+use crate::audit;
+use crate::auth::Caller;
 use crate::extract::{IfMatch, JsonBody, QueryParams, etag};
 use crate::problem::Problem;
 
@@ -149,20 +152,25 @@ fn malformed(field: &str, value: &str, allowed: &str) -> Problem {
 #[utoipa::path(post, path = "/campaigns", tag = "campaigns", request_body = CampaignSpec,
     responses((status = 201, body = CampaignView, headers(("ETag" = String), ("Location" = String))),
         (status = 400, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)))]
-pub async fn create(State(app): State<AppState>, JsonBody(spec): JsonBody<CampaignSpec>) -> Result<Response, Problem> {
-    let client = app.client().await?;
-    let campaign = checked(&**client, &spec, CampaignStatus::Active).await?;
-    match campaigns::create(&**client, &campaign).await? {
-        Some(stored) => {
-            let location = format!("/campaigns/{}", stored.campaign.campaign_id);
-            let mut response = respond(&**client, StatusCode::CREATED, &stored).await?;
-            if let Ok(value) = HeaderValue::from_str(&location) {
-                response.headers_mut().insert(header::LOCATION, value);
-            }
-            Ok(response)
-        }
-        None => Err(Problem::conflict(format!("campaign {:?} exists already", spec.campaign_id))),
+pub async fn create(
+    State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    JsonBody(spec): JsonBody<CampaignSpec>,
+) -> Result<Response, Problem> {
+    let mut client = app.client().await?;
+    let tx = client.transaction().await.map_err(DbError::from)?;
+    let campaign = checked(&*tx, &spec, CampaignStatus::Active).await?;
+    let Some(stored) = campaigns::create(&*tx, &campaign).await? else {
+        return Err(Problem::conflict(format!("campaign {:?} exists already", spec.campaign_id)));
+    };
+    let after = Some(audit::campaign_snapshot(&stored));
+    audit::record(&*tx, &caller, Entity::Campaign, &spec.campaign_id, "create", None, after).await?;
+    tx.commit().await.map_err(DbError::from)?;
+    let mut response = respond(&**client, StatusCode::CREATED, &stored).await?;
+    if let Ok(value) = HeaderValue::from_str(&format!("/campaigns/{}", stored.campaign.campaign_id)) {
+        response.headers_mut().insert(header::LOCATION, value);
     }
+    Ok(response)
 }
 
 /// One campaign.
@@ -188,6 +196,7 @@ pub async fn read(State(app): State<AppState>, Path(id): Path<String>) -> Result
         (status = 422, body = Problem), (status = 428, body = Problem)))]
 pub async fn replace(
     State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     if_match: IfMatch,
     JsonBody(spec): JsonBody<CampaignSpec>,
@@ -200,11 +209,14 @@ pub async fn replace(
         let message = format!("is {:?} but the path names {:?}; a campaign's id cannot change", spec.campaign_id, id);
         return Err(Problem::invalid(vec![FieldError::new("campaign_id", message)]));
     }
-    let client = app.client().await?;
-    let current = at_version(&**client, &id, if_match).await?;
-    let campaign = checked(&**client, &spec, current.campaign.status).await?;
+    let mut client = app.client().await?;
+    let tx = client.transaction().await.map_err(DbError::from)?;
+    let current = at_version(&*tx, &id, if_match).await?;
+    let campaign = checked(&*tx, &spec, current.campaign.status).await?;
     // The version read above is the one replaced: a change made in between makes this one stale, not lost.
-    changed(&**client, campaigns::replace(&**client, &campaign, Some(current.version), Utc::now()).await?, &id).await
+    let change = campaigns::replace(&*tx, &campaign, Some(current.version), Utc::now()).await?;
+    let stored = committed(tx, &caller, "replace", &current, change, &id).await?;
+    respond(&**client, StatusCode::OK, &stored).await
 }
 
 /// Pauses a campaign: nothing more is released until it is resumed.
@@ -212,8 +224,13 @@ pub async fn replace(
     ("If-Match" = Option<String>, Header, description = "when given, the campaign's ETag")),
     responses((status = 200, body = CampaignView), (status = 404, body = Problem), (status = 409, body = Problem),
         (status = 412, body = Problem)))]
-pub async fn pause(state: State<AppState>, id: Path<String>, if_match: IfMatch) -> Result<Response, Problem> {
-    transition(state, id, if_match, CampaignStatus::Paused).await
+pub async fn pause(
+    state: State<AppState>,
+    caller: Extension<Caller>,
+    id: Path<String>,
+    if_match: IfMatch,
+) -> Result<Response, Problem> {
+    transition(state, caller, id, if_match, CampaignStatus::Paused).await
 }
 
 /// Resumes a paused campaign and wakes its deferred batches.
@@ -221,16 +238,26 @@ pub async fn pause(state: State<AppState>, id: Path<String>, if_match: IfMatch) 
     ("If-Match" = Option<String>, Header, description = "when given, the campaign's ETag")),
     responses((status = 200, body = CampaignView), (status = 404, body = Problem), (status = 409, body = Problem),
         (status = 412, body = Problem)))]
-pub async fn resume(state: State<AppState>, id: Path<String>, if_match: IfMatch) -> Result<Response, Problem> {
-    transition(state, id, if_match, CampaignStatus::Active).await
+pub async fn resume(
+    state: State<AppState>,
+    caller: Extension<Caller>,
+    id: Path<String>,
+    if_match: IfMatch,
+) -> Result<Response, Problem> {
+    transition(state, caller, id, if_match, CampaignStatus::Active).await
 }
 
 /// Archives a campaign for good: it releases nothing more and cannot be resumed.
 #[utoipa::path(post, path = "/campaigns/{campaign_id}/archive", tag = "campaigns", params(("campaign_id" = String, Path),
     ("If-Match" = Option<String>, Header, description = "when given, the campaign's ETag")),
     responses((status = 200, body = CampaignView), (status = 404, body = Problem), (status = 412, body = Problem)))]
-pub async fn archive(state: State<AppState>, id: Path<String>, if_match: IfMatch) -> Result<Response, Problem> {
-    transition(state, id, if_match, CampaignStatus::Archived).await
+pub async fn archive(
+    state: State<AppState>,
+    caller: Extension<Caller>,
+    id: Path<String>,
+    if_match: IfMatch,
+) -> Result<Response, Problem> {
+    transition(state, caller, id, if_match, CampaignStatus::Archived).await
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -252,32 +279,71 @@ pub struct CancelParams {
     responses((status = 200, body = Cancellation), (status = 400, body = Problem), (status = 404, body = Problem)))]
 pub async fn cancel_pending(
     State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     QueryParams(p): QueryParams<CancelParams>,
 ) -> Result<Json<Cancellation>, Problem> {
     let id = campaign_id(id)?;
-    let client = app.client().await?;
-    if campaigns::get(&**client, &id).await?.is_none() {
+    let mut client = app.client().await?;
+    let tx = client.transaction().await.map_err(DbError::from)?;
+    if campaigns::get(&*tx, &id).await?.is_none() {
         return Err(unknown(&id));
     }
-    Ok(Json(cancel::cancel_pending(&**client, &id, p.upload_id, p.preview).await?))
+    let cancelled = cancel::cancel_pending(&*tx, &id, p.upload_id, p.preview).await?;
+    if !p.preview && cancelled.batches > 0 {
+        let after = serde_json::json!({"upload_id": p.upload_id, "cancelled": cancelled});
+        audit::record(&*tx, &caller, Entity::Campaign, id.as_str(), "cancel_pending", None, Some(after)).await?;
+    }
+    tx.commit().await.map_err(DbError::from)?;
+    Ok(Json(cancelled))
 }
 
 async fn transition(
     State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     if_match: IfMatch,
     to: CampaignStatus,
 ) -> Result<Response, Problem> {
     let id = campaign_id(id)?;
-    let client = app.client().await?;
-    let current = at_version(&**client, &id, if_match).await?;
+    let mut client = app.client().await?;
+    let tx = client.transaction().await.map_err(DbError::from)?;
+    let current = at_version(&*tx, &id, if_match).await?;
     current.campaign.status.transition(to).map_err(Problem::conflict)?;
     if current.campaign.status == to {
+        drop(tx);
         return respond(&**client, StatusCode::OK, &current).await;
     }
-    changed(&**client, campaigns::change_status(&**client, &id, to, Some(current.version), Utc::now()).await?, &id)
-        .await
+    let action = match to {
+        CampaignStatus::Active => "resume",
+        CampaignStatus::Paused => "pause",
+        CampaignStatus::Archived => "archive",
+    };
+    let change = campaigns::change_status(&*tx, &id, to, Some(current.version), Utc::now()).await?;
+    let stored = committed(tx, &caller, action, &current, change, &id).await?;
+    respond(&**client, StatusCode::OK, &stored).await
+}
+
+/// Ends a change's transaction: a change made is recorded in the audit trail (before and after) and committed;
+/// a stale or missing campaign is the caller's error, and nothing is written.
+async fn committed(
+    tx: deadpool_postgres::Transaction<'_>,
+    caller: &Caller,
+    action: &str,
+    before: &StoredCampaign,
+    change: Change,
+    id: &CampaignId,
+) -> Result<StoredCampaign, Problem> {
+    match change {
+        Change::Done(stored) => {
+            let (before, after) = (audit::campaign_snapshot(before), audit::campaign_snapshot(&stored));
+            audit::record(&*tx, caller, Entity::Campaign, id.as_str(), action, Some(before), Some(after)).await?;
+            tx.commit().await.map_err(DbError::from)?;
+            Ok(*stored)
+        }
+        Change::Stale { current } => Err(Problem::stale(current)),
+        Change::Missing => Err(unknown(id)),
+    }
 }
 
 /// The campaign as stored, if it exists and is at the version `If-Match` names (when it names one).
@@ -309,14 +375,6 @@ async fn checked(
     match validated {
         Ok(campaign) if errors.is_empty() => Ok(campaign),
         _ => Err(Problem::invalid(errors)),
-    }
-}
-
-async fn changed(db: &impl GenericClient, change: Change, id: &CampaignId) -> Result<Response, Problem> {
-    match change {
-        Change::Done(stored) => respond(db, StatusCode::OK, &stored).await,
-        Change::Stale { current } => Err(Problem::stale(current)),
-        Change::Missing => Err(unknown(id)),
     }
 }
 

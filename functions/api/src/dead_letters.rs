@@ -3,8 +3,9 @@
 //! budgets; clicks already delivered are never sent again.
 
 use axum::extract::State;
-use axum::{Json, Router, routing};
+use axum::{Extension, Json, Router, routing};
 use clickpacer::domain::{CampaignId, FieldError, PartnerId};
+use clickpacer::postgres::audit::Entity;
 use clickpacer::postgres::campaigns;
 use clickpacer::postgres::dead_letters::{self, DeadClick, DeadFilter, DeadReason};
 use clickpacer::postgres::replay::{self, ReplayScope, ReplaySummary};
@@ -12,6 +13,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::AppState;
+use crate::audit;
+use crate::auth::Caller;
 use crate::extract::{JsonBody, QueryParams};
 use crate::problem::Problem;
 
@@ -128,6 +131,7 @@ const MAX_REPLAY_BATCHES: usize = 10_000;
     responses((status = 200, body = ReplaySummary), (status = 400, body = Problem), (status = 422, body = Problem)))]
 pub async fn replay(
     State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
     JsonBody(request): JsonBody<ReplayRequest>,
 ) -> Result<Json<ReplaySummary>, Problem> {
     let mut errors = Vec::new();
@@ -152,10 +156,15 @@ pub async fn replay(
     }
     let (Some(campaign_id), true) = (campaign_id, errors.is_empty()) else { return Err(Problem::invalid(errors)) };
     let scope = ReplayScope { campaign_id, batch_ids: request.batch_ids };
-    let summary = if request.preview {
-        replay::preview(&**client, &scope).await?
-    } else {
-        replay::replay_dead(&mut client, &scope, reason.trim()).await?
-    };
+    if request.preview {
+        return Ok(Json(replay::preview(&**client, &scope).await?));
+    }
+    let summary = replay::replay_dead(&mut client, &scope, reason.trim()).await?;
+    if summary.batches > 0 {
+        // Recorded once the replay (its own transaction) has committed.
+        let after = serde_json::json!({"batch_ids": scope.batch_ids, "reason": reason.trim(), "replayed": summary});
+        let id = scope.campaign_id.as_str();
+        audit::record(&**client, &caller, Entity::Campaign, id, "replay", None, Some(after)).await?;
+    }
     Ok(Json(summary))
 }

@@ -9,12 +9,14 @@
 //!   rejects report;
 //! - [`partners`]: create, read, list, replace with `If-Match`, enable, disable; checked when saved, secrets
 //!   write-only;
+//! - [`audit`]: every change of a campaign or partner, who made it, before and after;
 //! - [`dead_letters`]: dead clicks with their reasons, grouped, and their replay (a count first);
 //! - [`reads`]: health, partners, reconciliation, a campaign's pacing days.
 //!
 //! Every route but `/openapi.json` needs a signed-in caller, and changes need an admin ([`auth`]). An unknown
 //! route is a 404 and another method a 405, both as problem details.
 
+pub mod audit;
 pub mod auth;
 pub mod campaigns;
 pub mod dead_letters;
@@ -66,6 +68,7 @@ pub fn router(state: AppState) -> Router {
         .merge(uploads::routes())
         .merge(dead_letters::routes())
         .merge(partners::routes())
+        .merge(audit::routes())
         .merge(reads::routes())
         .route("/openapi.json", axum::routing::get(|| async { Json(openapi::document()) }))
         .method_not_allowed_fallback(|uri: Uri| async move {

@@ -3,7 +3,7 @@
 
 use utoipa::OpenApi;
 
-use crate::{campaigns, dead_letters, health, partners, problem, reads, uploads};
+use crate::{audit, campaigns, dead_letters, health, partners, problem, reads, uploads};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -18,6 +18,8 @@ use crate::{campaigns, dead_letters, health, partners, problem, reads, uploads};
         campaigns::archive,
         campaigns::cancel_pending,
         health::health,
+        audit::campaign_trail,
+        audit::partner_trail,
         partners::list,
         partners::create,
         partners::read,

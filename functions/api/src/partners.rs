@@ -6,15 +6,19 @@
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::{Json, Router, routing};
+use axum::{Extension, Json, Router, routing};
 use chrono::{DateTime, Utc};
 use clickpacer::delivery::validate_partner;
 use clickpacer::domain::{FieldError, Partner, PartnerId, PartnerSpec};
+use clickpacer::postgres::DbError;
+use clickpacer::postgres::audit::Entity;
 use clickpacer::postgres::partners::{self, Change, StoredPartner};
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::AppState;
+use crate::audit;
+use crate::auth::Caller;
 use crate::extract::{IfMatch, JsonBody, etag};
 use crate::problem::Problem;
 
@@ -106,19 +110,25 @@ pub async fn list(State(app): State<AppState>) -> Result<Json<PartnerList>, Prob
 #[utoipa::path(post, path = "/partners", tag = "partners", request_body = PartnerSpec,
     responses((status = 201, body = PartnerView, headers(("ETag" = String), ("Location" = String))),
         (status = 400, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)))]
-pub async fn create(State(app): State<AppState>, JsonBody(spec): JsonBody<PartnerSpec>) -> Result<Response, Problem> {
+pub async fn create(
+    State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    JsonBody(spec): JsonBody<PartnerSpec>,
+) -> Result<Response, Problem> {
     let partner = checked(&app, &spec, true, None)?;
-    let client = app.client().await?;
-    match partners::create(&**client, &partner).await? {
-        Some(stored) => {
-            let mut response = respond(StatusCode::CREATED, &stored);
-            if let Ok(value) = HeaderValue::from_str(&format!("/partners/{}", stored.partner.partner_id)) {
-                response.headers_mut().insert(header::LOCATION, value);
-            }
-            Ok(response)
-        }
-        None => Err(Problem::conflict(format!("partner {:?} exists already", spec.partner_id))),
+    let mut client = app.client().await?;
+    let tx = client.transaction().await.map_err(DbError::from)?;
+    let Some(stored) = partners::create(&*tx, &partner).await? else {
+        return Err(Problem::conflict(format!("partner {:?} exists already", spec.partner_id)));
+    };
+    let after = Some(audit::partner_snapshot(&stored));
+    audit::record(&*tx, &caller, Entity::Partner, &spec.partner_id, "create", None, after).await?;
+    tx.commit().await.map_err(DbError::from)?;
+    let mut response = respond(StatusCode::CREATED, &stored);
+    if let Ok(value) = HeaderValue::from_str(&format!("/partners/{}", stored.partner.partner_id)) {
+        response.headers_mut().insert(header::LOCATION, value);
     }
+    Ok(response)
 }
 
 /// One partner.
@@ -143,6 +153,7 @@ pub async fn read(State(app): State<AppState>, Path(id): Path<String>) -> Result
         (status = 422, body = Problem), (status = 428, body = Problem)))]
 pub async fn replace(
     State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     if_match: IfMatch,
     JsonBody(spec): JsonBody<PartnerSpec>,
@@ -155,42 +166,59 @@ pub async fn replace(
         let message = format!("is {:?} but the path names {:?}; a partner's id cannot change", spec.partner_id, id);
         return Err(Problem::invalid(vec![FieldError::new("partner_id", message)]));
     }
-    let client = app.client().await?;
-    let Some(current) = partners::get_stored(&**client, &id).await? else { return Err(unknown(&id)) };
+    let mut client = app.client().await?;
+    let tx = client.transaction().await.map_err(DbError::from)?;
+    let Some(current) = partners::get_stored(&*tx, &id).await? else { return Err(unknown(&id)) };
     if let Some(expected) = if_match.expected()
         && expected != current.version
     {
         return Err(Problem::stale(current.version));
     }
     let partner = checked(&app, &spec, current.partner.enabled, Some(&current.partner))?;
-    changed(partners::replace(&**client, &partner, Some(current.version)).await?, &id)
+    let change = partners::replace(&*tx, &partner, Some(current.version)).await?;
+    committed(tx, &caller, "replace", &current, change, &id).await
 }
 
 /// Enables a partner: its waiting clicks are sent again.
 #[utoipa::path(post, path = "/partners/{partner_id}/enable", tag = "partners", params(("partner_id" = String, Path),
     ("If-Match" = Option<String>, Header, description = "when given, the partner's ETag")),
     responses((status = 200, body = PartnerView), (status = 404, body = Problem), (status = 412, body = Problem)))]
-pub async fn enable(state: State<AppState>, id: Path<String>, if_match: IfMatch) -> Result<Response, Problem> {
-    set_enabled(state, id, if_match, true).await
+pub async fn enable(
+    state: State<AppState>,
+    caller: Extension<Caller>,
+    id: Path<String>,
+    if_match: IfMatch,
+) -> Result<Response, Problem> {
+    set_enabled(state, caller, id, if_match, true).await
 }
 
 /// Disables a partner: nothing more is sent to it; its clicks wait (the bridge parks their messages).
 #[utoipa::path(post, path = "/partners/{partner_id}/disable", tag = "partners", params(("partner_id" = String, Path),
     ("If-Match" = Option<String>, Header, description = "when given, the partner's ETag")),
     responses((status = 200, body = PartnerView), (status = 404, body = Problem), (status = 412, body = Problem)))]
-pub async fn disable(state: State<AppState>, id: Path<String>, if_match: IfMatch) -> Result<Response, Problem> {
-    set_enabled(state, id, if_match, false).await
+pub async fn disable(
+    state: State<AppState>,
+    caller: Extension<Caller>,
+    id: Path<String>,
+    if_match: IfMatch,
+) -> Result<Response, Problem> {
+    set_enabled(state, caller, id, if_match, false).await
 }
 
 async fn set_enabled(
     State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     if_match: IfMatch,
     enabled: bool,
 ) -> Result<Response, Problem> {
     let id = partner_id(id)?;
-    let client = app.client().await?;
-    changed(partners::set_enabled(&**client, &id, enabled, if_match.expected()).await?, &id)
+    let mut client = app.client().await?;
+    let tx = client.transaction().await.map_err(DbError::from)?;
+    let Some(current) = partners::get_stored(&*tx, &id).await? else { return Err(unknown(&id)) };
+    let expected = if_match.expected().unwrap_or(current.version);
+    let change = partners::set_enabled(&*tx, &id, enabled, Some(expected)).await?;
+    committed(tx, &caller, if enabled { "enable" } else { "disable" }, &current, change, &id).await
 }
 
 /// The partner a spec describes, once its shape and [`validate_partner`] check out; otherwise every problem.
@@ -200,9 +228,23 @@ fn checked(app: &AppState, spec: &PartnerSpec, enabled: bool, stored: Option<&Pa
     Ok(partner)
 }
 
-fn changed(change: Change, id: &PartnerId) -> Result<Response, Problem> {
+/// Ends a change's transaction: a change made is recorded in the audit trail (before and after, without
+/// secrets) and committed; a stale or missing partner is the caller's error, and nothing is written.
+async fn committed(
+    tx: deadpool_postgres::Transaction<'_>,
+    caller: &Caller,
+    action: &str,
+    before: &StoredPartner,
+    change: Change,
+    id: &PartnerId,
+) -> Result<Response, Problem> {
     match change {
-        Change::Done(stored) => Ok(respond(StatusCode::OK, &stored)),
+        Change::Done(stored) => {
+            let (before, after) = (audit::partner_snapshot(before), audit::partner_snapshot(&stored));
+            audit::record(&*tx, caller, Entity::Partner, id.as_str(), action, Some(before), Some(after)).await?;
+            tx.commit().await.map_err(DbError::from)?;
+            Ok(respond(StatusCode::OK, &stored))
+        }
         Change::Stale { current } => Err(Problem::stale(current)),
         Change::Missing => Err(unknown(id)),
     }
@@ -216,10 +258,10 @@ fn respond(status: StatusCode, stored: &StoredPartner) -> Response {
     (status, headers, Json(PartnerView::from(stored))).into_response()
 }
 
-fn partner_id(id: String) -> Result<PartnerId, Problem> {
+pub(crate) fn partner_id(id: String) -> Result<PartnerId, Problem> {
     PartnerId::parse(id).map_err(|e| Problem::malformed(e.to_string()))
 }
 
-fn unknown(id: &PartnerId) -> Problem {
+pub(crate) fn unknown(id: &PartnerId) -> Problem {
     Problem::not_found(format!("no partner {:?}", id.as_str()))
 }

@@ -736,3 +736,56 @@ async fn each_campaign_says_whether_it_delivers_and_why_not() {
     let paused = post(&db, "/campaigns/spring/pause", Value::Null).await.body;
     assert_eq!(paused["delivery"], json!({"state": "paused", "reason": "paused; 2 clicks wait"}));
 }
+
+#[tokio::test]
+async fn every_change_is_in_the_audit_trail_with_who_before_and_after_and_no_secrets() {
+    let db = TestDb::new().await;
+    seed_partner(&db, "acme", true).await;
+    let admin = || Identity::Claims(&[("sub", "admin-7"), ("cognito:groups", "[admins]")]);
+    assert_eq!(send_as(&db, admin(), "POST", "/campaigns", &[], Some(spring())).await.status, 201);
+    let mut changed = spring();
+    changed["daily_cap"] = json!(500);
+    let r = send_as(&db, admin(), "PUT", "/campaigns/spring", &[("If-Match", "\"1\"")], Some(changed.clone())).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let stale = send_as(&db, admin(), "PUT", "/campaigns/spring", &[("If-Match", "\"1\"")], Some(changed)).await;
+    assert_eq!(stale.status, 412);
+    assert_eq!(send_as(&db, admin(), "POST", "/campaigns/spring/pause", &[], None).await.status, 200);
+
+    let trail = get(&db, "/campaigns/spring/audit").await.body;
+    let actions: Vec<&str> = trail["items"].as_array().unwrap().iter().map(|r| r["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["pause", "replace", "create"], "newest first; the stale replace changed nothing");
+    assert_eq!(trail["items"][0]["actor"], "admin-7");
+    assert_eq!(
+        (&trail["items"][1]["before"]["daily_cap"], &trail["items"][1]["after"]["daily_cap"]),
+        (&json!(1000), &json!(500))
+    );
+    assert_eq!(
+        (&trail["items"][0]["before"]["status"], &trail["items"][0]["after"]["status"]),
+        (&json!("active"), &json!("paused"))
+    );
+    assert!(trail["items"][2].get("before").is_none());
+    let page = get(&db, "/campaigns/spring/audit?limit=2").await.body;
+    let rest =
+        get(&db, &format!("/campaigns/spring/audit?cursor={}", page["next_cursor"].as_str().unwrap())).await.body;
+    assert_eq!(rest["items"][0]["action"], "create");
+
+    assert_eq!(send_as(&db, admin(), "POST", "/partners", &[], Some(acme_two())).await.status, 201);
+    let mut replaced = acme_two();
+    replaced["name"] = json!("Acme Two Tracking");
+    replaced.as_object_mut().unwrap().remove("signing_secret");
+    let r = send_as(&db, admin(), "PUT", "/partners/acme-two", &[("If-Match", "\"1\"")], Some(replaced)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(send_as(&db, admin(), "POST", "/partners/acme-two/disable", &[], None).await.status, 200);
+    let trail = get(&db, "/partners/acme-two/audit").await.body;
+    let actions: Vec<&str> = trail["items"].as_array().unwrap().iter().map(|r| r["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["disable", "replace", "create"]);
+    assert!(!trail.to_string().contains("acme-token") && !trail.to_string().contains("-secret"), "{trail}");
+    assert_eq!(trail["items"][1]["after"]["name"], "Acme Two Tracking");
+    assert_eq!(get(&db, "/partners/ghost/audit").await.status, 404);
+}
+
+fn acme_two() -> Value {
+    let mut body = acme();
+    body["partner_id"] = json!("acme-two");
+    body
+}

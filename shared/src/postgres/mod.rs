@@ -1,6 +1,7 @@
 //! PostgreSQL: the pool every function builds once at cold start, the migrations, and the repositories
 //! (SQL lives beside the code that runs it).
 
+pub mod audit;
 pub mod bridge;
 pub mod campaign_list;
 pub mod campaigns;
