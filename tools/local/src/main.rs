@@ -3,6 +3,7 @@
 //!   clickpacer-local demo [--clicks N] [--fast] [--until-drained]   seed the demo and run the pipeline
 //!   clickpacer-local run [--fast]                                   run the pipeline (upload your own files)
 //!   clickpacer-local reconcile                                      print the reconciliation and exit
+//!   clickpacer-local api [--api-port P] [--names-prefix X]          serve only the management API
 //!
 //! Reads DATABASE_URL and the AWS SDK's AWS_ENDPOINT_URL / AWS_REGION, as the functions do.
 
@@ -38,6 +39,14 @@ enum Command {
     },
     /// Print the reconciliation per upload and per campaign.
     Reconcile,
+    /// Serve only the management API (no workers), as the local runner serves it, until stopped: for API tests
+    /// (schemathesis) and a dashboard against a database of one's own.
+    Api {
+        #[arg(long, default_value_t = 8787)]
+        api_port: u16,
+        #[arg(long, default_value = "clickpacer")]
+        names_prefix: String,
+    },
     /// Give a campaign's dead clicks (or one batch's) another delivery; a running pipeline picks them up.
     Replay {
         /// The campaign whose dead clicks to replay.
@@ -90,6 +99,14 @@ async fn main() -> anyhow::Result<()> {
             print!("{text}");
             std::process::exit(if ok { 0 } else { 1 });
         }
+        Command::Api { api_port, names_prefix } => {
+            let pipeline =
+                Pipeline::start(&sdk, &database, Names::with_prefix(&names_prefix), Timing::default()).await?;
+            let api = serve_api(api_state(&pipeline), api_port).await?;
+            println!("api: http://{api} (OpenAPI document at /openapi.json)");
+            stop_requested().await;
+            return Ok(());
+        }
         Command::Replay { campaign, batch, reason } => {
             let campaign_id = clickpacer::domain::CampaignId::parse(campaign).map_err(|e| anyhow::anyhow!("{e}"))?;
             let pool = clickpacer::postgres::build_pool(&database)?;
@@ -124,20 +141,7 @@ async fn main() -> anyhow::Result<()> {
             pipeline.names.bucket
         );
     }
-    let api = serve_api(
-        api::AppState {
-            pool: pipeline.pool.clone(),
-            objects: pipeline.objects.clone(),
-            queues: Some(api::Queues {
-                click: pipeline.click_queue.clone(),
-                dead_letter: pipeline.dead_letters.clone(),
-            }),
-            // The simulated partners listen on loopback, as the bridge is allowed to reach locally.
-            allow_private_partners: true,
-        },
-        run.api_port,
-    )
-    .await?;
+    let api = serve_api(api_state(&pipeline), run.api_port).await?;
     println!("api: http://{api} (OpenAPI document at /openapi.json)");
     println!(
         "partners: simulator at {}; pacer every {} s; bucket s3://{}/incoming/<campaign>/",
@@ -188,6 +192,17 @@ async fn main() -> anyhow::Result<()> {
     print!("{}", render_reconciliation(&uploads, &campaigns).0);
     print!("{}", render_partner_report(&sim.sim.report()));
     Ok(())
+}
+
+/// What the management API works with locally: the pipeline's database, bucket and queues.
+fn api_state(pipeline: &Pipeline) -> api::AppState {
+    api::AppState {
+        pool: pipeline.pool.clone(),
+        objects: pipeline.objects.clone(),
+        queues: Some(api::Queues { click: pipeline.click_queue.clone(), dead_letter: pipeline.dead_letters.clone() }),
+        // The simulated partners listen on loopback, as the bridge is allowed to reach locally.
+        allow_private_partners: true,
+    }
 }
 
 /// Serves the management API's router, the one Lambda serves, on 127.0.0.1 until the runner exits.
