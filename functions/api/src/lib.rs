@@ -9,6 +9,7 @@
 //!   rejects report;
 //! - [`partners`]: create, read, list, replace with `If-Match`, enable, disable; checked when saved, secrets
 //!   write-only;
+//! - [`clicks`]: one click's row, batch, delivery attempts and event log timeline;
 //! - [`audit`]: every change of a campaign or partner, who made it, before and after;
 //! - [`dead_letters`]: dead clicks with their reasons, grouped, and their replay (a count first);
 //! - [`reads`]: health, partners, reconciliation, a campaign's pacing days.
@@ -19,6 +20,7 @@
 pub mod audit;
 pub mod auth;
 pub mod campaigns;
+pub mod clicks;
 pub mod dead_letters;
 pub mod extract;
 pub mod health;
@@ -30,6 +32,7 @@ pub mod uploads;
 
 use axum::http::Uri;
 use axum::{Json, Router};
+use clickpacer::aws::dynamodb::DynamoEventLog;
 use clickpacer::aws::s3::S3Objects;
 use clickpacer::aws::sqs::SqsQueue;
 use clickpacer::postgres::PgPool;
@@ -44,6 +47,8 @@ pub struct AppState {
     pub pool: PgPool,
     pub objects: S3Objects,
     pub queues: Option<Queues>,
+    /// The click event log, for click timelines.
+    pub events: Option<DynamoEventLog>,
     pub allow_private_partners: bool,
 }
 
@@ -69,6 +74,7 @@ pub fn router(state: AppState) -> Router {
         .merge(dead_letters::routes())
         .merge(partners::routes())
         .merge(audit::routes())
+        .merge(clicks::routes())
         .merge(reads::routes())
         .route("/openapi.json", axum::routing::get(|| async { Json(openapi::document()) }))
         .method_not_allowed_fallback(|uri: Uri| async move {

@@ -1,6 +1,7 @@
 //! Lambda entry point (HTTP API, payload 2.0): wiring only.
 
 use api::{AppState, Queues};
+use clickpacer::aws::dynamodb::DynamoEventLog;
 use clickpacer::aws::s3::S3Objects;
 use clickpacer::aws::sqs::SqsQueue;
 use clickpacer::config::{Config, FunctionKind};
@@ -17,6 +18,8 @@ async fn main() -> Result<(), lambda_http::Error> {
         click: SqsQueue::new(sqs.clone(), config.click_queue_url()?),
         dead_letter: SqsQueue::new(sqs, config.dead_letter_queue_url()?),
     };
+    let events = DynamoEventLog::new(clickpacer::aws::dynamodb_client(&sdk), config.events_table()?);
     let allow_private_partners = config.allow_private_partners;
-    lambda_http::run(api::router(AppState { pool, objects, queues: Some(queues), allow_private_partners })).await
+    let state = AppState { pool, objects, queues: Some(queues), events: Some(events), allow_private_partners };
+    lambda_http::run(api::router(state)).await
 }

@@ -3,7 +3,7 @@
 
 use utoipa::OpenApi;
 
-use crate::{audit, campaigns, dead_letters, health, partners, problem, reads, uploads};
+use crate::{audit, campaigns, clicks, dead_letters, health, partners, problem, reads, uploads};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -18,6 +18,7 @@ use crate::{audit, campaigns, dead_letters, health, partners, problem, reads, up
         campaigns::archive,
         campaigns::cancel_pending,
         health::health,
+        clicks::timeline,
         audit::campaign_trail,
         audit::partner_trail,
         partners::list,

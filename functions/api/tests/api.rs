@@ -60,7 +60,8 @@ async fn send_as(
     }
     let body = body.map_or(Body::empty(), |b| Body::from(b.to_string()));
     let objects = TestAws::new().await.objects();
-    let state = api::AppState { pool: db.pool.clone(), objects, queues: None, allow_private_partners: false };
+    let state =
+        api::AppState { pool: db.pool.clone(), objects, queues: None, events: None, allow_private_partners: false };
     let response = api::router(state).oneshot(request.body(body).unwrap()).await.unwrap();
     let get = |name| response.headers().get(name).map(|v| v.to_str().unwrap().to_string());
     let (etag, content_type) = (get(header::ETAG), get(header::CONTENT_TYPE).unwrap_or_default());
@@ -682,6 +683,7 @@ async fn health_shows_queues_lag_stranded_work_stuck_uploads_and_paused_partners
         pool: db.pool.clone(),
         objects,
         queues: Some(api::Queues { click, dead_letter }),
+        events: None,
         allow_private_partners: false,
     };
     let request =
@@ -788,4 +790,79 @@ fn acme_two() -> Value {
     let mut body = acme();
     body["partner_id"] = json!("acme-two");
     body
+}
+
+#[tokio::test]
+async fn a_clicks_timeline_joins_its_row_its_attempts_and_the_event_log() {
+    use clickpacer::domain::events::{ClickEvent, ClickEventKind};
+    let db = TestDb::new().await;
+    seed_partner(&db, "acme", true).await;
+    let spring = Campaign::unlimited(CampaignId::parse("spring").unwrap(), PartnerId::parse("acme").unwrap());
+    campaigns::upsert(&**db.client().await, &spring).await.unwrap();
+    let aws = TestAws::new().await;
+    let (objects, bucket) = aws.bucket().await;
+    let slicer =
+        slicer::Slicer { pool: db.pool.clone(), objects: objects.clone(), settings: slicer::SlicerSettings::default() };
+    slice(
+        &slicer,
+        &bucket,
+        "incoming/spring/a.csv",
+        "click_id,ts,ip,tier\na1,1764324000,10.0.0.1,gold\na2,1764324000,,\n",
+    )
+    .await;
+    let uploads = get(&db, "/uploads").await.body;
+    let batch = finish_batch(
+        &db,
+        uploads["items"][0]["upload_id"].as_i64().unwrap(),
+        "partially_failed",
+        &[("a1", "failed", Some(503), "partner answered 503"), ("a1", "delivered", Some(200), "")],
+    )
+    .await;
+    let log = aws.events_table().await;
+    let now = chrono::Utc::now();
+    let event = |kind, attempt, seconds| ClickEvent {
+        campaign_id: spring.campaign_id.clone(),
+        partner_id: spring.partner_id.clone(),
+        click_id: clickpacer::domain::ClickId::parse("a1").unwrap(),
+        batch_id: batch,
+        kind,
+        attempt,
+        at: now + chrono::Duration::seconds(seconds),
+        detail: (kind == ClickEventKind::Failed).then(|| "503".to_owned()),
+    };
+    log.put_batch(&[
+        event(ClickEventKind::Ingested, 0, 0),
+        event(ClickEventKind::Released, 0, 1),
+        event(ClickEventKind::Failed, 1, 2),
+        event(ClickEventKind::Delivered, 2, 3),
+    ])
+    .await
+    .unwrap();
+
+    let state = api::AppState {
+        pool: db.pool.clone(),
+        objects,
+        queues: None,
+        events: Some(log),
+        allow_private_partners: false,
+    };
+    let call = |path: &str| {
+        let request =
+            Request::builder().uri(path).extension(api::auth::Caller::local_admin()).body(Body::empty()).unwrap();
+        api::router(state.clone()).oneshot(request)
+    };
+    let response = call("/campaigns/spring/clicks/a1").await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value =
+        serde_json::from_slice(&axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap()).unwrap();
+    assert_eq!((body["row_number"].as_i64(), body["batch_id"].as_i64()), (Some(1), Some(batch)));
+    assert_eq!((&body["ip"], &body["attributes"]["tier"]), (&json!("10.0.0.1"), &json!("gold")));
+    let outcomes: Vec<&str> =
+        body["attempts"].as_array().unwrap().iter().map(|a| a["outcome"].as_str().unwrap()).collect();
+    assert_eq!(outcomes, ["failed", "delivered"]);
+    let events: Vec<&str> = body["events"].as_array().unwrap().iter().map(|e| e["event"].as_str().unwrap()).collect();
+    assert_eq!(events, ["ingested", "released", "failed", "delivered"], "{body}");
+    assert_eq!(body["events"][2]["detail"], "503");
+    assert_eq!(call("/campaigns/spring/clicks/a9").await.unwrap().status(), 404);
+    assert_eq!(call("/campaigns/ghost/clicks/a1").await.unwrap().status(), 404);
 }

@@ -20,6 +20,36 @@ pub const TTL_ATTRIBUTE: &str = "expires_at";
 /// BatchWriteItem calls one flush keeps in flight.
 pub const PUT_CONCURRENCY: usize = 8;
 
+/// One event of a click's timeline, as the log holds it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TimelineEvent {
+    /// RFC 3339.
+    pub at: String,
+    /// `ingested`, `released`, `delivered`, `failed` or `dead`.
+    pub event: String,
+    pub attempt: u32,
+    pub batch_id: i64,
+    pub partner_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+impl TimelineEvent {
+    fn from_item(item: &HashMap<String, AttributeValue>) -> Option<Self> {
+        let text = |name: &str| item.get(name).and_then(|v| v.as_s().ok()).cloned();
+        let number = |name: &str| item.get(name).and_then(|v| v.as_n().ok()).and_then(|n| n.parse::<i64>().ok());
+        Some(Self {
+            at: text("at")?,
+            event: text("event")?,
+            attempt: u32::try_from(number("attempt")?).ok()?,
+            batch_id: number("batch_id")?,
+            partner_id: text("partner_id")?,
+            detail: text("detail"),
+        })
+    }
+}
+
 #[derive(Clone)]
 pub struct DynamoEventLog {
     client: Client,
@@ -138,6 +168,41 @@ impl DynamoEventLog {
         hour: &str,
     ) -> Result<Vec<HashMap<String, AttributeValue>>, AwsError> {
         self.query_index(GSI_BY_PARTNER, "partner_hour", &format!("{partner_id}#{hour}")).await
+    }
+
+    /// One click's events, oldest first, from the UTC days `days` (`"2026-03-29"`): its partition of each day
+    /// (the shard is its id's), the click picked out by the id in the sort key.
+    pub async fn click_events(
+        &self,
+        campaign_id: &str,
+        click_id: &str,
+        days: &[String],
+    ) -> Result<Vec<TimelineEvent>, AwsError> {
+        let shard = crate::domain::events::shard_of(click_id);
+        let mut events = Vec::new();
+        for day in days {
+            let mut start = None;
+            loop {
+                let out = self
+                    .client
+                    .query()
+                    .table_name(&self.table)
+                    .key_condition_expression("pk = :pk")
+                    .filter_expression("click_id = :click")
+                    .expression_attribute_values(":pk", AttributeValue::S(format!("{campaign_id}#{day}#{shard:02}")))
+                    .expression_attribute_values(":click", AttributeValue::S(click_id.to_owned()))
+                    .set_exclusive_start_key(start)
+                    .send()
+                    .await
+                    .map_err(|e| AwsError::from_sdk("dynamodb Query", e))?;
+                events.extend(out.items().iter().filter_map(TimelineEvent::from_item));
+                match out.last_evaluated_key() {
+                    Some(key) if !key.is_empty() => start = Some(key.clone()),
+                    _ => break,
+                }
+            }
+        }
+        Ok(events)
     }
 
     /// Failed and dead events of one UTC day (`"2026-03-29"`), oldest first.

@@ -6,6 +6,7 @@ pub mod bridge;
 pub mod campaign_list;
 pub mod campaigns;
 pub mod cancel;
+pub mod clicks;
 pub mod dead_letters;
 pub mod health;
 pub mod pacer;

@@ -200,6 +200,7 @@ fn api_state(pipeline: &Pipeline) -> api::AppState {
         pool: pipeline.pool.clone(),
         objects: pipeline.objects.clone(),
         queues: Some(api::Queues { click: pipeline.click_queue.clone(), dead_letter: pipeline.dead_letters.clone() }),
+        events: Some(pipeline.bridge.events.clone()),
         // The simulated partners listen on loopback, as the bridge is allowed to reach locally.
         allow_private_partners: true,
     }
