@@ -9,6 +9,7 @@
 //!   rejects report;
 //! - [`partners`]: create, read, list, replace with `If-Match`, enable, disable; checked when saved, secrets
 //!   write-only;
+//! - [`batches`]: batches by campaign, upload, state and due time;
 //! - [`clicks`]: one click's row, batch, delivery attempts and event log timeline;
 //! - [`audit`]: every change of a campaign or partner, who made it, before and after;
 //! - [`dead_letters`]: dead clicks with their reasons, grouped, and their replay (a count first);
@@ -19,6 +20,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod batches;
 pub mod campaigns;
 pub mod clicks;
 pub mod dead_letters;
@@ -75,6 +77,7 @@ pub fn router(state: AppState) -> Router {
         .merge(partners::routes())
         .merge(audit::routes())
         .merge(clicks::routes())
+        .merge(batches::routes())
         .merge(reads::routes())
         .route("/openapi.json", axum::routing::get(|| async { Json(openapi::document()) }))
         .method_not_allowed_fallback(|uri: Uri| async move {

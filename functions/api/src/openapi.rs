@@ -3,7 +3,7 @@
 
 use utoipa::OpenApi;
 
-use crate::{audit, campaigns, clicks, dead_letters, health, partners, problem, reads, uploads};
+use crate::{audit, batches, campaigns, clicks, dead_letters, health, partners, problem, reads, uploads};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -19,6 +19,7 @@ use crate::{audit, campaigns, clicks, dead_letters, health, partners, problem, r
         campaigns::cancel_pending,
         health::health,
         clicks::timeline,
+        batches::list,
         audit::campaign_trail,
         audit::partner_trail,
         partners::list,
@@ -36,7 +37,7 @@ use crate::{audit, campaigns, clicks, dead_letters, health, partners, problem, r
         dead_letters::replay,
     ),
     components(schemas(problem::Problem, clickpacer::domain::FieldError)),
-    tags((name = "campaigns"), (name = "uploads"), (name = "dead letters"), (name = "partners"), (name = "system"))
+    tags((name = "campaigns"), (name = "uploads"), (name = "dead letters"), (name = "batches"), (name = "partners"), (name = "system"))
 )]
 struct ApiDoc;
 

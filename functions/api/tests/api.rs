@@ -866,3 +866,46 @@ async fn a_clicks_timeline_joins_its_row_its_attempts_and_the_event_log() {
     assert_eq!(call("/campaigns/spring/clicks/a9").await.unwrap().status(), 404);
     assert_eq!(call("/campaigns/ghost/clicks/a1").await.unwrap().status(), 404);
 }
+
+#[tokio::test]
+async fn batches_are_searched_by_campaign_upload_state_and_due_time() {
+    let db = TestDb::new().await;
+    seed_partner(&db, "acme", true).await;
+    let mut spring = Campaign::unlimited(CampaignId::parse("spring").unwrap(), PartnerId::parse("acme").unwrap());
+    spring.batch_size = 2;
+    campaigns::upsert(&**db.client().await, &spring).await.unwrap();
+    let (objects, bucket) = TestAws::new().await.bucket().await;
+    let slicer = slicer::Slicer { pool: db.pool.clone(), objects, settings: slicer::SlicerSettings::default() };
+    slice(&slicer, &bucket, "incoming/spring/a.csv", "click_id,ts\na1,1764324000\na2,1764324000\na3,1764324000\n")
+        .await;
+    slice(&slicer, &bucket, "incoming/spring/b.csv", "click_id,ts\nb1,1764324000\n").await;
+    let uploads = get(&db, "/uploads").await.body;
+    let a = uploads["items"][1]["upload_id"].as_i64().unwrap();
+    db.client()
+        .await
+        .execute(
+            "UPDATE batches SET state = 'dead', finished_at = now(), due_at = now() - interval '2 hours'
+             WHERE upload_id = $1 AND upload_seq = 0",
+            &[&a],
+        )
+        .await
+        .unwrap();
+
+    let all = get(&db, "/batches?campaign_id=spring").await.body;
+    assert_eq!(all["items"].as_array().unwrap().len(), 3, "{all}");
+    let ids: Vec<i64> = all["items"].as_array().unwrap().iter().map(|b| b["batch_id"].as_i64().unwrap()).collect();
+    assert!(ids.windows(2).all(|w| w[0] > w[1]), "newest first: {ids:?}");
+    assert_ne!(all["items"][0]["upload_id"], json!(a), "the later upload's batch comes first");
+    assert_eq!(get(&db, &format!("/batches?upload_id={a}")).await.body["items"].as_array().unwrap().len(), 2);
+    let dead = get(&db, "/batches?state=dead").await.body;
+    assert_eq!((dead["items"].as_array().unwrap().len(), &dead["items"][0]["upload_id"]), (1, &json!(a)));
+    let hour_ago = (chrono::Utc::now() - chrono::Duration::hours(1)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let earlier = get(&db, &format!("/batches?due_until={hour_ago}")).await.body;
+    assert_eq!(earlier["items"].as_array().unwrap().len(), 1);
+    assert_eq!(get(&db, &format!("/batches?due_from={hour_ago}")).await.body["items"].as_array().unwrap().len(), 2);
+    let first = get(&db, "/batches?limit=2").await.body;
+    let rest = get(&db, &format!("/batches?limit=2&cursor={}", first["next_cursor"].as_str().unwrap())).await.body;
+    assert_eq!(rest["items"].as_array().unwrap().len(), 1);
+    assert_eq!(get(&db, "/batches?state=lost").await.status, 400);
+    assert_eq!(get(&db, "/batches?due_from=yesterday").await.status, 400);
+}

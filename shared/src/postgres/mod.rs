@@ -2,6 +2,7 @@
 //! (SQL lives beside the code that runs it).
 
 pub mod audit;
+pub mod batch_list;
 pub mod bridge;
 pub mod campaign_list;
 pub mod campaigns;
