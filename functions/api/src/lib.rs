@@ -51,6 +51,8 @@ pub struct AppState {
     pub queues: Option<Queues>,
     /// The click event log, for click timelines.
     pub events: Option<DynamoEventLog>,
+    /// The bridge's partner-facing HTTP client (address policy included), for test deliveries.
+    pub transport: bridge::HttpTransport,
     pub allow_private_partners: bool,
 }
 

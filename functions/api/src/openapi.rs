@@ -28,6 +28,7 @@ use crate::{audit, batches, campaigns, clicks, dead_letters, health, partners, p
         partners::replace,
         partners::enable,
         partners::disable,
+        partners::test_delivery,
         reads::reconciliation,
         reads::pacing,
         uploads::list,

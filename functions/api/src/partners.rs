@@ -28,6 +28,7 @@ pub fn routes() -> Router<AppState> {
         .route("/partners/{partner_id}", routing::get(read).put(replace))
         .route("/partners/{partner_id}/enable", routing::post(enable))
         .route("/partners/{partner_id}/disable", routing::post(disable))
+        .route("/partners/{partner_id}/test-delivery", routing::post(test_delivery))
 }
 
 /// A partner as the API shows it. Signing secrets and header values (which often carry credentials) are
@@ -264,4 +265,91 @@ pub(crate) fn partner_id(id: String) -> Result<PartnerId, Problem> {
 
 pub(crate) fn unknown(id: &PartnerId) -> Problem {
     Problem::not_found(format!("no partner {:?}", id.as_str()))
+}
+
+/// What a test delivery sent and what the partner answered.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TestDelivery {
+    pub request: SentRequest,
+    /// The partner's answer, when it answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub answer: Option<Answer>,
+    /// What the bridge would make of it: `delivered`, `retry` or `permanent`.
+    pub outcome: &'static str,
+    /// Why, in words (the status and body, a transport error, the address policy).
+    pub detail: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SentRequest {
+    pub method: String,
+    pub url: String,
+    /// Header names only: values may carry credentials.
+    pub header_names: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Answer {
+    pub status: u16,
+    pub latency_ms: u64,
+    /// The first 2 KiB of the body, as text.
+    pub body: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<String>,
+}
+
+/// Sends one synthetic click (every field set, a nested attribute, an idempotency key starting `cp-test-`) to the
+/// partner exactly as the bridge would (templates, headers, signature, timeout, address policy), and shows the
+/// request and the answer. Nothing is recorded as a delivery; the partner's pacing is left alone.
+#[utoipa::path(post, path = "/partners/{partner_id}/test-delivery", tag = "partners",
+    params(("partner_id" = String, Path)),
+    responses((status = 200, body = TestDelivery), (status = 400, body = Problem), (status = 404, body = Problem),
+        (status = 422, body = Problem)))]
+pub async fn test_delivery(State(app): State<AppState>, Path(id): Path<String>) -> Result<Json<TestDelivery>, Problem> {
+    use bridge::Transport;
+    use clickpacer::delivery::{Outcome, classify, classify_transport, render_request, sample_click};
+
+    let id = partner_id(id)?;
+    let partner = {
+        let client = app.client().await?;
+        partners::get(&**client, &id).await?.ok_or_else(|| unknown(&id))?
+    };
+    let mut click = sample_click();
+    click.idempotency_key = format!("cp-test-{}", uuid::Uuid::new_v4().simple());
+    let request = render_request(&partner, &click, Utc::now())
+        .map_err(|e| Problem::invalid(vec![FieldError::new("endpoint_template", e.to_string())]))?;
+    let sent = SentRequest {
+        method: request.method.to_string(),
+        url: request.url.to_string(),
+        header_names: request.headers.iter().map(|(name, _)| name.clone()).collect(),
+        body: request.body.as_ref().map(|b| String::from_utf8_lossy(&b[..b.len().min(4096)]).into_owned()),
+    };
+    let timeout = std::time::Duration::from_millis(u64::from(partner.timeout_ms));
+    let (answer, outcome) = match app.transport.send(&request, timeout).await {
+        Ok(answer) => {
+            let outcome = classify(
+                answer.status,
+                &answer.body,
+                answer.retry_after.as_deref(),
+                partner.success_body_match.as_deref(),
+                Utc::now(),
+            );
+            let shown = Answer {
+                status: answer.status,
+                latency_ms: u64::try_from(answer.latency.as_millis()).unwrap_or(u64::MAX),
+                body: String::from_utf8_lossy(&answer.body[..answer.body.len().min(2048)]).into_owned(),
+                retry_after: answer.retry_after.clone(),
+            };
+            (Some(shown), outcome)
+        }
+        Err((error, _)) => (None, classify_transport(&error)),
+    };
+    let (outcome, detail) = match outcome {
+        Outcome::Delivered => ("delivered", "the partner accepted the click".to_owned()),
+        Outcome::Retry { reason, .. } => ("retry", reason),
+        Outcome::Permanent(reason) => ("permanent", reason),
+    };
+    Ok(Json(TestDelivery { request: sent, answer, outcome, detail }))
 }

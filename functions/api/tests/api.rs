@@ -17,6 +17,10 @@ struct Reply {
     body: Value,
 }
 
+fn transport(allow_private: bool) -> bridge::HttpTransport {
+    bridge::HttpTransport::new(allow_private).unwrap()
+}
+
 /// Who a test request comes from.
 enum Identity<'a> {
     /// The local runner's user, allowed everything.
@@ -60,8 +64,14 @@ async fn send_as(
     }
     let body = body.map_or(Body::empty(), |b| Body::from(b.to_string()));
     let objects = TestAws::new().await.objects();
-    let state =
-        api::AppState { pool: db.pool.clone(), objects, queues: None, events: None, allow_private_partners: false };
+    let state = api::AppState {
+        pool: db.pool.clone(),
+        objects,
+        queues: None,
+        events: None,
+        transport: transport(false),
+        allow_private_partners: false,
+    };
     let response = api::router(state).oneshot(request.body(body).unwrap()).await.unwrap();
     let get = |name| response.headers().get(name).map(|v| v.to_str().unwrap().to_string());
     let (etag, content_type) = (get(header::ETAG), get(header::CONTENT_TYPE).unwrap_or_default());
@@ -684,6 +694,7 @@ async fn health_shows_queues_lag_stranded_work_stuck_uploads_and_paused_partners
         objects,
         queues: Some(api::Queues { click, dead_letter }),
         events: None,
+        transport: transport(false),
         allow_private_partners: false,
     };
     let request =
@@ -844,6 +855,7 @@ async fn a_clicks_timeline_joins_its_row_its_attempts_and_the_event_log() {
         objects,
         queues: None,
         events: Some(log),
+        transport: transport(false),
         allow_private_partners: false,
     };
     let call = |path: &str| {
@@ -908,4 +920,55 @@ async fn batches_are_searched_by_campaign_upload_state_and_due_time() {
     assert_eq!(rest["items"].as_array().unwrap().len(), 1);
     assert_eq!(get(&db, "/batches?state=lost").await.status, 400);
     assert_eq!(get(&db, "/batches?due_from=yesterday").await.status, 400);
+}
+
+#[tokio::test]
+async fn a_test_delivery_sends_a_sample_click_as_the_bridge_would_and_shows_the_answer() {
+    let db = TestDb::new().await;
+    let sim = partner_sim::spawn(partner_sim::Config::default()).await.unwrap();
+    let mut p = Partner::get(
+        PartnerId::parse("simulated").unwrap(),
+        format!("{}/click?id={{click_id}}&seg={{attr.extra.segment}}", sim.partner_url("simulated")),
+    );
+    p.headers = vec![("X-Api-Key".into(), "key-123".into())];
+    partners::upsert(&**db.client().await, &p).await.unwrap();
+    let objects = TestAws::new().await.objects();
+    // Locally, as the runner does, partners on loopback are allowed.
+    let state = |allow_private| api::AppState {
+        pool: db.pool.clone(),
+        objects: objects.clone(),
+        queues: None,
+        events: None,
+        transport: transport(allow_private),
+        allow_private_partners: allow_private,
+    };
+    let call = |allow_private: bool, path: &str| {
+        let request = Request::builder()
+            .method("POST")
+            .uri(path)
+            .extension(api::auth::Caller::local_admin())
+            .body(Body::empty())
+            .unwrap();
+        api::router(state(allow_private)).oneshot(request)
+    };
+    let response = call(true, "/partners/simulated/test-delivery").await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value =
+        serde_json::from_slice(&axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap()).unwrap();
+    assert_eq!((&body["outcome"], &body["answer"]["status"]), (&json!("delivered"), &json!(200)), "{body}");
+    let url = body["request"]["url"].as_str().unwrap();
+    assert!(url.contains("id=sample-click-1") && url.contains("seg=%5B%22returning%22%2C%22mobile%22%5D"), "{url}");
+    assert!(body["request"]["header_names"].as_array().unwrap().contains(&json!("Idempotency-Key")));
+    assert!(!body.to_string().contains("key-123"), "header values are not shown: {body}");
+    let received = sim.sim.report();
+    assert_eq!(received.accepted, 1, "the partner got exactly one request");
+
+    // Where private addresses are refused (AWS), the same partner is refused before anything is sent.
+    let response = call(false, "/partners/simulated/test-delivery").await.unwrap();
+    let body: Value =
+        serde_json::from_slice(&axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap()).unwrap();
+    assert_eq!(body["outcome"], "permanent", "{body}");
+    assert!(body.get("answer").is_none());
+    assert_eq!(sim.sim.report().accepted, 1);
+    assert_eq!(call(true, "/partners/ghost/test-delivery").await.unwrap().status(), 404);
 }

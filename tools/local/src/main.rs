@@ -201,6 +201,7 @@ fn api_state(pipeline: &Pipeline) -> api::AppState {
         objects: pipeline.objects.clone(),
         queues: Some(api::Queues { click: pipeline.click_queue.clone(), dead_letter: pipeline.dead_letters.clone() }),
         events: Some(pipeline.bridge.events.clone()),
+        transport: pipeline.bridge.transport.clone(),
         // The simulated partners listen on loopback, as the bridge is allowed to reach locally.
         allow_private_partners: true,
     }
