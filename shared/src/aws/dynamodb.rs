@@ -9,7 +9,7 @@ use aws_sdk_dynamodb::types::{
 };
 
 use super::AwsError;
-use crate::domain::events::ClickEvent;
+use crate::domain::events::{ClickEvent, EVENT_SHARDS};
 
 pub use aws_sdk_dynamodb::types::AttributeValue as ItemValue;
 
@@ -158,7 +158,7 @@ impl DynamoEventLog {
         campaign_id: &str,
         hour: &str,
     ) -> Result<Vec<HashMap<String, AttributeValue>>, AwsError> {
-        self.query_index(GSI_BY_CAMPAIGN, "campaign_hour", &format!("{campaign_id}#{hour}")).await
+        self.query_shards(GSI_BY_CAMPAIGN, "campaign_hour", &format!("{campaign_id}#{hour}")).await
     }
 
     /// A partner's events in one UTC hour, oldest first.
@@ -167,7 +167,7 @@ impl DynamoEventLog {
         partner_id: &str,
         hour: &str,
     ) -> Result<Vec<HashMap<String, AttributeValue>>, AwsError> {
-        self.query_index(GSI_BY_PARTNER, "partner_hour", &format!("{partner_id}#{hour}")).await
+        self.query_shards(GSI_BY_PARTNER, "partner_hour", &format!("{partner_id}#{hour}")).await
     }
 
     /// One click's events, oldest first, from the UTC days `days` (`"2026-03-29"`): its partition of each day
@@ -207,7 +207,26 @@ impl DynamoEventLog {
 
     /// Failed and dead events of one UTC day (`"2026-03-29"`), oldest first.
     pub async fn failures_on(&self, day: &str) -> Result<Vec<HashMap<String, AttributeValue>>, AwsError> {
-        self.query_index(GSI_FAILURES, "failure_day", day).await
+        self.query_shards(GSI_FAILURES, "failure_day", day).await
+    }
+
+    /// The items under `<prefix>#<shard>` of every shard of an index, queried together and merged by `sk`.
+    async fn query_shards(
+        &self,
+        index: &str,
+        key: &str,
+        prefix: &str,
+    ) -> Result<Vec<HashMap<String, AttributeValue>>, AwsError> {
+        use futures::{StreamExt, TryStreamExt};
+        let shards: Vec<Vec<HashMap<String, AttributeValue>>> = futures::stream::iter(0..EVENT_SHARDS)
+            .map(|shard| async move { self.query_index(index, key, &format!("{prefix}#{shard:02}")).await })
+            .buffer_unordered(PUT_CONCURRENCY)
+            .try_collect()
+            .await?;
+        let mut items: Vec<_> = shards.into_iter().flatten().collect();
+        let sort_key = |item: &HashMap<String, AttributeValue>| item.get("sk").and_then(|v| v.as_s().ok()).cloned();
+        items.sort_by_key(sort_key);
+        Ok(items)
     }
 
     async fn query_index(

@@ -3,13 +3,16 @@
 //! - Table key: `pk = "<campaign>#<utc day>#<shard>"`, `sk = "<event time>#<click id>#<kind>"`. The shard is a
 //!   stable hash of the click id modulo [`EVENT_SHARDS`], so one campaign's busiest day spreads over that many
 //!   partitions (each stays far below DynamoDB's 1,000 writes/s per partition).
-//! - GSI `by_campaign`: `campaign_hour` (`"<campaign>#<utc hour>"`) + `sk`: a campaign's events in time order.
-//! - GSI `by_partner`: `partner_hour` (`"<partner>#<utc hour>"`) + `sk`: a partner's events in time order.
-//! - GSI `failures` (sparse): `failure_day` (`"<utc day>"` only on failed and dead events) + `sk`.
+//! - GSI `by_campaign`: `campaign_hour` (`"<campaign>#<utc hour>#<shard>"`) + `sk`: a campaign's events in time
+//!   order.
+//! - GSI `by_partner`: `partner_hour` (`"<partner>#<utc hour>#<shard>"`) + `sk`: a partner's events in time order.
+//! - GSI `failures` (sparse): `failure_day` (`"<utc day>#<shard>"`, only on failed and dead events) + `sk`.
 //! - `expires_at` (epoch seconds) is the TTL attribute.
 //!
-//! Hour-bucketed GSI partitions bound each index partition's write rate the same way the shard does for the
-//! table; readers query the hours they need.
+//! Every index key carries the same shard as the table key: an index partition throttles its table when it is
+//! hot, and one busy partner's hour (every campaign's clicks to it) or a day of failures would otherwise put all
+//! their writes on one index partition. Readers query the hours they need and fan each out over the shards,
+//! merging by `sk`.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -75,8 +78,9 @@ impl ClickEvent {
     pub fn keys(&self) -> EventKeys {
         let day = self.at.format("%Y-%m-%d");
         let hour = self.at.format("%Y-%m-%dT%H");
+        let shard = shard_of(self.click_id.as_str());
         EventKeys {
-            pk: format!("{}#{}#{:02}", self.campaign_id, day, shard_of(self.click_id.as_str())),
+            pk: format!("{}#{}#{:02}", self.campaign_id, day, shard),
             // The attempt makes two failures of the same click distinct items; a retried write of the same
             // event maps to the same key, which the conditional put turns into a no-op.
             sk: format!(
@@ -86,9 +90,9 @@ impl ClickEvent {
                 self.kind.as_str(),
                 self.attempt
             ),
-            campaign_hour: format!("{}#{}", self.campaign_id, hour),
-            partner_hour: format!("{}#{}", self.partner_id, hour),
-            failure_day: self.kind.is_failure().then(|| day.to_string()),
+            campaign_hour: format!("{}#{}#{:02}", self.campaign_id, hour, shard),
+            partner_hour: format!("{}#{}#{:02}", self.partner_id, hour, shard),
+            failure_day: self.kind.is_failure().then(|| format!("{day}#{shard:02}")),
             expires_at: self.at.timestamp() + EVENT_RETENTION_DAYS * 86_400,
         }
     }
@@ -124,11 +128,13 @@ mod tests {
     #[test]
     fn keys_follow_the_design() {
         let keys = event(ClickEventKind::Delivered, "c-1").keys();
-        assert!(keys.pk.starts_with("spring#2026-03-29#"));
-        assert_eq!(keys.campaign_hour, "spring#2026-03-29T01");
-        assert_eq!(keys.partner_hour, "acme#2026-03-29T01");
+        let shard = format!("{:02}", shard_of("c-1"));
+        assert_eq!(keys.pk, format!("spring#2026-03-29#{shard}"));
+        assert_eq!(keys.campaign_hour, format!("spring#2026-03-29T01#{shard}"));
+        assert_eq!(keys.partner_hour, format!("acme#2026-03-29T01#{shard}"), "sharded like the table key");
         assert_eq!(keys.failure_day, None);
-        assert_eq!(event(ClickEventKind::Dead, "c-1").keys().failure_day.as_deref(), Some("2026-03-29"));
+        let dead = event(ClickEventKind::Dead, "c-1").keys();
+        assert_eq!(dead.failure_day, Some(format!("2026-03-29#{shard}")), "a day of failures spreads too");
     }
 
     #[test]
