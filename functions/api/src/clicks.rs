@@ -1,5 +1,6 @@
-//! One click's story: the row it came from, its batch, every delivery attempt PostgreSQL recorded, and the
-//! events the DynamoDB event log holds for it (ingested, released, delivered, failed, dead), oldest first.
+//! Timelines from the DynamoDB event log: one click's story (the row it came from, its batch, every delivery
+//! attempt PostgreSQL recorded, and its events: ingested, released, delivered, failed, dead), and a campaign's or
+//! a partner's events in one UTC hour through the log's indexes.
 
 use axum::extract::{Path, State};
 use axum::{Json, Router, routing};
@@ -7,14 +8,18 @@ use chrono::{Duration, Utc};
 use clickpacer::aws::dynamodb::TimelineEvent;
 use clickpacer::domain::events::EVENT_RETENTION_DAYS;
 use clickpacer::postgres::clicks::{self, ClickRecord};
-use serde::Serialize;
-use utoipa::ToSchema;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use crate::AppState;
+use crate::extract::QueryParams;
 use crate::problem::Problem;
 
 pub fn routes() -> Router<AppState> {
-    Router::new().route("/campaigns/{campaign_id}/clicks/{click_id}", routing::get(timeline))
+    Router::new()
+        .route("/campaigns/{campaign_id}/clicks/{click_id}", routing::get(timeline))
+        .route("/campaigns/{campaign_id}/events", routing::get(campaign_events))
+        .route("/partners/{partner_id}/events", routing::get(partner_events))
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -60,4 +65,84 @@ pub async fn timeline(
         None => None,
     };
     Ok(Json(ClickTimeline { click: record, events }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct HourParams {
+    /// The UTC hour, `YYYY-MM-DDTHH` (the current one by default).
+    hour: Option<String>,
+    /// Most events returned, 1-1000 (500 by default), oldest first.
+    limit: Option<usize>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HourOfEvents {
+    pub hour: String,
+    pub events: Vec<TimelineEvent>,
+    /// More events happened in the hour than `limit`.
+    pub truncated: bool,
+}
+
+/// A campaign's events in one UTC hour, from the event log's `by_campaign` index.
+#[utoipa::path(get, path = "/campaigns/{campaign_id}/events", tag = "campaigns",
+    params(("campaign_id" = String, Path), HourParams),
+    responses((status = 200, body = HourOfEvents), (status = 400, body = Problem), (status = 404, body = Problem)))]
+pub async fn campaign_events(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    QueryParams(p): QueryParams<HourParams>,
+) -> Result<Json<HourOfEvents>, Problem> {
+    let id = crate::campaigns::campaign_id(id)?;
+    let (hour, limit) = hour_and_limit(&p)?;
+    let log = event_log(&app)?;
+    let items = log.campaign_hour(id.as_str(), &hour).await?;
+    Ok(Json(hour_of(hour, &items, limit)))
+}
+
+/// A partner's events in one UTC hour, from the event log's `by_partner` index.
+#[utoipa::path(get, path = "/partners/{partner_id}/events", tag = "partners",
+    params(("partner_id" = String, Path), HourParams),
+    responses((status = 200, body = HourOfEvents), (status = 400, body = Problem), (status = 404, body = Problem)))]
+pub async fn partner_events(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    QueryParams(p): QueryParams<HourParams>,
+) -> Result<Json<HourOfEvents>, Problem> {
+    let id = crate::partners::partner_id(id)?;
+    let (hour, limit) = hour_and_limit(&p)?;
+    let log = event_log(&app)?;
+    let items = log.partner_hour(id.as_str(), &hour).await?;
+    Ok(Json(hour_of(hour, &items, limit)))
+}
+
+fn hour_and_limit(p: &HourParams) -> Result<(String, usize), Problem> {
+    let hour = match &p.hour {
+        Some(hour) => {
+            chrono::NaiveDateTime::parse_from_str(&format!("{hour}:00:00"), "%Y-%m-%dT%H:%M:%S")
+                .map_err(|_| Problem::malformed(format!("hour {hour:?} is not a UTC hour such as 2026-12-07T10")))?;
+            hour.clone()
+        }
+        None => Utc::now().format("%Y-%m-%dT%H").to_string(),
+    };
+    let limit = p.limit.unwrap_or(500);
+    if !(1..=1000).contains(&limit) {
+        return Err(Problem::malformed(format!("limit must be from 1 to 1000 (got {limit})")));
+    }
+    Ok((hour, limit))
+}
+
+fn event_log(app: &AppState) -> Result<&clickpacer::aws::dynamodb::DynamoEventLog, Problem> {
+    app.events.as_ref().ok_or_else(|| Problem::not_found("this API has no event log to read"))
+}
+
+fn hour_of(
+    hour: String,
+    items: &[std::collections::HashMap<String, clickpacer::aws::dynamodb::ItemValue>],
+    limit: usize,
+) -> HourOfEvents {
+    let events: Vec<TimelineEvent> = items.iter().filter_map(TimelineEvent::from_item).collect();
+    let truncated = events.len() > limit;
+    HourOfEvents { hour, events: events.into_iter().take(limit).collect(), truncated }
 }

@@ -19,6 +19,8 @@ use crate::{audit, batches, campaigns, clicks, dead_letters, health, partners, p
         campaigns::cancel_pending,
         health::health,
         clicks::timeline,
+        clicks::campaign_events,
+        clicks::partner_events,
         batches::list,
         audit::campaign_trail,
         audit::partner_trail,

@@ -805,6 +805,7 @@ fn acme_two() -> Value {
 
 #[tokio::test]
 async fn a_clicks_timeline_joins_its_row_its_attempts_and_the_event_log() {
+    use chrono::DurationRound;
     use clickpacer::domain::events::{ClickEvent, ClickEventKind};
     let db = TestDb::new().await;
     seed_partner(&db, "acme", true).await;
@@ -830,7 +831,8 @@ async fn a_clicks_timeline_joins_its_row_its_attempts_and_the_event_log() {
     )
     .await;
     let log = aws.events_table().await;
-    let now = chrono::Utc::now();
+    // Within the current hour (and day), already past.
+    let now = chrono::Utc::now().duration_trunc(chrono::Duration::hours(1)).unwrap();
     let event = |kind, attempt, seconds| ClickEvent {
         campaign_id: spring.campaign_id.clone(),
         partner_id: spring.partner_id.clone(),
@@ -875,6 +877,20 @@ async fn a_clicks_timeline_joins_its_row_its_attempts_and_the_event_log() {
     let events: Vec<&str> = body["events"].as_array().unwrap().iter().map(|e| e["event"].as_str().unwrap()).collect();
     assert_eq!(events, ["ingested", "released", "failed", "delivered"], "{body}");
     assert_eq!(body["events"][2]["detail"], "503");
+    let hour = now.format("%Y-%m-%dT%H");
+    for path in [format!("/campaigns/spring/events?hour={hour}"), format!("/partners/acme/events?hour={hour}&limit=3")]
+    {
+        let response = call(&path).await.unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        let body: Value =
+            serde_json::from_slice(&axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap()).unwrap();
+        let events: Vec<&str> =
+            body["events"].as_array().unwrap().iter().map(|e| e["event"].as_str().unwrap()).collect();
+        let truncated = path.contains("limit=3");
+        assert_eq!(events.len(), if truncated { 3 } else { 4 }, "{path}: {body}");
+        assert_eq!((body["truncated"].as_bool(), &body["events"][0]["click_id"]), (Some(truncated), &json!("a1")));
+    }
+    assert_eq!(call("/campaigns/spring/events?hour=yesterday").await.unwrap().status(), 400);
     assert_eq!(call("/campaigns/spring/clicks/a9").await.unwrap().status(), 404);
     assert_eq!(call("/campaigns/ghost/clicks/a1").await.unwrap().status(), 404);
 }

@@ -26,6 +26,8 @@ pub const PUT_CONCURRENCY: usize = 8;
 pub struct TimelineEvent {
     /// RFC 3339.
     pub at: String,
+    pub campaign_id: String,
+    pub click_id: String,
     /// `ingested`, `released`, `delivered`, `failed` or `dead`.
     pub event: String,
     pub attempt: u32,
@@ -36,11 +38,14 @@ pub struct TimelineEvent {
 }
 
 impl TimelineEvent {
-    fn from_item(item: &HashMap<String, AttributeValue>) -> Option<Self> {
+    /// The event an item of the log holds; `None` for an item that is not one.
+    pub fn from_item(item: &HashMap<String, AttributeValue>) -> Option<Self> {
         let text = |name: &str| item.get(name).and_then(|v| v.as_s().ok()).cloned();
         let number = |name: &str| item.get(name).and_then(|v| v.as_n().ok()).and_then(|n| n.parse::<i64>().ok());
         Some(Self {
             at: text("at")?,
+            campaign_id: text("campaign_id")?,
+            click_id: text("click_id")?,
             event: text("event")?,
             attempt: u32::try_from(number("attempt")?).ok()?,
             batch_id: number("batch_id")?,
