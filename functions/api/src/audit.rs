@@ -14,7 +14,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::AppState;
 use crate::auth::Caller;
-use crate::extract::QueryParams;
+use crate::extract::{QueryParams, id_cursor, page_limit};
 use crate::partners::PartnerView;
 use crate::problem::Problem;
 
@@ -116,19 +116,8 @@ async fn trail(
     id: &str,
     p: TrailParams,
 ) -> Result<Json<Trail>, Problem> {
-    let limit = p.limit.unwrap_or(50);
-    if !(1..=200).contains(&limit) {
-        return Err(Problem::malformed(format!("limit must be from 1 to 200 (got {limit})")));
-    }
-    let before = p
-        .cursor
-        .map(|c| {
-            c.parse::<i64>()
-                .ok()
-                .filter(|&v| v > 0)
-                .ok_or_else(|| Problem::malformed("cursor is not one this API gave"))
-        })
-        .transpose()?;
+    let limit = page_limit(p.limit)?;
+    let before = id_cursor(p.cursor)?;
     let (items, next) = audit::page(db, entity, id, before, limit).await?;
     Ok(Json(Trail { items, next_cursor: next.map(|id| id.to_string()) }))
 }

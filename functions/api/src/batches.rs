@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::AppState;
-use crate::extract::QueryParams;
+use crate::extract::{QueryParams, id_cursor, page_limit};
 use crate::problem::Problem;
 
 pub fn routes() -> Router<AppState> {
@@ -74,19 +74,8 @@ pub async fn list(
     };
     let due_from = instant("due_from", p.due_from)?;
     let due_until = instant("due_until", p.due_until)?;
-    let limit = p.limit.unwrap_or(50);
-    if !(1..=200).contains(&limit) {
-        return Err(Problem::malformed(format!("limit must be from 1 to 200 (got {limit})")));
-    }
-    let before = p
-        .cursor
-        .map(|c| {
-            c.parse::<i64>()
-                .ok()
-                .filter(|&v| v > 0)
-                .ok_or_else(|| Problem::malformed("cursor is not one this API gave"))
-        })
-        .transpose()?;
+    let limit = page_limit(p.limit)?;
+    let before = id_cursor(p.cursor)?;
     let filter = BatchFilter { campaign_id, upload_id: p.upload_id, state, due_from, due_until };
     let client = app.client().await?;
     let (items, next) = batch_list::page(&**client, &filter, before, limit).await?;

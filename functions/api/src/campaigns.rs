@@ -20,7 +20,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::AppState;
 use crate::audit;
 use crate::auth::Caller;
-use crate::extract::{IfMatch, JsonBody, QueryParams, etag};
+use crate::extract::{IfMatch, JsonBody, QueryParams, etag, page_limit};
 use crate::problem::Problem;
 
 pub fn routes() -> Router<AppState> {
@@ -100,8 +100,6 @@ pub struct ListParams {
     cursor: Option<String>,
 }
 
-const MAX_PAGE: u32 = 200;
-
 /// Lists campaigns a page at a time.
 #[utoipa::path(get, path = "/campaigns", tag = "campaigns", params(ListParams),
     responses((status = 200, body = CampaignList), (status = 400, body = Problem)))]
@@ -126,10 +124,7 @@ pub async fn list(State(app): State<AppState>, QueryParams(p): QueryParams<ListP
         Some("desc") => true,
         Some(other) => return Err(malformed("order", other, "asc, desc")),
     };
-    let limit = p.limit.unwrap_or(50);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(Problem::malformed(format!("limit must be from 1 to {MAX_PAGE} (got {limit})")));
-    }
+    let limit = page_limit(p.limit)?;
     let cursor = p
         .cursor
         .map(|c| Cursor::decode(&c).ok_or_else(|| Problem::malformed("cursor is not one this API gave")))

@@ -15,7 +15,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::AppState;
 use crate::audit;
 use crate::auth::Caller;
-use crate::extract::{JsonBody, QueryParams};
+use crate::extract::{JsonBody, QueryParams, id_cursor, page_limit};
 use crate::problem::Problem;
 
 pub fn routes() -> Router<AppState> {
@@ -66,8 +66,6 @@ pub struct DeadReasons {
     pub groups: Vec<DeadReason>,
 }
 
-const MAX_PAGE: u32 = 200;
-
 /// Dead clicks, newest first.
 #[utoipa::path(get, path = "/dead-letters", tag = "dead letters", params(ListParams),
     responses((status = 200, body = DeadClickList), (status = 400, body = Problem)))]
@@ -76,19 +74,8 @@ pub async fn list(
     QueryParams(p): QueryParams<ListParams>,
 ) -> Result<Json<DeadClickList>, Problem> {
     let filter = p.filter()?;
-    let limit = p.limit.unwrap_or(50);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(Problem::malformed(format!("limit must be from 1 to {MAX_PAGE} (got {limit})")));
-    }
-    let before = p
-        .cursor
-        .map(|c| {
-            c.parse::<i64>()
-                .ok()
-                .filter(|&id| id > 0)
-                .ok_or_else(|| Problem::malformed("cursor is not one this API gave"))
-        })
-        .transpose()?;
+    let limit = page_limit(p.limit)?;
+    let before = id_cursor(p.cursor)?;
     let client = app.client().await?;
     let (items, next) = dead_letters::page(&**client, &filter, before, limit).await?;
     Ok(Json(DeadClickList { items, next_cursor: next.map(|id| id.to_string()) }))

@@ -58,6 +58,32 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryParams<T>
     }
 }
 
+/// The most items one page may hold, and how many it holds when the request does not say.
+pub const MAX_PAGE: u32 = 200;
+pub const DEFAULT_PAGE: u32 = 50;
+
+/// A page's size from its `limit` parameter: 1 to [`MAX_PAGE`], [`DEFAULT_PAGE`] when absent.
+pub fn page_limit(limit: Option<u32>) -> Result<u32, Problem> {
+    let limit = limit.unwrap_or(DEFAULT_PAGE);
+    if (1..=MAX_PAGE).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(Problem::malformed(format!("limit must be from 1 to {MAX_PAGE} (got {limit})")))
+    }
+}
+
+/// A `cursor` parameter that is an id from the list's own `next_cursor` (lists keyed on an id, newest first).
+pub fn id_cursor(cursor: Option<String>) -> Result<Option<i64>, Problem> {
+    cursor
+        .map(|c| {
+            c.parse::<i64>()
+                .ok()
+                .filter(|&id| id > 0)
+                .ok_or_else(|| Problem::malformed("cursor is not one this API gave"))
+        })
+        .transpose()
+}
+
 /// The version a change was made from, from `If-Match` (`"3"`, `W/"3"`, or `*` for any).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IfMatch {

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::AppState;
-use crate::extract::QueryParams;
+use crate::extract::{QueryParams, id_cursor, page_limit};
 use crate::problem::Problem;
 
 /// How long a rejects report link works: long enough to click, short enough that a link pasted somewhere stops
@@ -77,8 +77,6 @@ pub struct ReportLink {
     pub expires_at: DateTime<Utc>,
 }
 
-const MAX_PAGE: u32 = 200;
-
 /// Lists uploads a page at a time, newest first.
 #[utoipa::path(get, path = "/uploads", tag = "uploads", params(ListParams),
     responses((status = 200, body = UploadList), (status = 400, body = Problem)))]
@@ -99,19 +97,8 @@ pub async fn list(
             })
         })
         .transpose()?;
-    let limit = p.limit.unwrap_or(50);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(Problem::malformed(format!("limit must be from 1 to {MAX_PAGE} (got {limit})")));
-    }
-    let before = p
-        .cursor
-        .map(|c| {
-            c.parse::<i64>()
-                .ok()
-                .filter(|&id| id > 0)
-                .ok_or_else(|| Problem::malformed("cursor is not one this API gave"))
-        })
-        .transpose()?;
+    let limit = page_limit(p.limit)?;
+    let before = id_cursor(p.cursor)?;
     let client = app.client().await?;
     let (items, next) = upload_list::page(&**client, &UploadFilter { campaign_id, status }, before, limit).await?;
     Ok(Json(UploadList { items, next_cursor: next.map(|id| id.to_string()) }))

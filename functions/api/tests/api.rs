@@ -323,6 +323,15 @@ async fn the_openapi_document_is_served_and_kept_in_docs() {
     );
 }
 
+/// The partner `acme` and its unlimited, active campaign `spring`; and the slicer on a bucket of its own.
+async fn with_spring(db: &TestDb) -> (slicer::Slicer, String) {
+    seed_partner(db, "acme", true).await;
+    let spring = Campaign::unlimited(CampaignId::parse("spring").unwrap(), PartnerId::parse("acme").unwrap());
+    campaigns::upsert(&**db.client().await, &spring).await.unwrap();
+    let (objects, bucket) = TestAws::new().await.bucket().await;
+    (slicer::Slicer { pool: db.pool.clone(), objects, settings: slicer::SlicerSettings::default() }, bucket)
+}
+
 /// Has the slicer ingest `body` under `key`, as an S3 notification would.
 async fn slice(slicer: &slicer::Slicer, bucket: &str, key: &str, body: &str) {
     slicer.objects.put(bucket, key, body.as_bytes().to_vec(), "text/csv").await.unwrap();
@@ -339,11 +348,7 @@ async fn slice(slicer: &slicer::Slicer, bucket: &str, key: &str, body: &str) {
 #[tokio::test]
 async fn uploads_are_listed_newest_first_and_one_shows_its_reconciliation_and_rejects_report() {
     let db = TestDb::new().await;
-    seed_partner(&db, "acme", true).await;
-    let spring = Campaign::unlimited(CampaignId::parse("spring").unwrap(), PartnerId::parse("acme").unwrap());
-    campaigns::upsert(&**db.client().await, &spring).await.unwrap();
-    let (objects, bucket) = TestAws::new().await.bucket().await;
-    let slicer = slicer::Slicer { pool: db.pool.clone(), objects, settings: slicer::SlicerSettings::default() };
+    let (slicer, bucket) = with_spring(&db).await;
     let header = "click_id,clicked_at,ip\n";
     slice(
         &slicer,
@@ -407,11 +412,7 @@ async fn uploads_are_listed_newest_first_and_one_shows_its_reconciliation_and_re
 #[tokio::test]
 async fn pending_clicks_are_cancelled_after_a_preview_and_in_flight_batches_are_left_to_finish() {
     let db = TestDb::new().await;
-    seed_partner(&db, "acme", true).await;
-    let spring = Campaign::unlimited(CampaignId::parse("spring").unwrap(), PartnerId::parse("acme").unwrap());
-    campaigns::upsert(&**db.client().await, &spring).await.unwrap();
-    let (objects, bucket) = TestAws::new().await.bucket().await;
-    let slicer = slicer::Slicer { pool: db.pool.clone(), objects, settings: slicer::SlicerSettings::default() };
+    let (slicer, bucket) = with_spring(&db).await;
     slice(&slicer, &bucket, "incoming/spring/a.csv", "click_id,ts\na1,1764324000\na2,1764324000\na3,1764324000\n")
         .await;
     slice(&slicer, &bucket, "incoming/spring/b.csv", "click_id,ts\nb1,1764324000\nb2,1764324000\n").await;
@@ -480,11 +481,7 @@ async fn finish_batch(db: &TestDb, upload_id: i64, state: &str, results: &[(&str
 #[tokio::test]
 async fn dead_letters_are_listed_grouped_and_replayed_after_a_count_without_resending_delivered_clicks() {
     let db = TestDb::new().await;
-    seed_partner(&db, "acme", true).await;
-    let spring = Campaign::unlimited(CampaignId::parse("spring").unwrap(), PartnerId::parse("acme").unwrap());
-    campaigns::upsert(&**db.client().await, &spring).await.unwrap();
-    let (objects, bucket) = TestAws::new().await.bucket().await;
-    let slicer = slicer::Slicer { pool: db.pool.clone(), objects, settings: slicer::SlicerSettings::default() };
+    let (slicer, bucket) = with_spring(&db).await;
     slice(&slicer, &bucket, "incoming/spring/a.csv", "click_id,ts\na1,1764324000\na2,1764324000\na3,1764324000\n")
         .await;
     slice(&slicer, &bucket, "incoming/spring/b.csv", "click_id,ts\nb1,1764324000\nb2,1764324000\n").await;
