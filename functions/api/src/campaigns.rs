@@ -20,7 +20,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::AppState;
 use crate::audit;
 use crate::auth::Caller;
-use crate::extract::{IfMatch, JsonBody, QueryParams, etag, page_limit};
+use crate::extract::{IfMatch, JsonBody, QueryParams, etag, page_limit, replacing};
 use crate::problem::Problem;
 
 pub fn routes() -> Router<AppState> {
@@ -197,13 +197,7 @@ pub async fn replace(
     JsonBody(spec): JsonBody<CampaignSpec>,
 ) -> Result<Response, Problem> {
     let id = campaign_id(id)?;
-    if if_match == IfMatch::Absent {
-        return Err(Problem::precondition_required());
-    }
-    if spec.campaign_id != id.as_str() {
-        let message = format!("is {:?} but the path names {:?}; a campaign's id cannot change", spec.campaign_id, id);
-        return Err(Problem::invalid(vec![FieldError::new("campaign_id", message)]));
-    }
+    replacing(if_match, "campaign_id", &spec.campaign_id, id.as_str())?;
     let mut client = app.client().await?;
     let tx = client.transaction().await.map_err(DbError::from)?;
     let current = at_version(&*tx, &id, if_match).await?;

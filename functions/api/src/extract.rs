@@ -120,6 +120,19 @@ impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
     }
 }
 
+/// What every replace (`PUT`) checks before reading anything: it names the version it was made from, and the
+/// body's id (`field`) is the one the path names, for ids never change.
+pub fn replacing(if_match: IfMatch, field: &str, body_id: &str, path_id: &str) -> Result<(), Problem> {
+    if if_match == IfMatch::Absent {
+        return Err(Problem::precondition_required());
+    }
+    if body_id != path_id {
+        let message = format!("is {body_id:?} but the path names {path_id:?}; an id cannot change");
+        return Err(Problem::invalid(vec![FieldError::new(field, message)]));
+    }
+    Ok(())
+}
+
 /// The ETag of a version.
 pub fn etag(version: i64) -> String {
     format!("\"{version}\"")

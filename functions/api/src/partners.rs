@@ -19,7 +19,7 @@ use utoipa::ToSchema;
 use crate::AppState;
 use crate::audit;
 use crate::auth::Caller;
-use crate::extract::{IfMatch, JsonBody, etag};
+use crate::extract::{IfMatch, JsonBody, etag, replacing};
 use crate::problem::Problem;
 
 pub fn routes() -> Router<AppState> {
@@ -160,13 +160,7 @@ pub async fn replace(
     JsonBody(spec): JsonBody<PartnerSpec>,
 ) -> Result<Response, Problem> {
     let id = partner_id(id)?;
-    if if_match == IfMatch::Absent {
-        return Err(Problem::precondition_required());
-    }
-    if spec.partner_id != id.as_str() {
-        let message = format!("is {:?} but the path names {:?}; a partner's id cannot change", spec.partner_id, id);
-        return Err(Problem::invalid(vec![FieldError::new("partner_id", message)]));
-    }
+    replacing(if_match, "partner_id", &spec.partner_id, id.as_str())?;
     let mut client = app.client().await?;
     let tx = client.transaction().await.map_err(DbError::from)?;
     let Some(current) = partners::get_stored(&*tx, &id).await? else { return Err(unknown(&id)) };
