@@ -16,6 +16,8 @@ pub mod vars {
     pub const DATABASE_POOL_SIZE: &str = "DATABASE_POOL_SIZE";
     pub const CLICK_QUEUE_URL: &str = "CLICK_QUEUE_URL";
     pub const EVENTS_TABLE: &str = "EVENTS_TABLE";
+    /// The bucket click files are uploaded to (the API hands out upload links into it).
+    pub const UPLOAD_BUCKET: &str = "UPLOAD_BUCKET";
     /// The click queue's dead-letter queue (the API shows its depth).
     pub const DEAD_LETTER_QUEUE_URL: &str = "DEAD_LETTER_QUEUE_URL";
     /// Local use only: lets partner URLs resolve to private and loopback addresses (the partner simulator).
@@ -127,7 +129,7 @@ impl FunctionKind {
             Self::Slicer | Self::Migrate => &[DATABASE_URL],
             Self::Pacer => &[DATABASE_URL, CLICK_QUEUE_URL],
             Self::Bridge => &[DATABASE_URL, CLICK_QUEUE_URL, EVENTS_TABLE],
-            Self::Api => &[DATABASE_URL, CLICK_QUEUE_URL, DEAD_LETTER_QUEUE_URL, EVENTS_TABLE],
+            Self::Api => &[DATABASE_URL, CLICK_QUEUE_URL, DEAD_LETTER_QUEUE_URL, EVENTS_TABLE, UPLOAD_BUCKET],
         }
     }
 }
@@ -139,6 +141,7 @@ pub struct Config {
     pub click_queue_url: Option<String>,
     pub dead_letter_queue_url: Option<String>,
     pub events_table: Option<String>,
+    pub upload_bucket: Option<String>,
     pub allow_private_partners: bool,
     pub slicer: SlicerConfig,
 }
@@ -187,6 +190,7 @@ impl Config {
             database: DatabaseConfig::from_env(env)?,
             click_queue_url: env.optional(vars::CLICK_QUEUE_URL),
             dead_letter_queue_url: env.optional(vars::DEAD_LETTER_QUEUE_URL),
+            upload_bucket: env.optional(vars::UPLOAD_BUCKET),
             events_table: env.optional(vars::EVENTS_TABLE),
             allow_private_partners: env.parsed_or(vars::ALLOW_PRIVATE_PARTNERS, false)?,
             slicer: SlicerConfig::from_env(env)?,
@@ -204,6 +208,10 @@ impl Config {
 
     pub fn dead_letter_queue_url(&self) -> Result<&str, ConfigError> {
         self.dead_letter_queue_url.as_deref().ok_or(ConfigError::Missing { name: vars::DEAD_LETTER_QUEUE_URL })
+    }
+
+    pub fn upload_bucket(&self) -> Result<&str, ConfigError> {
+        self.upload_bucket.as_deref().ok_or(ConfigError::Missing { name: vars::UPLOAD_BUCKET })
     }
 
     pub fn events_table(&self) -> Result<&str, ConfigError> {
@@ -264,6 +272,7 @@ mod tests {
             ("CLICK_QUEUE_URL", "http://localhost:5000/123/clicks"),
             ("DEAD_LETTER_QUEUE_URL", "http://localhost:5000/123/clicks-dlq"),
             ("EVENTS_TABLE", "events"),
+            ("UPLOAD_BUCKET", "uploads"),
         ]);
         for kind in FunctionKind::ALL {
             let config = Config::load(&env, kind).unwrap();

@@ -48,6 +48,8 @@ use crate::problem::Problem;
 pub struct AppState {
     pub pool: PgPool,
     pub objects: S3Objects,
+    /// The bucket click files are uploaded to.
+    pub upload_bucket: String,
     pub queues: Option<Queues>,
     /// The click event log, for click timelines.
     pub events: Option<DynamoEventLog>,

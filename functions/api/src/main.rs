@@ -21,7 +21,15 @@ async fn main() -> Result<(), lambda_http::Error> {
     let events = DynamoEventLog::new(clickpacer::aws::dynamodb_client(&sdk), config.events_table()?);
     let allow_private_partners = config.allow_private_partners;
     let transport = bridge::HttpTransport::new(allow_private_partners)?;
-    let state =
-        AppState { pool, objects, queues: Some(queues), events: Some(events), transport, allow_private_partners };
+    let upload_bucket = config.upload_bucket()?.to_owned();
+    let state = AppState {
+        pool,
+        objects,
+        upload_bucket,
+        queues: Some(queues),
+        events: Some(events),
+        transport,
+        allow_private_partners,
+    };
     lambda_http::run(api::router(state)).await
 }

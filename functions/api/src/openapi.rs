@@ -35,6 +35,7 @@ use crate::{audit, batches, campaigns, clicks, dead_letters, health, partners, p
         reads::pacing,
         uploads::list,
         uploads::read,
+        uploads::upload_link,
         dead_letters::list,
         dead_letters::reasons,
         dead_letters::replay,

@@ -1,18 +1,19 @@
 //! Uploads: every click file with its counts, status and reasons, newest first; one upload with its
 //! reconciliation (accepted = delivered + dead + cancelled + pending), its rejected rows grouped by reason, and a
-//! short-lived link to its rejects report.
+//! short-lived link to its rejects report; and links a browser uploads a click file with.
 
 use axum::extract::{Path, State};
 use axum::{Json, Router, routing};
 use chrono::{DateTime, Utc};
-use clickpacer::domain::CampaignId;
+use clickpacer::domain::{CampaignId, CampaignStatus, FieldError};
+use clickpacer::postgres::campaigns;
 use clickpacer::postgres::reports::{self, ClickFates, RejectGroup};
 use clickpacer::postgres::upload_list::{self, UploadFilter, UploadStatus, UploadSummary};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::AppState;
-use crate::extract::{QueryParams, id_cursor, page_limit};
+use crate::extract::{JsonBody, QueryParams, id_cursor, page_limit};
 use crate::problem::Problem;
 
 /// How long a rejects report link works: long enough to click, short enough that a link pasted somewhere stops
@@ -20,7 +21,10 @@ use crate::problem::Problem;
 pub const REPORT_LINK_VALID_FOR: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 
 pub fn routes() -> Router<AppState> {
-    Router::new().route("/uploads", routing::get(list)).route("/uploads/{upload_id}", routing::get(read))
+    Router::new()
+        .route("/uploads", routing::get(list))
+        .route("/uploads/links", routing::post(upload_link))
+        .route("/uploads/{upload_id}", routing::get(read))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -135,3 +139,60 @@ pub async fn read(State(app): State<AppState>, Path(id): Path<String>) -> Result
     };
     Ok(Json(UploadDetail { upload, reconciliation, rejects, rejects_report }))
 }
+
+/// A file to upload into a campaign's folder.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UploadRequest {
+    /// An existing campaign that is not archived.
+    pub campaign_id: String,
+    /// The file's name, 1-200 characters, no `/` or control characters; its extension tells the format (see the
+    /// README's "Click files").
+    pub file_name: String,
+}
+
+/// A presigned link a browser uploads one file with: `PUT` the file's bytes to `url` before `expires_at`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UploadLink {
+    pub method: &'static str,
+    pub url: String,
+    pub key: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A link to upload one click file into `incoming/<campaign>/` of the upload bucket: the slicer takes it from
+/// there as it takes any upload.
+#[utoipa::path(post, path = "/uploads/links", tag = "uploads", request_body = UploadRequest,
+    responses((status = 200, body = UploadLink), (status = 400, body = Problem), (status = 422, body = Problem)))]
+pub async fn upload_link(
+    State(app): State<AppState>,
+    JsonBody(request): JsonBody<UploadRequest>,
+) -> Result<Json<UploadLink>, Problem> {
+    let mut errors = Vec::new();
+    let name = request.file_name.trim();
+    if !(1..=200).contains(&name.chars().count()) || name.contains('/') || name.chars().any(char::is_control) {
+        errors.push(FieldError::new("file_name", "must have 1 to 200 characters, without / or control characters"));
+    }
+    match CampaignId::parse(request.campaign_id.clone()) {
+        Err(e) => errors.push(FieldError::new("campaign_id", e.to_string())),
+        Ok(id) => {
+            let client = app.client().await?;
+            match campaigns::get(&**client, &id).await? {
+                None => errors.push(FieldError::new("campaign_id", format!("no campaign {:?}", id.as_str()))),
+                Some(c) if c.status == CampaignStatus::Archived => {
+                    errors.push(FieldError::new("campaign_id", format!("campaign {:?} is archived", id.as_str())))
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    if !errors.is_empty() {
+        return Err(Problem::invalid(errors));
+    }
+    let key = format!("incoming/{}/{name}", request.campaign_id);
+    let url = app.objects.presigned_put(&app.upload_bucket, &key, UPLOAD_LINK_VALID_FOR).await?;
+    Ok(Json(UploadLink { method: "PUT", url, key, expires_at: Utc::now() + UPLOAD_LINK_VALID_FOR }))
+}
+
+/// How long an upload link works: long enough for a large file over a slow line.
+pub const UPLOAD_LINK_VALID_FOR: std::time::Duration = std::time::Duration::from_secs(60 * 60);

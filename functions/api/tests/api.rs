@@ -67,6 +67,7 @@ async fn send_as(
     let state = api::AppState {
         pool: db.pool.clone(),
         objects,
+        upload_bucket: "clickpacer-test-uploads".into(),
         queues: None,
         events: None,
         transport: transport(false),
@@ -689,6 +690,7 @@ async fn health_shows_queues_lag_stranded_work_stuck_uploads_and_paused_partners
     let state = api::AppState {
         pool: db.pool.clone(),
         objects,
+        upload_bucket: "clickpacer-test-uploads".into(),
         queues: Some(api::Queues { click, dead_letter }),
         events: None,
         transport: transport(false),
@@ -852,6 +854,7 @@ async fn a_clicks_timeline_joins_its_row_its_attempts_and_the_event_log() {
     let state = api::AppState {
         pool: db.pool.clone(),
         objects,
+        upload_bucket: "clickpacer-test-uploads".into(),
         queues: None,
         events: Some(log),
         transport: transport(false),
@@ -950,6 +953,7 @@ async fn a_test_delivery_sends_a_sample_click_as_the_bridge_would_and_shows_the_
     let state = |allow_private| api::AppState {
         pool: db.pool.clone(),
         objects: objects.clone(),
+        upload_bucket: "clickpacer-test-uploads".into(),
         queues: None,
         events: None,
         transport: transport(allow_private),
@@ -984,4 +988,55 @@ async fn a_test_delivery_sends_a_sample_click_as_the_bridge_would_and_shows_the_
     assert!(body.get("answer").is_none());
     assert_eq!(sim.sim.report().accepted, 1);
     assert_eq!(call(true, "/partners/ghost/test-delivery").await.unwrap().status(), 404);
+}
+
+#[tokio::test]
+async fn an_upload_link_lets_a_browser_put_a_click_file_into_the_campaigns_folder() {
+    let db = TestDb::new().await;
+    let (slicer, bucket) = with_spring(&db).await;
+    let state = api::AppState {
+        pool: db.pool.clone(),
+        objects: slicer.objects.clone(),
+        upload_bucket: bucket.clone(),
+        queues: None,
+        events: None,
+        transport: transport(false),
+        allow_private_partners: false,
+    };
+    let post_json = |body: Value| {
+        let request = Request::builder()
+            .method("POST")
+            .uri("/uploads/links")
+            .header(header::CONTENT_TYPE, "application/json")
+            .extension(api::auth::Caller::local_admin())
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        api::router(state.clone()).oneshot(request)
+    };
+    let response = post_json(json!({"campaign_id": "spring", "file_name": "from the browser.csv"})).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let link: Value =
+        serde_json::from_slice(&axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap()).unwrap();
+    assert_eq!((&link["method"], &link["key"]), (&json!("PUT"), &json!("incoming/spring/from the browser.csv")));
+    let put = reqwest::Client::new()
+        .put(link["url"].as_str().unwrap())
+        .body("click_id,ts\nb1,1764324000\nb2,1764324000\n")
+        .send()
+        .await
+        .unwrap();
+    assert!(put.status().is_success(), "{}", put.status());
+    let bytes = slicer.objects.get_bytes(&bucket, "incoming/spring/from the browser.csv").await.unwrap();
+    assert!(bytes.starts_with(b"click_id,ts"));
+
+    for (body, field) in [
+        (json!({"campaign_id": "ghost", "file_name": "a.csv"}), "campaign_id"),
+        (json!({"campaign_id": "spring", "file_name": "../a.csv"}), "file_name"),
+        (json!({"campaign_id": "spring", "file_name": ""}), "file_name"),
+    ] {
+        let response = post_json(body).await.unwrap();
+        assert_eq!(response.status(), 422);
+        let problem: Value =
+            serde_json::from_slice(&axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap()).unwrap();
+        assert_eq!(problem["errors"][0]["field"], field, "{problem}");
+    }
 }

@@ -49,16 +49,33 @@ impl S3Objects {
         key: &str,
         valid_for: std::time::Duration,
     ) -> Result<String, AwsError> {
-        let config = aws_sdk_s3::presigning::PresigningConfig::expires_in(valid_for)
-            .map_err(|e| AwsError { operation: "s3 GetObject presigning", message: e.to_string() })?;
         let request = self
             .client
             .get_object()
             .bucket(bucket)
             .key(key)
-            .presigned(config)
+            .presigned(presigning(valid_for)?)
             .await
             .map_err(|e| AwsError::from_sdk("s3 GetObject presigning", e))?;
+        Ok(request.uri().to_string())
+    }
+
+    /// A link that writes the object with one PUT, signed like [`Self::presigned_get`]: a browser uploads a file
+    /// straight into the bucket.
+    pub async fn presigned_put(
+        &self,
+        bucket: &str,
+        key: &str,
+        valid_for: std::time::Duration,
+    ) -> Result<String, AwsError> {
+        let request = self
+            .client
+            .put_object()
+            .bucket(bucket)
+            .key(key)
+            .presigned(presigning(valid_for)?)
+            .await
+            .map_err(|e| AwsError::from_sdk("s3 PutObject presigning", e))?;
         Ok(request.uri().to_string())
     }
 
@@ -154,4 +171,9 @@ impl S3Objects {
             Err(e) => Err(AwsError::from_sdk("s3 CreateBucket", e)),
         }
     }
+}
+
+fn presigning(valid_for: std::time::Duration) -> Result<aws_sdk_s3::presigning::PresigningConfig, AwsError> {
+    aws_sdk_s3::presigning::PresigningConfig::expires_in(valid_for)
+        .map_err(|e| AwsError { operation: "s3 presigning", message: e.to_string() })
 }

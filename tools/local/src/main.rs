@@ -199,6 +199,7 @@ fn api_state(pipeline: &Pipeline) -> api::AppState {
     api::AppState {
         pool: pipeline.pool.clone(),
         objects: pipeline.objects.clone(),
+        upload_bucket: pipeline.names.bucket.clone(),
         queues: Some(api::Queues { click: pipeline.click_queue.clone(), dead_letter: pipeline.dead_letters.clone() }),
         events: Some(pipeline.bridge.events.clone()),
         transport: pipeline.bridge.transport.clone(),
