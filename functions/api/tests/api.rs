@@ -333,6 +333,16 @@ async fn with_spring(db: &TestDb) -> (slicer::Slicer, String) {
     (slicer::Slicer { pool: db.pool.clone(), objects, settings: slicer::SlicerSettings::default() }, bucket)
 }
 
+/// [`with_spring`], and two uploads sliced into it: `a.csv` (a1-a3) and then `b.csv` (b1, b2); their ids.
+async fn two_uploads(db: &TestDb) -> (i64, i64) {
+    let (slicer, bucket) = with_spring(db).await;
+    slice(&slicer, &bucket, "incoming/spring/a.csv", "click_id,ts\na1,1764324000\na2,1764324000\na3,1764324000\n")
+        .await;
+    slice(&slicer, &bucket, "incoming/spring/b.csv", "click_id,ts\nb1,1764324000\nb2,1764324000\n").await;
+    let uploads = get(db, "/uploads").await.body;
+    (uploads["items"][1]["upload_id"].as_i64().unwrap(), uploads["items"][0]["upload_id"].as_i64().unwrap())
+}
+
 /// Has the slicer ingest `body` under `key`, as an S3 notification would.
 async fn slice(slicer: &slicer::Slicer, bucket: &str, key: &str, body: &str) {
     slicer.objects.put(bucket, key, body.as_bytes().to_vec(), "text/csv").await.unwrap();
@@ -413,13 +423,7 @@ async fn uploads_are_listed_newest_first_and_one_shows_its_reconciliation_and_re
 #[tokio::test]
 async fn pending_clicks_are_cancelled_after_a_preview_and_in_flight_batches_are_left_to_finish() {
     let db = TestDb::new().await;
-    let (slicer, bucket) = with_spring(&db).await;
-    slice(&slicer, &bucket, "incoming/spring/a.csv", "click_id,ts\na1,1764324000\na2,1764324000\na3,1764324000\n")
-        .await;
-    slice(&slicer, &bucket, "incoming/spring/b.csv", "click_id,ts\nb1,1764324000\nb2,1764324000\n").await;
-    let uploads = get(&db, "/uploads").await.body;
-    let (b, a) =
-        (uploads["items"][0]["upload_id"].as_i64().unwrap(), uploads["items"][1]["upload_id"].as_i64().unwrap());
+    let (a, b) = two_uploads(&db).await;
 
     let preview = post(&db, &format!("/campaigns/spring/cancel-pending?upload_id={a}&preview=true"), Value::Null).await;
     assert_eq!(preview.status, 200, "{}", preview.body);
@@ -482,13 +486,7 @@ async fn finish_batch(db: &TestDb, upload_id: i64, state: &str, results: &[(&str
 #[tokio::test]
 async fn dead_letters_are_listed_grouped_and_replayed_after_a_count_without_resending_delivered_clicks() {
     let db = TestDb::new().await;
-    let (slicer, bucket) = with_spring(&db).await;
-    slice(&slicer, &bucket, "incoming/spring/a.csv", "click_id,ts\na1,1764324000\na2,1764324000\na3,1764324000\n")
-        .await;
-    slice(&slicer, &bucket, "incoming/spring/b.csv", "click_id,ts\nb1,1764324000\nb2,1764324000\n").await;
-    let uploads = get(&db, "/uploads").await.body;
-    let (b, a) =
-        (uploads["items"][0]["upload_id"].as_i64().unwrap(), uploads["items"][1]["upload_id"].as_i64().unwrap());
+    let (a, b) = two_uploads(&db).await;
     let refused = "partner refused the click: 400 Bad Request";
     let batch_a = finish_batch(
         &db,

@@ -176,7 +176,7 @@ impl DynamoEventLog {
     }
 
     /// One click's events, oldest first, from the UTC days `days` (`"2026-03-29"`): its partition of each day
-    /// (the shard is its id's), the click picked out by the id in the sort key.
+    /// (the shard is its id's), the click picked out by its `click_id` attribute.
     pub async fn click_events(
         &self,
         campaign_id: &str,
@@ -186,26 +186,15 @@ impl DynamoEventLog {
         let shard = crate::domain::events::shard_of(click_id);
         let mut events = Vec::new();
         for day in days {
-            let mut start = None;
-            loop {
-                let out = self
-                    .client
-                    .query()
-                    .table_name(&self.table)
-                    .key_condition_expression("pk = :pk")
-                    .filter_expression("click_id = :click")
-                    .expression_attribute_values(":pk", AttributeValue::S(format!("{campaign_id}#{day}#{shard:02}")))
-                    .expression_attribute_values(":click", AttributeValue::S(click_id.to_owned()))
-                    .set_exclusive_start_key(start)
-                    .send()
-                    .await
-                    .map_err(|e| AwsError::from_sdk("dynamodb Query", e))?;
-                events.extend(out.items().iter().filter_map(TimelineEvent::from_item));
-                match out.last_evaluated_key() {
-                    Some(key) if !key.is_empty() => start = Some(key.clone()),
-                    _ => break,
-                }
-            }
+            let query = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk")
+                .filter_expression("click_id = :click")
+                .expression_attribute_values(":pk", AttributeValue::S(format!("{campaign_id}#{day}#{shard:02}")))
+                .expression_attribute_values(":click", AttributeValue::S(click_id.to_owned()));
+            events.extend(self.all_pages(query).await?.iter().filter_map(TimelineEvent::from_item));
         }
         Ok(events)
     }
@@ -240,17 +229,27 @@ impl DynamoEventLog {
         key: &str,
         value: &str,
     ) -> Result<Vec<HashMap<String, AttributeValue>>, AwsError> {
+        let query = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(index)
+            .key_condition_expression("#k = :v")
+            .expression_attribute_names("#k", key)
+            .expression_attribute_values(":v", AttributeValue::S(value.to_owned()));
+        self.all_pages(query).await
+    }
+
+    /// Every item a query returns, page after page.
+    async fn all_pages(
+        &self,
+        query: aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder,
+    ) -> Result<Vec<HashMap<String, AttributeValue>>, AwsError> {
         let mut items = Vec::new();
         let mut start = None;
         loop {
-            let out = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .index_name(index)
-                .key_condition_expression("#k = :v")
-                .expression_attribute_names("#k", key)
-                .expression_attribute_values(":v", AttributeValue::S(value.to_owned()))
+            let out = query
+                .clone()
                 .set_exclusive_start_key(start)
                 .send()
                 .await
