@@ -1024,3 +1024,61 @@ async fn a_late_batch_of_a_campaign_with_a_per_minute_limit_keeps_to_it_at_the_p
     }
     assert!(per_minute.values().all(|n| *n <= 3), "at most 3 in a UTC minute at the partner: {per_minute:?}");
 }
+
+/// Sums of a rollup table: released, delivered, failed, throttled, dead, spend, latency samples and their sum.
+async fn rollup_totals(client: &tokio_postgres::Client, table: &str) -> [i64; 8] {
+    let row = client
+        .query_one(
+            &format!(
+                "SELECT sum(released)::bigint, sum(delivered)::bigint, sum(failed)::bigint, sum(throttled)::bigint,
+                        sum(dead)::bigint, sum(spend_micros)::bigint,
+                        (SELECT coalesce(sum(h), 0) FROM {table}, unnest(latency_hist) h)::bigint,
+                        sum(latency_sum_ms)::bigint
+                 FROM {table}"
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    std::array::from_fn(|i| row.get::<_, Option<i64>>(i).unwrap_or(0))
+}
+
+#[tokio::test]
+async fn every_pass_adds_its_outcomes_to_the_minute_and_hour_rollups() {
+    let w = world().await;
+    let p = partner(&w.sim, "busy");
+    w.seed(&p, 4).await;
+    w.sim
+        .sim
+        .set_behaviour("busy", Behaviour { status_override: Some(429), retry_after_s: 1, ..Behaviour::default() })
+        .unwrap();
+    let messages = w.release().await;
+    let copy = messages.clone();
+    assert!(w.handle(messages).await.is_empty());
+    w.sim.sim.clear_behaviour("busy");
+    w.bridge.clock.advance(3);
+    bridge::handle_message(&w.bridge, &copy[0], &Unlimited).await.unwrap();
+    assert_eq!(w.batch_state().await, "delivered");
+
+    let client = w.db.client().await;
+    let raw = client
+        .query_one(
+            "SELECT count(*) FILTER (WHERE outcome = 'delivered'),
+                    count(*) FILTER (WHERE outcome IN ('retrying', 'dead')),
+                    count(*) FILTER (WHERE outcome IN ('retrying', 'dead') AND http_status = 429),
+                    count(*) FILTER (WHERE outcome = 'dead'),
+                    count(latency_ms), coalesce(sum(latency_ms), 0)::bigint
+             FROM delivery_results",
+            &[],
+        )
+        .await
+        .unwrap();
+    let raw: [i64; 6] = std::array::from_fn(|i| raw.get(i));
+    assert!(raw[2] >= 1, "the partner throttled at least one request: {raw:?}");
+    assert_eq!(raw[0], 4);
+    let spend: i64 = client.query_one("SELECT spend_micros FROM campaign_day_ledger", &[]).await.unwrap().get(0);
+    let expected = [4, raw[0], raw[1], raw[2], raw[3], spend, raw[4], raw[5]];
+    for table in ["delivery_stats_minute", "delivery_stats_hour"] {
+        assert_eq!(rollup_totals(&client, table).await, expected, "{table}");
+    }
+}

@@ -317,6 +317,8 @@ async fn an_sqs_outage_does_not_spend_the_cap_and_budget_on_clicks_nobody_receiv
     assert_eq!((summary.reclaimed, summary.released, summary.released_clicks), (2, 2, 100), "{summary:?}");
     assert_eq!(drain(&queue).await.len(), 2);
     assert_eq!(reserved(&db, "spring").await, (100, 1_000_000, 100), "reserved once, not twice");
+    let released_at = |at: DateTime<Utc>| at.date_naive().and_hms_opt(0, 0, 0).unwrap().and_utc();
+    assert_eq!(released_stats(&db).await, [(released_at(t0()), 100, 100)], "the statistics count it once too");
 
     // A reclaim the next local day gives back the earlier day's reservation and takes today's.
     let mut client = db.client().await;
@@ -344,6 +346,24 @@ async fn an_sqs_outage_does_not_spend_the_cap_and_budget_on_clicks_nobody_receiv
     let today = t0().date_naive();
     assert_eq!(days, vec![(today, 0, 0), (today.succ_opt().unwrap(), 100, 1_000_000)]);
     assert_eq!(reserved(&db, "spring").await, (100, 1_000_000, 100));
+    assert_eq!(released_stats(&db).await, [(released_at(t0()), 0, 0), (released_at(next_day), 100, 100)]);
+}
+
+/// Released clicks in the rollups per UTC day: (day, from the minute buckets, from the hour buckets).
+async fn released_stats(db: &TestDb) -> Vec<(DateTime<Utc>, i64, i64)> {
+    let client = db.client().await;
+    let rows = client
+        .query(
+            "SELECT date_trunc('day', bucket, 'UTC'),
+                    sum(released) FILTER (WHERE g = 'minute')::bigint, sum(released) FILTER (WHERE g = 'hour')::bigint
+             FROM (SELECT 'minute' AS g, bucket, released FROM delivery_stats_minute
+                   UNION ALL SELECT 'hour', bucket, released FROM delivery_stats_hour) s
+             GROUP BY 1 ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect()
 }
 
 #[tokio::test]

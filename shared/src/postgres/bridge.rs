@@ -1,16 +1,18 @@
 //! What the bridge reads and writes: its lease on a batch, the batch's clicks with their delivery history,
 //! appended delivery results, the batch's end, the day ledger, partner health and the event outbox.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use tokio_postgres::GenericClient;
 
 use super::DbError;
+use super::stats::{self, StatsKey};
 use crate::delivery::pace::{AcceptedWindow, CampaignLimits, CampaignStream, SendPace, SlotGrant, WindowSends};
 use crate::delivery::{ClickForDelivery, ObservedHealth, PartnerHealth, idempotency_key};
 use crate::domain::events::ClickEvent;
 use crate::domain::{CampaignId, ClickId, PartnerId};
+use crate::stats::{self as stats_domain, Attempt, AttemptOutcome, Counts};
 
 /// The bridge's hold on a batch it is delivering.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,6 +28,9 @@ pub struct BatchLease {
     /// The campaign's rate limits now (they may have changed since the release): with any, its requests also
     /// take slots of the campaign's own send stream.
     pub campaign_limits: CampaignLimits,
+    /// What one delivered click of this batch costs: the price its release reserved at (the campaign's price
+    /// now for a batch released before reservations were recorded).
+    pub price_micros: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,7 +65,9 @@ pub async fn take_batch(
                AND (b.delivery_lease_until IS NULL OR b.delivery_lease_until < $3)
                AND c.campaign_id = b.campaign_id
              RETURNING b.campaign_id, b.partner_id, b.release_at, b.spread_seconds, b.click_count,
-                       c.max_per_second, c.max_per_minute, c.max_per_hour",
+                       c.max_per_second, c.max_per_minute, c.max_per_hour,
+                       CASE WHEN b.reserved_clicks > 0 THEN b.reserved_micros / b.reserved_clicks
+                            ELSE c.cost_per_click_micros END AS price_micros",
             &[&batch_id, &fence, &now, &hold_until, &queued_until],
         )
         .await?;
@@ -78,6 +85,7 @@ pub async fn take_batch(
                 per_minute: limit(&row, "max_per_minute"),
                 per_hour: limit(&row, "max_per_hour"),
             },
+            price_micros: row.get("price_micros"),
         }));
     }
     let current = db.query_opt("SELECT state, fence FROM batches WHERE batch_id = $1", &[&batch_id]).await?;
@@ -258,6 +266,7 @@ pub async fn record_pass(
     events: &[ClickEvent],
 ) -> Result<BatchTally, DbError> {
     let tx = client.transaction().await?;
+    let mut counted: Vec<Attempt> = Vec::new();
     // One statement for the whole pass (a statement per click costs a prepare and an execute round trip each).
     // A second `delivered` row for the same click (a race with a redelivered copy) is absorbed by the partial
     // unique index: the click stays delivered once.
@@ -272,32 +281,49 @@ pub async fn record_pass(
         let next: Vec<Option<DateTime<Utc>>> = records.iter().map(|r| r.next_attempt_at).collect();
         let ambiguous: Vec<bool> = records.iter().map(|r| r.ambiguous).collect();
         let at: Vec<DateTime<Utc>> = records.iter().map(|r| r.at).collect();
-        tx.execute(
-            "INSERT INTO delivery_results (batch_id, fence, campaign_id, click_id, partner_id, attempt, outcome,
+        let inserted = tx
+            .query(
+                "INSERT INTO delivery_results (batch_id, fence, campaign_id, click_id, partner_id, attempt, outcome,
                                            http_status, latency_ms, error, next_attempt_at, ambiguous, recorded_at)
              SELECT $1, $2, $3, r.click_id, $4, r.attempt, r.outcome, r.status, r.latency, r.error, r.next,
                     r.ambiguous, r.at
              FROM unnest($5::text[], $6::int[], $7::text[], $8::int[], $9::int[], $10::text[], $11::timestamptz[],
                          $12::bool[], $13::timestamptz[])
                   AS r(click_id, attempt, outcome, status, latency, error, next, ambiguous, at)
-             ON CONFLICT (campaign_id, click_id) WHERE outcome = 'delivered' DO NOTHING",
-            &[
-                &lease.batch_id,
-                &lease.fence,
-                &lease.campaign_id.as_str(),
-                &lease.partner_id.as_str(),
-                &click_ids,
-                &attempts,
-                &outcomes,
-                &statuses,
-                &latencies,
-                &errors,
-                &next,
-                &ambiguous,
-                &at,
-            ],
-        )
-        .await?;
+             ON CONFLICT (campaign_id, click_id) WHERE outcome = 'delivered' DO NOTHING
+             RETURNING click_id, outcome = 'delivered' AS delivered",
+                &[
+                    &lease.batch_id,
+                    &lease.fence,
+                    &lease.campaign_id.as_str(),
+                    &lease.partner_id.as_str(),
+                    &click_ids,
+                    &attempts,
+                    &outcomes,
+                    &statuses,
+                    &latencies,
+                    &errors,
+                    &next,
+                    &ambiguous,
+                    &at,
+                ],
+            )
+            .await?;
+        // What the rollups count: every attempt recorded, a delivery only if its row went in.
+        let delivered_now: HashSet<&str> =
+            inserted.iter().filter(|r| r.get::<_, bool>("delivered")).map(|r| r.get("click_id")).collect();
+        counted = records
+            .iter()
+            .filter_map(|r| {
+                let outcome = match r.outcome {
+                    "delivered" if delivered_now.contains(r.click_id.as_str()) => AttemptOutcome::Delivered,
+                    "retrying" => AttemptOutcome::Retrying,
+                    "dead" => AttemptOutcome::Dead,
+                    _ => return None,
+                };
+                Some(Attempt { at: r.at, outcome, http_status: r.http_status, latency_ms: r.latency_ms })
+            })
+            .collect();
     }
 
     if !events.is_empty() {
@@ -364,6 +390,8 @@ pub async fn record_pass(
             }
         }
     }
+    // After the ledger row (the pacer's claims take theirs in the same order).
+    stats::add(&tx, rollup(lease, &counted)).await?;
     // Last, and only when it changed: every delivery pass and every send-slot reservation for the partner
     // goes through this row's lock.
     if let Some(health) = health {
@@ -371,6 +399,23 @@ pub async fn record_pass(
     }
     tx.commit().await?;
     Ok(tally)
+}
+
+/// The pass's attempts as rollup deltas of its campaign and partner, delivered clicks at the batch's price.
+fn rollup(lease: &BatchLease, attempts: &[Attempt]) -> BTreeMap<StatsKey, Counts> {
+    stats_domain::tally(attempts)
+        .into_iter()
+        .map(|((granularity, bucket), mut counts)| {
+            counts.spend_micros = counts.delivered.saturating_mul(lease.price_micros.max(0));
+            let key = StatsKey {
+                campaign_id: lease.campaign_id.to_string(),
+                partner_id: lease.partner_id.to_string(),
+                granularity,
+                bucket,
+            };
+            (key, counts)
+        })
+        .collect()
 }
 
 /// Records what a pass observed of a partner's health, as arithmetic on the row as it is now (see

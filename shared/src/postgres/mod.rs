@@ -14,6 +14,7 @@ pub mod pacer;
 pub mod partners;
 pub mod replay;
 pub mod reports;
+pub mod stats;
 pub mod upload_list;
 pub mod uploads;
 

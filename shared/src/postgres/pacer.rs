@@ -13,9 +13,11 @@ use tokio_postgres::{Client, Row};
 
 use super::DbError;
 use super::campaigns;
+use super::stats::{self, StatsKey};
 use crate::domain::{CampaignId, Micros, PartnerId};
 use crate::pacing::{Overdue, PacingState, PartnerLimit, RateWindow, WindowCounts};
 use crate::release::{CandidateBatch, PlanInput, ReleaseMessage, plan_releases};
+use crate::stats::{Counts, Granularity};
 
 #[derive(Debug, Clone)]
 pub struct ClaimSettings {
@@ -163,11 +165,11 @@ pub async fn claim_due_batches(
         .query(
             // A replayed batch's settled clicks were delivered and counted before: only the others are released.
             "SELECT x.batch_id, x.campaign_id, x.click_count, x.due_at, x.state, x.reserved_day, x.reserved_clicks,
-                    x.reserved_micros
+                    x.reserved_micros, x.partner_id, x.release_at
              FROM campaigns c
              CROSS JOIN LATERAL (
                  SELECT b.batch_id, b.campaign_id, b.click_count - b.settled_clicks AS click_count, b.due_at, b.state,
-                        b.reserved_day,
+                        b.reserved_day, b.partner_id, b.release_at,
                         b.reserved_clicks, b.reserved_micros
                  FROM batches b
                  WHERE b.campaign_id = c.campaign_id
@@ -184,9 +186,15 @@ pub async fn claim_due_batches(
     let mut summary = ClaimSummary { examined: rows.len() as u64, ..ClaimSummary::default() };
     let mut batches = Vec::with_capacity(rows.len());
     let mut given_back = Vec::new();
+    let mut taken_back: BTreeMap<StatsKey, i64> = BTreeMap::new();
     for row in &rows {
         if row.get::<_, &str>("state") == "claimed" {
             summary.reclaimed += 1;
+            if let Some(released) = row.get::<_, Option<DateTime<Utc>>>("release_at") {
+                for key in stats_keys(row.get("campaign_id"), row.get("partner_id"), released) {
+                    *taken_back.entry(key).or_default() += i64::from(row.get::<_, i32>("click_count").max(0));
+                }
+            }
             let clicks = row.get::<_, i32>("reserved_clicks");
             if let Some(day) = row.get::<_, Option<NaiveDate>>("reserved_day").filter(|_| clicks > 0) {
                 let micros: i64 = row.get("reserved_micros");
@@ -409,6 +417,15 @@ pub async fn claim_due_batches(
         plan.partners.into_iter().filter(|(_, l)| l.rate_per_second.is_some()).collect();
     write_partners(&tx, &counted, now).await?;
     write_ledger(&tx, &plan.ledger).await?;
+    // The rollups' released clicks, after the ledger rows (the bridge's passes take theirs in the same order).
+    stats::take_back_released(&tx, taken_back).await?;
+    let mut released: BTreeMap<StatsKey, Counts> = BTreeMap::new();
+    for m in &messages {
+        for key in stats_keys(m.campaign_id.to_string(), m.partner_id.to_string(), m.release_at) {
+            released.entry(key).or_default().released += i64::from(m.clicks);
+        }
+    }
+    stats::add(&tx, released).await?;
     tx.commit().await?;
     Ok((messages, summary))
 }
@@ -590,6 +607,16 @@ fn pacing_state(row: &Row) -> PacingState {
 
 fn count(row: &Row, column: &str) -> u64 {
     row.get::<_, i64>(column).max(0) as u64
+}
+
+/// The minute and the hour bucket of a release at `at`.
+fn stats_keys(campaign_id: String, partner_id: String, at: DateTime<Utc>) -> [StatsKey; 2] {
+    Granularity::ALL.map(|granularity| StatsKey {
+        campaign_id: campaign_id.clone(),
+        partner_id: partner_id.clone(),
+        granularity,
+        bucket: granularity.start_of(at),
+    })
 }
 
 fn parse_campaign(id: String) -> Result<CampaignId, DbError> {
