@@ -13,7 +13,9 @@
 //! - [`clicks`]: one click's row, batch, delivery attempts and event log timeline;
 //! - [`audit`]: every change of a campaign or partner, who made it, before and after;
 //! - [`dead_letters`]: dead clicks with their reasons, grouped, and their replay (a count first);
-//! - [`reads`]: health, partners, reconciliation, a campaign's pacing days.
+//! - [`stats`]: series per minute or hour for a campaign or a partner, and a campaign's local day against its
+//!   plan with its budget;
+//! - [`reads`]: health and reconciliation.
 //!
 //! Every route but `/openapi.json` needs a signed-in caller, and changes need an admin ([`auth`]). An unknown
 //! route is a 404 and another method a 405, both as problem details.
@@ -30,6 +32,7 @@ pub mod openapi;
 pub mod partners;
 pub mod problem;
 pub mod reads;
+pub mod stats;
 pub mod uploads;
 
 use axum::http::Uri;
@@ -83,6 +86,7 @@ pub fn router(state: AppState) -> Router {
         .merge(clicks::routes())
         .merge(batches::routes())
         .merge(reads::routes())
+        .merge(stats::routes())
         .route("/openapi.json", axum::routing::get(|| async { Json(openapi::document()) }))
         .method_not_allowed_fallback(|uri: Uri| async move {
             Problem::method_not_allowed(format!("{} does not take this method", uri.path()))

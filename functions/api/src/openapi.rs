@@ -3,7 +3,7 @@
 
 use utoipa::OpenApi;
 
-use crate::{audit, batches, campaigns, clicks, dead_letters, health, partners, problem, reads, uploads};
+use crate::{audit, batches, campaigns, clicks, dead_letters, health, partners, problem, reads, stats, uploads};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -32,7 +32,9 @@ use crate::{audit, batches, campaigns, clicks, dead_letters, health, partners, p
         partners::disable,
         partners::test_delivery,
         reads::reconciliation,
-        reads::pacing,
+        stats::pacing,
+        stats::campaign_stats,
+        stats::partner_stats,
         uploads::list,
         uploads::read,
         uploads::upload_link,

@@ -1038,3 +1038,114 @@ async fn an_upload_link_lets_a_browser_put_a_click_file_into_the_campaigns_folde
         assert_eq!(problem["errors"][0]["field"], field, "{problem}");
     }
 }
+
+/// Adds one minute's and its hour's worth of outcomes to the rollups, through the same writer the bridge uses.
+async fn roll_up(
+    db: &TestDb,
+    campaign: &str,
+    partner: &str,
+    at: chrono::DateTime<chrono::Utc>,
+    delivered: i64,
+    latency_ms: &[u32],
+) {
+    use clickpacer::postgres::stats::{self, StatsKey};
+    use clickpacer::stats::{Counts, Granularity};
+    let mut deltas = std::collections::BTreeMap::new();
+    for granularity in Granularity::ALL {
+        let mut counts =
+            Counts { released: delivered + 1, delivered, failed: 2, throttled: 1, dead: 1, ..Counts::default() };
+        counts.spend_micros = delivered * 1_000;
+        for ms in latency_ms {
+            counts.latency.record(*ms);
+            counts.latency_sum_ms += i64::from(*ms);
+        }
+        let key = StatsKey {
+            campaign_id: campaign.into(),
+            partner_id: partner.into(),
+            granularity,
+            bucket: granularity.start_of(at),
+        };
+        deltas.insert(key, counts);
+    }
+    stats::add(&**db.client().await, deltas).await.unwrap();
+}
+
+#[tokio::test]
+async fn stats_come_per_minute_and_hour_for_a_campaign_and_its_partner_with_latency_percentiles() {
+    let db = TestDb::new().await;
+    seed_partner(&db, "acme", true).await;
+    assert_eq!(post(&db, "/campaigns", spring()).await.status, 201);
+    let mut other = spring();
+    other["campaign_id"] = json!("autumn");
+    assert_eq!(post(&db, "/campaigns", other).await.status, 201);
+    let t: chrono::DateTime<chrono::Utc> = "2026-12-07T10:15:30Z".parse().unwrap();
+    roll_up(&db, "spring", "acme", t, 40, &[10, 20, 30, 900]).await;
+    roll_up(&db, "spring", "acme", t + chrono::Duration::minutes(2), 10, &[]).await;
+    roll_up(&db, "autumn", "acme", t, 5, &[40]).await;
+
+    let r =
+        get(&db, "/campaigns/spring/stats?granularity=minute&from=2026-12-07T10:14:00Z&to=2026-12-07T10:20:00Z").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let delivered: Vec<i64> =
+        r.body["points"].as_array().unwrap().iter().map(|p| p["delivered"].as_i64().unwrap()).collect();
+    assert_eq!(delivered, [0, 40, 0, 10, 0, 0], "every minute present, empty ones as zeros");
+    let totals = &r.body["totals"];
+    assert_eq!(
+        (&totals["released"], &totals["delivered"], &totals["failed"], &totals["throttled"], &totals["dead"]),
+        (&json!(52), &json!(50), &json!(4), &json!(2), &json!(2))
+    );
+    assert_eq!(totals["spend_micros"], 50_000);
+    let p99 = totals["latency"]["p99_ms"].as_f64().unwrap();
+    assert!((800.0..=1000.0).contains(&p99), "the slow attempt sets p99: {totals}");
+    assert_eq!(totals["latency"]["mean_ms"], 240.0);
+    assert!(r.body["points"][0].get("latency").is_none(), "no latency where nothing took time");
+
+    // Hours by default; the partner's series adds up its campaigns.
+    let r = get(&db, "/partners/acme/stats?from=2026-12-07T00:00:00Z&to=2026-12-08T00:00:00Z").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!((r.body["granularity"].as_str(), r.body["points"].as_array().unwrap().len()), (Some("hour"), 24));
+    assert_eq!(r.body["points"][10]["delivered"], 55);
+    assert_eq!(r.body["totals"]["delivered"], 55);
+
+    let too_long =
+        get(&db, "/campaigns/spring/stats?granularity=minute&from=2026-11-01T00:00:00Z&to=2026-12-01T00:00:00Z").await;
+    assert_eq!(too_long.status, 400);
+    assert!(too_long.body["detail"].as_str().unwrap().contains("at most 7 days"), "{}", too_long.body);
+    assert_eq!(get(&db, "/campaigns/spring/stats?from=2026-12-08T00:00:00Z&to=2026-12-07T00:00:00Z").await.status, 400);
+    assert_eq!(get(&db, "/campaigns/spring/stats?granularity=second").await.status, 400);
+    assert_eq!(get(&db, "/campaigns/ghost/stats").await.status, 404);
+    assert_eq!(get(&db, "/partners/ghost/stats").await.status, 404);
+}
+
+#[tokio::test]
+async fn pacing_shows_the_local_day_against_its_plan_and_the_budget() {
+    let db = TestDb::new().await;
+    seed_partner(&db, "acme", true).await;
+    let mut body = spring();
+    body["cost_per_click_micros"] = json!(2_000);
+    body["daily_budget_micros"] = json!(10_000_000);
+    assert_eq!(post(&db, "/campaigns", body).await.status, 201);
+    let now = chrono::Utc::now();
+    roll_up(&db, "spring", "acme", now - chrono::Duration::seconds(1), 7, &[25]).await;
+
+    let r = get(&db, "/campaigns/spring/pacing").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let day = &r.body["day"];
+    assert_eq!((&day["time_zone"], &day["volume"]), (&json!("America/New_York"), &json!(1000)), "{day}");
+    let hours = day["hours"].as_array().unwrap();
+    assert_eq!(hours.len() as f64, day["length_hours"].as_f64().unwrap());
+    assert_eq!(hours.last().unwrap()["expected_cumulative"], 1000, "the plan ends the day at its volume");
+    assert_eq!(hours.last().unwrap()["delivered_cumulative"], 7);
+    assert_eq!(day["delivered"], 7);
+    assert!(day["expected_now"].as_u64().unwrap() <= 1000);
+    assert_eq!(r.body["budget"]["daily_budget_micros"], 10_000_000);
+    assert_eq!(r.body["budget"]["cost_per_click_micros"], 2_000);
+    assert!(r.body["days"].is_array());
+
+    // A DST day of the past has 23 hours; a day not yet begun is refused.
+    let r = get(&db, "/campaigns/spring/pacing?day=2026-03-08").await;
+    assert_eq!((r.status, r.body["day"]["hours"].as_array().map(Vec::len)), (200, Some(23)), "{}", r.body);
+    assert_eq!(r.body["day"]["projected_delivered"], 0);
+    assert_eq!(get(&db, "/campaigns/spring/pacing?day=2999-01-01").await.status, 400);
+    assert_eq!(get(&db, "/campaigns/spring/pacing?day=yesterday").await.status, 400);
+}

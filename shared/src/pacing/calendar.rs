@@ -61,6 +61,13 @@ impl LocalDay {
         Self { date, start: at_secs(start), end: at_secs(end) }
     }
 
+    /// The local day of `date`; `None` when the zone skipped that date (Pacific/Apia, 30 December 2011).
+    pub fn on(tz: Tz, date: NaiveDate) -> Option<Self> {
+        // Local noon is within 14 hours of UTC noon in every zone, so one of these instants falls on `date`.
+        let noon = date.and_hms_opt(12, 0, 0)?.and_utc();
+        [0, -14, 14].into_iter().map(|h| Self::containing(tz, noon + Duration::hours(h))).find(|day| day.date == date)
+    }
+
     /// The local day after this one (which may not be `date + 1` where a zone skipped a date).
     pub fn following(&self, tz: Tz) -> Self {
         Self::containing(tz, self.end)
@@ -221,6 +228,15 @@ fn hour_start(tz: Tz, s: i64) -> i64 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_day_is_found_by_its_date_in_any_zone_except_a_skipped_one() {
+        for tz in [chrono_tz::Pacific::Kiritimati, chrono_tz::Pacific::Pago_Pago, chrono_tz::America::New_York] {
+            let date = NaiveDate::from_ymd_opt(2026, 3, 8).unwrap();
+            assert_eq!(LocalDay::on(tz, date).unwrap().date, date, "{tz}");
+        }
+        assert_eq!(LocalDay::on(chrono_tz::Pacific::Apia, NaiveDate::from_ymd_opt(2011, 12, 30).unwrap()), None);
+    }
+
     use chrono::TimeZone;
     use chrono_tz::{America, Asia, Australia, Europe, Pacific};
 

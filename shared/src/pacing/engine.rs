@@ -269,19 +269,30 @@ enum Plan {
 }
 
 fn plan_at(campaign: &Campaign, day: &LocalDay, released_today: u64, pending: u64, at_ms: i64) -> Plan {
+    let Some((plan, window_end)) = plan_of_day(campaign, day, released_today, pending) else { return Plan::None };
+    if let PacingMode::HourlyCurve(weights) = &campaign.pacing
+        && let Some(i) = plan.segments.iter().position(|s| s.start <= at_ms && at_ms < s.end)
+        && plan.segments[i].weight == 0
+    {
+        // A daypart is closed even when delivery is behind plan: no catch-up in a zero hour.
+        let reopens = plan.segments[i..].iter().find(|s| s.weight > 0).map_or(window_end, |s| s.start);
+        let relaxes_at = fixed_point(weights).iter().any(|w| *w > 0).then_some(reopens);
+        return Plan::Closed(Rule::closed(DeferReason::Daypart, relaxes_at));
+    }
+    Plan::Accruing { plan, window_end }
+}
+
+/// The plan's accrual over the part of `day` inside the flight, and that part's end (Unix ms); `None` for ASAP.
+fn plan_of_day(campaign: &Campaign, day: &LocalDay, released_today: u64, pending: u64) -> Option<(Accrual, i64)> {
     let window_start = campaign.flight_start.map_or(day.start, |s| s.max(day.start)).timestamp_millis();
     let window_end = campaign.flight_end.map_or(day.end, |e| e.min(day.end)).timestamp_millis();
     let volume = daily_limit(campaign).unwrap_or_else(|| released_today.saturating_add(pending));
-    match &campaign.pacing {
-        PacingMode::Asap => Plan::None,
-        PacingMode::Even => Plan::Accruing {
-            plan: Accrual::new(volume, vec![Segment { start: window_start, end: window_end, weight: 1 }]),
-            window_end,
-        },
+    let segments = match &campaign.pacing {
+        PacingMode::Asap => return None,
+        PacingMode::Even => vec![Segment { start: window_start, end: window_end, weight: 1 }],
         PacingMode::HourlyCurve(weights) => {
             let weights = fixed_point(weights);
-            let segments: Vec<Segment> = day
-                .hours(campaign.time_zone)
+            day.hours(campaign.time_zone)
                 .iter()
                 .map(|h| Segment {
                     start: h.start.timestamp_millis().max(window_start),
@@ -289,18 +300,33 @@ fn plan_at(campaign: &Campaign, day: &LocalDay, released_today: u64, pending: u6
                     weight: weights[h.hour as usize % 24],
                 })
                 .filter(|s| s.start < s.end)
-                .collect();
-            let current = segments.iter().position(|s| s.start <= at_ms && at_ms < s.end);
-            match current {
-                Some(i) if segments[i].weight == 0 => {
-                    // A daypart is closed even when delivery is behind plan: no catch-up in a zero hour.
-                    let reopens = segments[i..].iter().find(|s| s.weight > 0).map_or(window_end, |s| s.start);
-                    let relaxes_at = weights.iter().any(|w| *w > 0).then_some(reopens);
-                    Plan::Closed(Rule::closed(DeferReason::Daypart, relaxes_at))
-                }
-                _ => Plan::Accruing { plan: Accrual::new(volume, segments), window_end },
-            }
+                .collect()
         }
+    };
+    Some((Accrual::new(volume, segments), window_end))
+}
+
+/// The plan of `day` as the engine paces it: the day's volume (the cap or what the daily budget buys; without
+/// either, `released` that day plus `pending`) and, for each instant asked, the clicks due by then. `None` for
+/// ASAP, which has no plan.
+pub fn day_plan(campaign: &Campaign, day: &LocalDay, released: u64, pending: u64) -> Option<DayPlan> {
+    plan_of_day(campaign, day, released, pending).map(|(accrual, _)| DayPlan { accrual })
+}
+
+/// See [`day_plan`].
+#[derive(Debug, Clone)]
+pub struct DayPlan {
+    accrual: Accrual,
+}
+
+impl DayPlan {
+    pub fn volume(&self) -> u64 {
+        self.accrual.volume
+    }
+
+    /// Clicks the plan has due by `at` (by the end of the second before it: an hour ending at `at` counts whole).
+    pub fn due_by(&self, at: DateTime<Utc>) -> u64 {
+        self.accrual.due(at.timestamp_millis().saturating_sub(1))
     }
 }
 

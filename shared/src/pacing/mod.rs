@@ -41,6 +41,7 @@
 //! All arithmetic on clicks and money is integer, so every pacer computes the same numbers.
 
 mod calendar;
+mod day_view;
 mod engine;
 mod state;
 mod status;
@@ -49,6 +50,7 @@ mod status;
 mod proptests;
 
 pub use calendar::{LocalDay, LocalHour, local_date, local_hour};
-pub use engine::{Allowance, DeferReason, PlanSpread, allowance, cap_short_of, plan_spread};
+pub use day_view::{DayInputs, DayView, HourView, MinuteActuals, day_view};
+pub use engine::{Allowance, DayPlan, DeferReason, PlanSpread, allowance, cap_short_of, day_plan, plan_spread};
 pub use state::{Overdue, PacingState, PartnerLimit, RateWindow, WindowCounts};
 pub use status::{DeliveryState, DeliveryStatus, PendingWork, delivery_status};

@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use tokio_postgres::GenericClient;
 
 use super::DbError;
+use crate::pacing::MinuteActuals;
 use crate::stats::{BUCKETS, Counts, Granularity, LatencyHistogram};
 
 /// Whose buckets a delta or a query is about.
@@ -194,4 +195,57 @@ pub async fn buckets(
             (r.get("bucket"), counts)
         })
         .collect())
+}
+
+/// What a campaign's local day view is built from: the day ledger's released clicks, the clicks waiting in
+/// pending batches due before the day ends, and the day's minute buckets (all partners added up).
+pub async fn day_counters(
+    db: &impl GenericClient,
+    campaign_id: &str,
+    day: &crate::pacing::LocalDay,
+) -> Result<(u64, u64, Vec<MinuteActuals>), DbError> {
+    let row = db
+        .query_one(
+            "SELECT (SELECT coalesce(sum(released_clicks), 0)::bigint FROM campaign_day_ledger
+                     WHERE campaign_id = $1 AND local_day = $2),
+                    (SELECT coalesce(sum(click_count - settled_clicks), 0)::bigint FROM batches
+                     WHERE campaign_id = $1 AND state = 'pending' AND due_at < $3)",
+            &[&campaign_id, &day.date, &day.end],
+        )
+        .await?;
+    let minutes = db
+        .query(
+            "SELECT bucket, sum(released)::bigint, sum(delivered)::bigint, sum(dead)::bigint
+             FROM delivery_stats_minute WHERE campaign_id = $1 AND bucket >= $2 AND bucket < $3
+             GROUP BY bucket ORDER BY bucket",
+            &[&campaign_id, &day.start, &day.end],
+        )
+        .await?
+        .iter()
+        .map(|r| MinuteActuals { start: r.get(0), released: r.get(1), delivered: r.get(2), dead: r.get(3) })
+        .collect();
+    let count = |i: usize| u64::try_from(row.get::<_, i64>(i)).unwrap_or(0);
+    Ok((count(0), count(1), minutes))
+}
+
+/// A campaign's money from the day ledger: spent and reserved on `day`, and over every day.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Spend {
+    pub spent_day: i64,
+    pub reserved_day: i64,
+    pub spent_total: i64,
+    pub reserved_total: i64,
+}
+
+pub async fn spend(db: &impl GenericClient, campaign_id: &str, day: chrono::NaiveDate) -> Result<Spend, DbError> {
+    let row = db
+        .query_one(
+            "SELECT coalesce(sum(spend_micros) FILTER (WHERE local_day = $2), 0)::bigint,
+                    coalesce(sum(reserved_micros) FILTER (WHERE local_day = $2), 0)::bigint,
+                    coalesce(sum(spend_micros), 0)::bigint, coalesce(sum(reserved_micros), 0)::bigint
+             FROM campaign_day_ledger WHERE campaign_id = $1",
+            &[&campaign_id, &day],
+        )
+        .await?;
+    Ok(Spend { spent_day: row.get(0), reserved_day: row.get(1), spent_total: row.get(2), reserved_total: row.get(3) })
 }
