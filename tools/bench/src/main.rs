@@ -9,6 +9,8 @@
 //!   scripts/bench bridge [options]     deliveries/s, the HTTP limit, a hidden rate limit (see bridge_bench.rs)
 //!   scripts/bench pacing [--seconds S] pacers and bridges together, judged by arrivals at the partners (see
 //!                                      pacing_bench.rs)
+//!   scripts/bench stats [--clicks N]   a 30-day statistics query through the API at N delivery outcomes
+//!                                      (default 10,000,000), with the raw-table query as baseline (stats_bench.rs)
 //!
 //! `scripts/bench` starts (or reuses) PostgreSQL and the local AWS endpoint, as the tests do.
 
@@ -16,13 +18,14 @@ mod bridge_bench;
 mod pacer_bench;
 mod pacing_bench;
 mod slicer_bench;
+mod stats_bench;
 
 use anyhow::{Context, bail};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let Some(which) = args.first() else { bail!("usage: bench slicer|pacer|bridge|pacing [options]") };
+    let Some(which) = args.first() else { bail!("usage: bench slicer|pacer|bridge|pacing|stats [options]") };
     let rows = match args.iter().position(|a| a == "--rows") {
         Some(i) => args.get(i + 1).context("--rows needs a number")?.replace('_', "").parse()?,
         None => 1_000_000,
@@ -42,7 +45,8 @@ async fn main() -> anyhow::Result<()> {
         "pacer" => pacer_bench::run(batches).await,
         "bridge" => bridge_bench::run(&args).await,
         "pacing" => pacing_bench::run(&args).await,
-        other => bail!("unknown benchmark {other:?}: use slicer, pacer, bridge or pacing"),
+        "stats" => stats_bench::run(&args).await,
+        other => bail!("unknown benchmark {other:?}: use slicer, pacer, bridge, pacing or stats"),
     }
 }
 
