@@ -6,20 +6,79 @@ use axum::extract::{Path, State};
 use axum::{Json, Router, routing};
 use chrono::{Duration, Utc};
 use clickpacer::aws::dynamodb::TimelineEvent;
+use clickpacer::domain::ClickState;
 use clickpacer::domain::events::EVENT_RETENTION_DAYS;
-use clickpacer::postgres::clicks::{self, ClickRecord};
+use clickpacer::postgres::clicks::{self, ClickFilter, ClickRecord, ClickSummary};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::AppState;
-use crate::extract::QueryParams;
+use crate::extract::{QueryParams, page_limit};
 use crate::problem::Problem;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
+        .route("/campaigns/{campaign_id}/clicks", routing::get(search))
         .route("/campaigns/{campaign_id}/clicks/{click_id}", routing::get(timeline))
         .route("/campaigns/{campaign_id}/events", routing::get(campaign_events))
         .route("/partners/{partner_id}/events", routing::get(partner_events))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct SearchParams {
+    upload_id: Option<i64>,
+    /// `pending`, `in_flight`, `delivered`, `dead` or `cancelled`.
+    state: Option<ClickState>,
+    /// Clicked at or after this instant (RFC 3339).
+    clicked_from: Option<chrono::DateTime<Utc>>,
+    /// Clicked before this instant (RFC 3339).
+    clicked_until: Option<chrono::DateTime<Utc>>,
+    /// 1-200, 50 by default.
+    limit: Option<u32>,
+    /// The `next_cursor` of the page before.
+    cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ClickList {
+    pub items: Vec<ClickSummary>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// A campaign's clicks by upload, state and click time, in click id order, with their attempts so far.
+#[utoipa::path(get, path = "/campaigns/{campaign_id}/clicks", tag = "campaigns",
+    params(("campaign_id" = String, Path), SearchParams),
+    responses((status = 200, body = ClickList), (status = 400, body = Problem), (status = 404, body = Problem)))]
+pub async fn search(
+    State(app): State<AppState>,
+    Path(campaign): Path<String>,
+    QueryParams(p): QueryParams<SearchParams>,
+) -> Result<Json<ClickList>, Problem> {
+    let campaign_id = crate::campaigns::campaign_id(campaign)?;
+    let limit = page_limit(p.limit)?;
+    let after = p
+        .cursor
+        .map(|c| {
+            clickpacer::domain::ClickId::parse(c).map_err(|_| Problem::malformed("cursor is not one this API gave"))
+        })
+        .transpose()?;
+    let filter = ClickFilter {
+        upload_id: p.upload_id,
+        state: p.state,
+        clicked_from: p.clicked_from,
+        clicked_until: p.clicked_until,
+    };
+    let client = app.client().await?;
+    clickpacer::postgres::campaigns::get_stored(&**client, &campaign_id)
+        .await?
+        .ok_or_else(|| crate::campaigns::unknown(&campaign_id))?;
+    let (items, next) =
+        clicks::page(&**client, campaign_id.as_str(), &filter, after.as_ref().map(|c| c.as_str()), limit).await?;
+    Ok(Json(ClickList { items, next_cursor: next }))
 }
 
 #[derive(Debug, Serialize, ToSchema)]

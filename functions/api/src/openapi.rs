@@ -18,6 +18,7 @@ use crate::{audit, batches, campaigns, clicks, dead_letters, health, partners, p
         campaigns::archive,
         campaigns::cancel_pending,
         health::health,
+        clicks::search,
         clicks::timeline,
         clicks::campaign_events,
         clicks::partner_events,

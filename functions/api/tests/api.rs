@@ -1149,3 +1149,47 @@ async fn pacing_shows_the_local_day_against_its_plan_and_the_budget() {
     assert_eq!(get(&db, "/campaigns/spring/pacing?day=2999-01-01").await.status, 400);
     assert_eq!(get(&db, "/campaigns/spring/pacing?day=yesterday").await.status, 400);
 }
+
+#[tokio::test]
+async fn clicks_are_searched_by_upload_state_and_click_time_a_page_at_a_time() {
+    let db = TestDb::new().await;
+    let (a, b) = two_uploads(&db).await;
+    finish_batch(
+        &db,
+        a,
+        "partially_failed",
+        &[("a1", "delivered", Some(200), ""), ("a2", "dead", Some(400), "refused")],
+    )
+    .await;
+    // a3 is still on its way: its batch is final here only for the test's sake, so give it no row and look at b.
+    let ids = |r: &Reply| -> Vec<String> {
+        r.body["items"].as_array().unwrap().iter().map(|c| c["click_id"].as_str().unwrap().to_string()).collect()
+    };
+    let states = |r: &Reply| -> Vec<String> {
+        r.body["items"].as_array().unwrap().iter().map(|c| c["state"].as_str().unwrap().to_string()).collect()
+    };
+
+    let r = get(&db, "/campaigns/spring/clicks").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(ids(&r), ["a1", "a2", "a3", "b1", "b2"]);
+    assert_eq!(states(&r)[..2], ["delivered", "dead"]);
+    assert_eq!(states(&r)[3..], ["pending", "pending"], "upload b waits for the pacer");
+    assert_eq!(r.body["items"][1]["last_error"], "refused");
+    assert_eq!(r.body["items"][1]["attempts"], 1);
+
+    let r = get(&db, &format!("/campaigns/spring/clicks?upload_id={b}&limit=1")).await;
+    assert_eq!(ids(&r), ["b1"]);
+    let next = r.body["next_cursor"].as_str().unwrap().to_string();
+    let r = get(&db, &format!("/campaigns/spring/clicks?upload_id={b}&limit=1&cursor={next}")).await;
+    assert_eq!((ids(&r), r.body.get("next_cursor")), (vec!["b2".to_string()], None));
+
+    assert_eq!(ids(&get(&db, "/campaigns/spring/clicks?state=dead").await), ["a2"]);
+    let r =
+        get(&db, "/campaigns/spring/clicks?clicked_from=2025-11-28T10:00:00Z&clicked_until=2025-11-28T10:00:01Z").await;
+    assert_eq!(ids(&r).len(), 5, "every click of the files was clicked then: {}", r.body);
+    assert!(ids(&get(&db, "/campaigns/spring/clicks?clicked_from=2026-01-01T00:00:00Z").await).is_empty());
+
+    assert_eq!(get(&db, "/campaigns/spring/clicks?state=queued").await.status, 400);
+    assert_eq!(get(&db, "/campaigns/spring/clicks?clicked_from=yesterday").await.status, 400);
+    assert_eq!(get(&db, "/campaigns/ghost/clicks").await.status, 404);
+}

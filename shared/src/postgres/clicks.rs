@@ -7,6 +7,7 @@ use serde::Serialize;
 use tokio_postgres::GenericClient;
 
 use super::DbError;
+use crate::domain::ClickState;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -103,4 +104,112 @@ pub async fn get(db: &impl GenericClient, campaign_id: &str, click_id: &str) -> 
         attributes: row.get("attributes"),
         attempts,
     }))
+}
+
+/// One click as a search lists it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ClickSummary {
+    pub click_id: String,
+    pub upload_id: i64,
+    pub row_number: i64,
+    pub batch_id: i64,
+    pub state: ClickState,
+    pub clicked_at: DateTime<Utc>,
+    pub ingested_at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sub_id: Option<String>,
+    /// Delivery attempts so far.
+    pub attempts: i64,
+    /// The last attempt's error, while the click is not delivered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// Which of a campaign's clicks a search holds; every filter given must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClickFilter {
+    pub upload_id: Option<i64>,
+    pub state: Option<ClickState>,
+    /// Clicked at or after this instant.
+    pub clicked_from: Option<DateTime<Utc>>,
+    /// Clicked before this instant.
+    pub clicked_until: Option<DateTime<Utc>>,
+}
+
+/// Up to `limit` (at least 1) of the campaign's clicks matching `filter`, by click id after `after`, through the
+/// primary key of each month's partition; and the click id to pass as `after` for the next page.
+pub async fn page(
+    db: &impl GenericClient,
+    campaign_id: &str,
+    filter: &ClickFilter,
+    after: Option<&str>,
+    limit: u32,
+) -> Result<(Vec<ClickSummary>, Option<String>), DbError> {
+    let limit = limit.max(1);
+    let state = filter.state.map(ClickState::as_str);
+    // A click's state: delivered once a `delivered` row exists; dead while it has more `dead` rows than
+    // `replayed` ones; else what its batch says.
+    let rows = db
+        .query(
+            "SELECT * FROM (
+                 SELECT c.click_id, c.upload_id, c.row_number, c.batch_id, c.clicked_at, c.ingested_at, c.sub_id,
+                        r.attempts, r.last_error,
+                        CASE WHEN r.delivered THEN 'delivered'
+                             WHEN r.dead > r.replayed THEN 'dead'
+                             WHEN b.state = 'cancelled' THEN 'cancelled'
+                             WHEN b.state IN ('claimed', 'queued') THEN 'in_flight'
+                             ELSE 'pending' END AS state
+                 FROM clicks c
+                 JOIN batches b ON b.batch_id = c.batch_id
+                 CROSS JOIN LATERAL (
+                     SELECT count(*) FILTER (WHERE outcome NOT IN ('replayed', 'skipped')) AS attempts,
+                            coalesce(bool_or(outcome = 'delivered'), false) AS delivered,
+                            count(*) FILTER (WHERE outcome = 'dead') AS dead,
+                            count(*) FILTER (WHERE outcome = 'replayed') AS replayed,
+                            (array_agg(error ORDER BY result_id DESC) FILTER (WHERE error IS NOT NULL))[1]
+                                AS last_error
+                     FROM delivery_results d
+                     WHERE d.batch_id = c.batch_id AND d.campaign_id = c.campaign_id AND d.click_id = c.click_id
+                 ) r
+                 WHERE c.campaign_id = $1
+                   AND ($2::bigint IS NULL OR c.upload_id = $2)
+                   AND ($3::timestamptz IS NULL OR c.clicked_at >= $3)
+                   AND ($4::timestamptz IS NULL OR c.clicked_at < $4)
+                   AND ($5::text IS NULL OR c.click_id > $5)
+             ) x
+             WHERE ($6::text IS NULL OR state = $6)
+             ORDER BY click_id LIMIT $7",
+            &[
+                &campaign_id,
+                &filter.upload_id,
+                &filter.clicked_from,
+                &filter.clicked_until,
+                &after,
+                &state,
+                &(i64::from(limit) + 1),
+            ],
+        )
+        .await?;
+    let page = &rows[..rows.len().min(limit as usize)];
+    let next = (rows.len() > page.len()).then(|| page.last().map(|r| r.get::<_, String>("click_id"))).flatten();
+    let clicks = page
+        .iter()
+        .map(|r| {
+            let state = ClickState::parse(r.get("state")).unwrap_or(ClickState::Pending);
+            ClickSummary {
+                click_id: r.get("click_id"),
+                upload_id: r.get("upload_id"),
+                row_number: r.get("row_number"),
+                batch_id: r.get("batch_id"),
+                state,
+                clicked_at: r.get("clicked_at"),
+                ingested_at: r.get("ingested_at"),
+                sub_id: r.get("sub_id"),
+                attempts: r.get("attempts"),
+                last_error: if state == ClickState::Delivered { None } else { r.get("last_error") },
+            }
+        })
+        .collect();
+    Ok((clicks, next))
 }
