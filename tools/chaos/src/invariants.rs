@@ -228,6 +228,48 @@ pub async fn check(
             )
         },
     });
+
+    // 6. The statistics rollups count what the outcomes and the ledger say, in both tables.
+    let disagree: Vec<String> = client
+        .query(
+            "WITH raw AS (
+                 SELECT campaign_id, count(*) FILTER (WHERE outcome = 'delivered') AS delivered,
+                        count(*) FILTER (WHERE outcome IN ('retrying', 'dead')) AS failed,
+                        count(*) FILTER (WHERE outcome = 'dead') AS dead
+                 FROM delivery_results GROUP BY campaign_id),
+             ledger AS (SELECT campaign_id, sum(released_clicks) AS released FROM campaign_day_ledger GROUP BY 1),
+             rolled AS (
+                 SELECT g, campaign_id, sum(released) AS released, sum(delivered) AS delivered, sum(failed) AS failed,
+                        sum(dead) AS dead
+                 FROM (SELECT 'minute' AS g, * FROM delivery_stats_minute
+                       UNION ALL SELECT 'hour', * FROM delivery_stats_hour) s
+                 GROUP BY 1, 2)
+             SELECT format('%s %s: released %s/%s delivered %s/%s failed %s/%s dead %s/%s', g.g, c.campaign_id,
+                           coalesce(r.released, 0), coalesce(l.released, 0), coalesce(r.delivered, 0),
+                           coalesce(x.delivered, 0), coalesce(r.failed, 0), coalesce(x.failed, 0),
+                           coalesce(r.dead, 0), coalesce(x.dead, 0))
+             FROM campaigns c CROSS JOIN (VALUES ('minute'), ('hour')) g(g)
+             LEFT JOIN raw x ON x.campaign_id = c.campaign_id
+             LEFT JOIN ledger l ON l.campaign_id = c.campaign_id
+             LEFT JOIN rolled r ON r.campaign_id = c.campaign_id AND r.g = g.g
+             WHERE (coalesce(r.released, 0), coalesce(r.delivered, 0), coalesce(r.failed, 0), coalesce(r.dead, 0))
+                   IS DISTINCT FROM (coalesce(l.released, 0), coalesce(x.delivered, 0), coalesce(x.failed, 0),
+                                     coalesce(x.dead, 0))",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    checks.push(Check {
+        name: "statistics",
+        holds: disagree.is_empty(),
+        detail: if disagree.is_empty() {
+            "minute and hour rollups count every release, delivery, failure and death".to_string()
+        } else {
+            format!("{} disagree (rollup/truth): {}", disagree.len(), disagree[..disagree.len().min(4)].join("; "))
+        },
+    });
     Ok((checks, figures))
 }
 
