@@ -11,12 +11,15 @@
 //!                                      pacing_bench.rs)
 //!   scripts/bench stats [--clicks N]   a 30-day statistics query through the API at N delivery outcomes
 //!                                      (default 10,000,000), with the raw-table query as baseline (stats_bench.rs)
+//!   scripts/bench pipeline [--clicks N] the local runtime as `scripts/demo run` runs it, one file of N clicks
+//!                                      (default 1,000,000) end to end, against the bridge alone (pipeline_bench.rs)
 //!
 //! `scripts/bench` starts (or reuses) PostgreSQL and the local AWS endpoint, as the tests do.
 
 mod bridge_bench;
 mod pacer_bench;
 mod pacing_bench;
+mod pipeline_bench;
 mod slicer_bench;
 mod stats_bench;
 
@@ -25,7 +28,7 @@ use anyhow::{Context, bail};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let Some(which) = args.first() else { bail!("usage: bench slicer|pacer|bridge|pacing|stats [options]") };
+    let Some(which) = args.first() else { bail!("usage: bench slicer|pacer|bridge|pacing|stats|pipeline [options]") };
     let rows = match args.iter().position(|a| a == "--rows") {
         Some(i) => args.get(i + 1).context("--rows needs a number")?.replace('_', "").parse()?,
         None => 1_000_000,
@@ -46,7 +49,8 @@ async fn main() -> anyhow::Result<()> {
         "bridge" => bridge_bench::run(&args).await,
         "pacing" => pacing_bench::run(&args).await,
         "stats" => stats_bench::run(&args).await,
-        other => bail!("unknown benchmark {other:?}: use slicer, pacer, bridge, pacing or stats"),
+        "pipeline" => pipeline_bench::run(&args).await,
+        other => bail!("unknown benchmark {other:?}: use slicer, pacer, bridge, pacing, stats or pipeline"),
     }
 }
 

@@ -183,7 +183,7 @@ async fn ingest(
     Ok(Ingested { file_mib, seconds, rows_per_s, peak_rss_mib })
 }
 
-fn write_csv(path: &std::path::Path, rows: u64) -> anyhow::Result<()> {
+pub(crate) fn write_csv(path: &std::path::Path, rows: u64) -> anyhow::Result<()> {
     let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
     file.write_all(b"click_id,clicked_at,ip,user_agent,landing_url,sub_id,country\n")?;
     for i in 0..rows {
