@@ -2,7 +2,7 @@
 
 use clickpacer::aws::dynamodb::PutOutcome;
 use clickpacer::aws::sqs::OutgoingMessage;
-use clickpacer::domain::events::{ClickEvent, ClickEventKind};
+use clickpacer::domain::events::{BatchEvent, ClickEvent, ClickEventKind, LogEntries};
 use clickpacer::domain::{CampaignId, ClickId, PartnerId};
 use clickpacer::testing::TestAws;
 use tokio::io::AsyncReadExt;
@@ -105,4 +105,57 @@ async fn dynamodb_conditional_put_and_query_by_each_index() {
     assert_eq!(clicks(log.partner_hour("acme", "2026-11-28T10").await.unwrap()), ["c3", "c1", "c2"]);
     assert_eq!(clicks(log.failures_on("2026-11-28").await.unwrap()), ["c2"], "sparse: only failures");
     assert!(log.campaign_hour("spring", "2026-11-28T11").await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_batch_event_is_written_in_parts_and_found_for_each_of_its_clicks() {
+    let aws = TestAws::new().await;
+    let log = aws.events_table().await;
+    let clicks: Vec<ClickId> = (0..2_100).map(|i| ClickId::parse(format!("k{i}")).unwrap()).collect();
+    let at = |minute: u32| format!("2026-11-28T10:{minute:02}:00Z").parse().unwrap();
+    let together = |kind, minute, clicks: Vec<ClickId>| BatchEvent {
+        campaign_id: CampaignId::parse("spring").unwrap(),
+        partner_id: PartnerId::parse("acme").unwrap(),
+        batch_id: 9,
+        kind,
+        at: at(minute),
+        clicks,
+    };
+    let dead = ClickEvent {
+        campaign_id: CampaignId::parse("spring").unwrap(),
+        partner_id: PartnerId::parse("acme").unwrap(),
+        click_id: ClickId::parse("k2050").unwrap(),
+        batch_id: 9,
+        kind: ClickEventKind::Dead,
+        attempt: 3,
+        at: at(5),
+        detail: Some("HTTP 400".into()),
+    };
+    let entries = LogEntries {
+        batches: vec![
+            together(ClickEventKind::Released, 1, clicks.clone()),
+            together(ClickEventKind::Delivered, 4, clicks[..2_000].to_vec()),
+        ],
+        clicks: vec![dead],
+    };
+    assert_eq!(entries.items(), 6);
+    log.put_batch(&entries).await.unwrap();
+    log.put_batch(&entries).await.unwrap();
+
+    let hour = log.campaign_hour("spring", "2026-11-28T10").await.unwrap();
+    assert_eq!(hour.len(), 6, "a retried write leaves one item per part");
+    let story = |click: &str| {
+        let log = log.clone();
+        let click = click.to_owned();
+        async move {
+            let events = log.click_events("spring", &click, 9, &["2026-11-28".into()]).await.unwrap();
+            events.into_iter().map(|e| (e.event, e.click_id.unwrap_or_default())).collect::<Vec<_>>()
+        }
+    };
+    let named = |events: &[&str], click: &str| -> Vec<(String, String)> {
+        events.iter().map(|e| (e.to_string(), click.to_string())).collect()
+    };
+    assert_eq!(story("k1999").await, named(&["released", "delivered"], "k1999"), "found in the second part");
+    assert_eq!(story("k2050").await, named(&["released", "dead"], "k2050"), "its own item for its death");
+    assert!(story("k9999").await.is_empty());
 }

@@ -119,7 +119,7 @@ pub async fn timeline(
             let last = Utc::now().date_naive().min(first + Duration::days(EVENT_RETENTION_DAYS));
             let days: Vec<String> =
                 first.iter_days().take_while(|d| *d <= last).map(|d| d.format("%Y-%m-%d").to_string()).collect();
-            Some(log.click_events(campaign_id.as_str(), click_id.as_str(), &days).await?)
+            Some(log.click_events(campaign_id.as_str(), click_id.as_str(), record.batch_id, &days).await?)
         }
         None => None,
     };

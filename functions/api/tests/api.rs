@@ -803,7 +803,7 @@ fn acme_two() -> Value {
 #[tokio::test]
 async fn a_clicks_timeline_joins_its_row_its_attempts_and_the_event_log() {
     use chrono::DurationRound;
-    use clickpacer::domain::events::{ClickEvent, ClickEventKind};
+    use clickpacer::domain::events::{BatchEvent, ClickEvent, ClickEventKind, LogEntries};
     let db = TestDb::new().await;
     seed_partner(&db, "acme", true).await;
     let spring = Campaign::unlimited(CampaignId::parse("spring").unwrap(), PartnerId::parse("acme").unwrap());
@@ -840,12 +840,22 @@ async fn a_clicks_timeline_joins_its_row_its_attempts_and_the_event_log() {
         at: now + chrono::Duration::seconds(seconds),
         detail: (kind == ClickEventKind::Failed).then(|| "503".to_owned()),
     };
-    log.put_batch(&[
-        event(ClickEventKind::Ingested, 0, 0),
-        event(ClickEventKind::Released, 0, 1),
-        event(ClickEventKind::Failed, 1, 2),
-        event(ClickEventKind::Delivered, 2, 3),
-    ])
+    let together = |kind, seconds, clicks: &[&str]| BatchEvent {
+        campaign_id: spring.campaign_id.clone(),
+        partner_id: spring.partner_id.clone(),
+        batch_id: batch,
+        kind,
+        at: now + chrono::Duration::seconds(seconds),
+        clicks: clicks.iter().map(|c| clickpacer::domain::ClickId::parse(*c).unwrap()).collect(),
+    };
+    log.put_batch(&LogEntries {
+        batches: vec![
+            together(ClickEventKind::Ingested, 0, &["a1", "a2"]),
+            together(ClickEventKind::Released, 1, &["a1", "a2"]),
+            together(ClickEventKind::Delivered, 3, &["a1"]),
+        ],
+        clicks: vec![event(ClickEventKind::Failed, 1, 2)],
+    })
     .await
     .unwrap();
 
@@ -886,7 +896,9 @@ async fn a_clicks_timeline_joins_its_row_its_attempts_and_the_event_log() {
             body["events"].as_array().unwrap().iter().map(|e| e["event"].as_str().unwrap()).collect();
         let truncated = path.contains("limit=3");
         assert_eq!(events.len(), if truncated { 3 } else { 4 }, "{path}: {body}");
-        assert_eq!((body["truncated"].as_bool(), &body["events"][0]["click_id"]), (Some(truncated), &json!("a1")));
+        // The batch's events name how many clicks they hold; a failure names its click.
+        assert_eq!((body["truncated"].as_bool(), &body["events"][0]["clicks"]), (Some(truncated), &json!(2)));
+        assert_eq!(body["events"][2]["click_id"], "a1");
     }
     assert_eq!(call("/campaigns/spring/events?hour=yesterday").await.unwrap().status(), 400);
     assert_eq!(call("/campaigns/spring/clicks/a9").await.unwrap().status(), 404);

@@ -9,7 +9,7 @@ use clickpacer::delivery::{
     CompiledPartner, Outcome, attempts_exhausted, backoff, classify, classify_transport, next_attempt_at,
 };
 use clickpacer::domain::Partner;
-use clickpacer::domain::events::{ClickEvent, ClickEventKind};
+use clickpacer::domain::events::{BatchEvent, ClickEvent, ClickEventKind};
 use clickpacer::postgres::bridge::{BatchLease, DeliveryRecord, PendingClick};
 
 use crate::{Bridge, Clock, Transport};
@@ -118,5 +118,21 @@ pub(crate) fn event(
         attempt,
         at,
         detail,
+    }
+}
+
+pub(crate) fn batch_event(
+    lease: &BatchLease,
+    kind: ClickEventKind,
+    at: DateTime<Utc>,
+    clicks: Vec<clickpacer::domain::ClickId>,
+) -> BatchEvent {
+    BatchEvent {
+        campaign_id: lease.campaign_id.clone(),
+        partner_id: lease.partner_id.clone(),
+        batch_id: lease.batch_id,
+        kind,
+        at,
+        clicks,
     }
 }

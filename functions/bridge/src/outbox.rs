@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use clickpacer::domain::events::ClickEvent;
+use clickpacer::domain::events::LogEntries;
 use clickpacer::postgres::DbError;
 use clickpacer::postgres::bridge as repo;
 
@@ -22,17 +22,20 @@ pub async fn flush_events<T, C>(bridge: &Bridge<T, C>, budget: &dyn TimeBudget) 
     while flushed < bridge.settings.outbox_flush_limit as u64 && budget.remaining() > FLUSH_WRITE_TIME {
         let mut client = bridge.pool.get().await.map_err(DbError::from)?;
         let tx = client.transaction().await.map_err(DbError::from)?;
-        // A row holds one pass's events (up to a few hundred).
+        // A row holds one pass's entries (a few batch events, and failures click by click).
         let rows = repo::take_outbox(&tx, OUTBOX_ROWS_PER_FLUSH).await?;
         if rows.is_empty() {
             return Ok(flushed);
         }
         let ids: Vec<i64> = rows.iter().map(|(id, _)| *id).collect();
-        let events: Vec<ClickEvent> = rows.into_iter().flat_map(|(_, events)| events).collect();
-        bridge.events.put_batch(&events).await?;
+        let mut entries = LogEntries::default();
+        for (_, row) in rows {
+            entries.extend(row);
+        }
+        bridge.events.put_batch(&entries).await?;
         repo::delete_outbox(&tx, &ids).await?;
         tx.commit().await.map_err(DbError::from)?;
-        flushed += events.len() as u64;
+        flushed += entries.items() as u64;
     }
     Ok(flushed)
 }

@@ -5,12 +5,12 @@
 
 use chrono::{DateTime, Utc};
 use clickpacer::delivery::{CompiledPartner, ObservedHealth};
-use clickpacer::domain::events::ClickEventKind;
+use clickpacer::domain::events::{ClickEventKind, LogEntries};
 use clickpacer::postgres::bridge::{self as repo, BatchClaim, BatchLease, PendingClick};
 use clickpacer::postgres::{DbError, partners};
 use clickpacer::release::ReleaseMessage;
 
-use crate::attempt::{event, record};
+use crate::attempt::{batch_event, event, record};
 use crate::requeue::{queued_lease, requeue};
 use crate::timing::{Sent, send_clicks};
 use crate::{Bridge, BridgeError, Clock, MessageOutcome, TimeBudget, Transport};
@@ -78,11 +78,13 @@ pub(crate) async fn deliver_batch<T: Transport, C: Clock>(
         (partner, health, clicks)
     };
 
-    let mut events = Vec::new();
-    for click in clicks.iter().filter(|c| c.attempts == 0 && c.finished.is_none()) {
-        // First sight of these clicks in delivery: log how they got here.
-        events.push(event(lease, click, ClickEventKind::Ingested, 0, click.ingested_at, None));
-        events.push(event(lease, click, ClickEventKind::Released, 0, lease.release_at.unwrap_or(now), None));
+    // First sight of these clicks in delivery: log how they got here, once for the batch.
+    let first_seen: Vec<&PendingClick> = clicks.iter().filter(|c| c.attempts == 0 && c.finished.is_none()).collect();
+    let mut events = LogEntries::default();
+    if let Some(ingested_at) = first_seen.iter().map(|c| c.ingested_at).min() {
+        let ids = || first_seen.iter().map(|c| c.click.click_id.clone()).collect();
+        events.batches.push(batch_event(lease, ClickEventKind::Ingested, ingested_at, ids()));
+        events.batches.push(batch_event(lease, ClickEventKind::Released, lease.release_at.unwrap_or(now), ids()));
     }
     let ready: Vec<&PendingClick> =
         clicks.iter().filter(|c| c.finished.is_none() && c.not_before.is_none_or(|t| t <= now)).collect();
@@ -102,14 +104,16 @@ pub(crate) async fn deliver_batch<T: Transport, C: Clock>(
             Sent { records, requests: 0, resume_at: None }
         }
     };
-    for r in &records {
+    // Deliveries together in one batch event; a failure or a death is the click's own event, with its reason.
+    let delivered: Vec<_> = records.iter().filter(|r| r.outcome == "delivered").collect();
+    if let Some(last) = delivered.iter().map(|r| r.at).max() {
+        let ids = delivered.iter().map(|r| r.click_id.clone()).collect();
+        events.batches.push(batch_event(lease, ClickEventKind::Delivered, last, ids));
+    }
+    for r in records.iter().filter(|r| r.outcome != "delivered") {
         if let Some(click) = clicks.iter().find(|c| c.click.click_id == r.click_id) {
-            let kind = match r.outcome {
-                "delivered" => ClickEventKind::Delivered,
-                "dead" => ClickEventKind::Dead,
-                _ => ClickEventKind::Failed,
-            };
-            events.push(event(lease, click, kind, r.attempt, r.at, r.error.clone()));
+            let kind = if r.outcome == "dead" { ClickEventKind::Dead } else { ClickEventKind::Failed };
+            events.clicks.push(event(lease, click, kind, r.attempt, r.at, r.error.clone()));
         }
     }
 

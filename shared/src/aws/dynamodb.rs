@@ -9,7 +9,7 @@ use aws_sdk_dynamodb::types::{
 };
 
 use super::AwsError;
-use crate::domain::events::{ClickEvent, EVENT_SHARDS};
+use crate::domain::events::{BatchEventPart, ClickEvent, EVENT_SHARDS, LogEntries, batch_partition};
 
 pub use aws_sdk_dynamodb::types::AttributeValue as ItemValue;
 
@@ -20,16 +20,23 @@ pub const TTL_ATTRIBUTE: &str = "expires_at";
 /// BatchWriteItem calls one flush keeps in flight.
 pub const PUT_CONCURRENCY: usize = 8;
 
-/// One event of a click's timeline, as the log holds it.
+/// One event of the log: a click's (a failed attempt, a death; or, in a click's timeline, its batch's event that
+/// names it), or a batch's (in a campaign's or partner's hour: ingested, released or delivered together).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TimelineEvent {
     /// RFC 3339.
     pub at: String,
     pub campaign_id: String,
-    pub click_id: String,
+    /// The click, for a click's event (absent for a batch's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub click_id: Option<String>,
+    /// For a batch's event: how many of its clicks it names.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clicks: Option<u32>,
     /// `ingested`, `released`, `delivered`, `failed` or `dead`.
     pub event: String,
+    /// The delivery attempt of a failed or dead click (0 otherwise).
     pub attempt: u32,
     pub batch_id: i64,
     pub partner_id: String,
@@ -45,9 +52,10 @@ impl TimelineEvent {
         Some(Self {
             at: text("at")?,
             campaign_id: text("campaign_id")?,
-            click_id: text("click_id")?,
+            click_id: text("click_id"),
+            clicks: number("click_count").and_then(|n| u32::try_from(n).ok()),
             event: text("event")?,
-            attempt: u32::try_from(number("attempt")?).ok()?,
+            attempt: number("attempt").and_then(|n| u32::try_from(n).ok()).unwrap_or(0),
             batch_id: number("batch_id")?,
             partner_id: text("partner_id")?,
             detail: text("detail"),
@@ -101,13 +109,20 @@ impl DynamoEventLog {
         }
     }
 
-    /// Writes events with BatchWriteItem (25 per call), sending back UnprocessedItems until none remain or the
-    /// attempts run out. Keys are derived from the event, so writing an event twice leaves one item.
-    pub async fn put_batch(&self, events: &[ClickEvent]) -> Result<(), AwsError> {
+    /// Writes entries with BatchWriteItem (25 items per call), sending back UnprocessedItems until none remain or
+    /// the attempts run out. Keys are derived from the entries, so writing one twice leaves one item.
+    pub async fn put_batch(&self, entries: &LogEntries) -> Result<(), AwsError> {
         use futures::{StreamExt, TryStreamExt};
+        let items: Vec<HashMap<String, AttributeValue>> = entries
+            .batches
+            .iter()
+            .flat_map(|b| b.parts())
+            .map(|part| batch_item(&part))
+            .chain(entries.clicks.iter().map(item))
+            .collect();
         // Calls of 25 items (BatchWriteItem's limit), several in flight: one after another, a few thousand
-        // events would take a round trip each.
-        futures::stream::iter(events.chunks(25))
+        // items would take a round trip each.
+        futures::stream::iter(items.chunks(25))
             .map(|chunk| self.put_chunk(chunk))
             .buffer_unordered(PUT_CONCURRENCY)
             .try_collect::<Vec<()>>()
@@ -115,7 +130,7 @@ impl DynamoEventLog {
         Ok(())
     }
 
-    async fn put_chunk(&self, chunk: &[ClickEvent]) -> Result<(), AwsError> {
+    async fn put_chunk(&self, chunk: &[HashMap<String, AttributeValue>]) -> Result<(), AwsError> {
         // The chaos runner's "the event log is throttling us".
         fail::fail_point!("dynamodb::put", |_| Err(AwsError {
             operation: "dynamodb BatchWriteItem",
@@ -123,9 +138,9 @@ impl DynamoEventLog {
         }));
         let mut requests: Vec<WriteRequest> = chunk
             .iter()
-            .map(|e| {
+            .map(|item| {
                 PutRequest::builder()
-                    .set_item(Some(item(e)))
+                    .set_item(Some(item.clone()))
                     .build()
                     .map(|put| WriteRequest::builder().put_request(put).build())
                     .map_err(|e| AwsError { operation: "dynamodb PutRequest", message: e.to_string() })
@@ -175,16 +190,31 @@ impl DynamoEventLog {
         self.query_shards(GSI_BY_PARTNER, "partner_hour", &format!("{partner_id}#{hour}")).await
     }
 
-    /// One click's events, oldest first, from the UTC days `days` (`"2026-03-29"`): its partition of each day
-    /// (the shard is its id's), the click picked out by its `click_id` attribute.
+    /// One click's events, oldest first: its batch's items that name it (`batch_id`'s partition), and its own
+    /// from the UTC days `days` (`"2026-03-29"`; its partition of each day, the shard being its id's).
     pub async fn click_events(
         &self,
         campaign_id: &str,
         click_id: &str,
+        batch_id: i64,
         days: &[String],
     ) -> Result<Vec<TimelineEvent>, AwsError> {
+        let query = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk")
+            .filter_expression("contains(clicks, :click)")
+            .expression_attribute_values(":pk", AttributeValue::S(batch_partition(batch_id)))
+            .expression_attribute_values(":click", AttributeValue::S(click_id.to_owned()));
+        let mut events: Vec<TimelineEvent> = self
+            .all_pages(query)
+            .await?
+            .iter()
+            .filter_map(TimelineEvent::from_item)
+            .map(|e| TimelineEvent { click_id: Some(click_id.to_owned()), clicks: None, ..e })
+            .collect();
         let shard = crate::domain::events::shard_of(click_id);
-        let mut events = Vec::new();
         for day in days {
             let query = self
                 .client
@@ -196,6 +226,7 @@ impl DynamoEventLog {
                 .expression_attribute_values(":click", AttributeValue::S(click_id.to_owned()));
             events.extend(self.all_pages(query).await?.iter().filter_map(TimelineEvent::from_item));
         }
+        events.sort_by(|a, b| a.at.cmp(&b.at));
         Ok(events)
     }
 
@@ -347,4 +378,25 @@ fn item(event: &ClickEvent) -> HashMap<String, AttributeValue> {
         item.insert("detail".to_owned(), s(detail));
     }
     item
+}
+
+/// One part of a batch's event: its clicks as a string set.
+fn batch_item(part: &BatchEventPart<'_>) -> HashMap<String, AttributeValue> {
+    let keys = &part.keys;
+    let event = part.event;
+    let s = |v: &str| AttributeValue::S(v.to_owned());
+    HashMap::from([
+        ("pk".to_owned(), s(&keys.pk)),
+        ("sk".to_owned(), s(&keys.sk)),
+        ("campaign_hour".to_owned(), s(&keys.campaign_hour)),
+        ("partner_hour".to_owned(), s(&keys.partner_hour)),
+        ("campaign_id".to_owned(), s(event.campaign_id.as_str())),
+        ("partner_id".to_owned(), s(event.partner_id.as_str())),
+        ("batch_id".to_owned(), AttributeValue::N(event.batch_id.to_string())),
+        ("event".to_owned(), s(event.kind.as_str())),
+        ("at".to_owned(), s(&event.at.to_rfc3339())),
+        ("clicks".to_owned(), AttributeValue::Ss(part.clicks.iter().map(|c| c.as_str().to_owned()).collect())),
+        ("click_count".to_owned(), AttributeValue::N(part.clicks.len().to_string())),
+        (TTL_ATTRIBUTE.to_owned(), AttributeValue::N(keys.expires_at.to_string())),
+    ])
 }

@@ -1,6 +1,13 @@
-//! Click events for the DynamoDB event log, and the key design that keeps every partition cool.
+//! Events for the DynamoDB event log, and the key design that keeps every partition cool.
 //!
-//! - Table key: `pk = "<campaign>#<utc day>#<shard>"`, `sk = "<event time>#<click id>#<kind>"`. The shard is a
+//! What happens to a batch's clicks together is one item per pass and kind ([`BatchEvent`]: ingested, released,
+//! delivered; the clicks' ids in a string set, a thousand at most per item), so a delivered click costs the log a
+//! fiftieth of an item or less; what happens to one click alone is an item of its own ([`ClickEvent`]: a failed
+//! attempt, a death). Together they still tell every click's story: its batch's items name it.
+//!
+//! - Batch items: `pk = "batch#<batch id>"` (a batch's items in one partition, found from the batch id a click
+//!   row carries), `sk = "<event time>#<kind>#<part>"`, and the index keys below, sharded by the batch id.
+//! - Click items: `pk = "<campaign>#<utc day>#<shard>"`, `pk = "<campaign>#<utc day>#<shard>"`, `sk = "<event time>#<click id>#<kind>"`. The shard is a
 //!   stable hash of the click id modulo [`EVENT_SHARDS`], so one campaign's busiest day spreads over that many
 //!   partitions (each stays far below DynamoDB's 1,000 writes/s per partition).
 //! - GSI `by_campaign`: `campaign_hour` (`"<campaign>#<utc hour>#<shard>"`) + `sk`: a campaign's events in time
@@ -18,6 +25,10 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::ids::{CampaignId, ClickId, PartnerId};
+
+/// Clicks named by one batch item at most: a thousand ids of up to 256 bytes stay far below DynamoDB's 400 KB
+/// item limit.
+pub const BATCH_EVENT_CLICKS: usize = 1_000;
 
 /// Shards per campaign-day in the event table's partition key.
 pub const EVENT_SHARDS: u32 = 16;
@@ -98,6 +109,78 @@ impl ClickEvent {
     }
 }
 
+/// What happened to several clicks of one batch at once, in one pass.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchEvent {
+    pub campaign_id: CampaignId,
+    pub partner_id: PartnerId,
+    pub batch_id: i64,
+    /// Ingested, released or delivered.
+    pub kind: ClickEventKind,
+    /// Ingested: the clicks' ingestion; released: the batch's release; delivered: the pass's last delivery.
+    pub at: DateTime<Utc>,
+    pub clicks: Vec<ClickId>,
+}
+
+/// One item of a batch event: a part of its clicks, with its keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchEventPart<'a> {
+    pub event: &'a BatchEvent,
+    pub clicks: &'a [ClickId],
+    pub keys: EventKeys,
+}
+
+impl BatchEvent {
+    /// The items the event is written as: its clicks a thousand at a time.
+    pub fn parts(&self) -> impl Iterator<Item = BatchEventPart<'_>> {
+        let hour = self.at.format("%Y-%m-%dT%H");
+        let shard = shard_of(&self.batch_id.to_string());
+        self.clicks.chunks(BATCH_EVENT_CLICKS).enumerate().map(move |(part, clicks)| BatchEventPart {
+            event: self,
+            clicks,
+            keys: EventKeys {
+                pk: batch_partition(self.batch_id),
+                // A retried write of the same part maps to the same key: one item.
+                sk: format!("{}#{}#{part}", self.at.format("%Y-%m-%dT%H:%M:%S%.6fZ"), self.kind.as_str()),
+                campaign_hour: format!("{}#{}#{:02}", self.campaign_id, hour, shard),
+                partner_hour: format!("{}#{}#{:02}", self.partner_id, hour, shard),
+                failure_day: None,
+                expires_at: self.at.timestamp() + EVENT_RETENTION_DAYS * 86_400,
+            },
+        })
+    }
+}
+
+/// The partition holding a batch's items.
+pub fn batch_partition(batch_id: i64) -> String {
+    format!("batch#{batch_id}")
+}
+
+/// What one delivery pass gives the event log, as the outbox keeps it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogEntries {
+    #[serde(default)]
+    pub batches: Vec<BatchEvent>,
+    #[serde(default)]
+    pub clicks: Vec<ClickEvent>,
+}
+
+impl LogEntries {
+    pub fn is_empty(&self) -> bool {
+        self.batches.is_empty() && self.clicks.is_empty()
+    }
+
+    /// Items the entries are written as.
+    pub fn items(&self) -> usize {
+        self.clicks.len() + self.batches.iter().map(|b| b.clicks.len().div_ceil(BATCH_EVENT_CLICKS)).sum::<usize>()
+    }
+
+    pub fn extend(&mut self, other: LogEntries) {
+        self.batches.extend(other.batches);
+        self.clicks.extend(other.clicks);
+    }
+}
+
 /// FNV-1a: stable across processes and releases (unlike std's randomly seeded hasher).
 pub fn shard_of(click_id: &str) -> u32 {
     let mut hash: u32 = 0x811c_9dc5;
@@ -135,6 +218,28 @@ mod tests {
         assert_eq!(keys.failure_day, None);
         let dead = event(ClickEventKind::Dead, "c-1").keys();
         assert_eq!(dead.failure_day, Some(format!("2026-03-29#{shard}")), "a day of failures spreads too");
+    }
+
+    #[test]
+    fn a_batch_event_is_one_item_per_thousand_clicks_in_the_batchs_partition() {
+        let clicks: Vec<ClickId> = (0..2_500).map(|i| ClickId::parse(format!("c-{i}")).unwrap()).collect();
+        let batch = BatchEvent {
+            campaign_id: CampaignId::parse("spring").unwrap(),
+            partner_id: PartnerId::parse("acme").unwrap(),
+            batch_id: 42,
+            kind: ClickEventKind::Delivered,
+            at: "2026-03-29T01:30:00Z".parse().unwrap(),
+            clicks,
+        };
+        let parts: Vec<_> = batch.parts().collect();
+        assert_eq!(parts.iter().map(|p| p.clicks.len()).collect::<Vec<_>>(), [1_000, 1_000, 500]);
+        assert!(parts.iter().all(|p| p.keys.pk == "batch#42" && p.keys.failure_day.is_none()));
+        let sks: std::collections::HashSet<_> = parts.iter().map(|p| p.keys.sk.clone()).collect();
+        assert_eq!(sks.len(), 3, "each part its own item");
+        let shard = format!("{:02}", shard_of("42"));
+        assert_eq!(parts[0].keys.campaign_hour, format!("spring#2026-03-29T01#{shard}"));
+        let entries = LogEntries { batches: vec![batch], clicks: vec![event(ClickEventKind::Dead, "c-1")] };
+        assert_eq!(entries.items(), 4);
     }
 
     #[test]

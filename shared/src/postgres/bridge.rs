@@ -10,7 +10,7 @@ use super::DbError;
 use super::stats::{self, StatsKey};
 use crate::delivery::pace::{AcceptedWindow, CampaignLimits, CampaignStream, SendPace, SlotGrant, WindowSends};
 use crate::delivery::{ClickForDelivery, ObservedHealth, PartnerHealth, idempotency_key};
-use crate::domain::events::ClickEvent;
+use crate::domain::events::{ClickEvent, LogEntries};
 use crate::domain::{CampaignId, ClickId, PartnerId};
 use crate::stats::{self as stats_domain, Attempt, AttemptOutcome, Counts};
 
@@ -263,7 +263,7 @@ pub async fn record_pass(
     before: BatchTally,
     records: &[DeliveryRecord],
     health: Option<&ObservedHealth>,
-    events: &[ClickEvent],
+    events: &LogEntries,
 ) -> Result<BatchTally, DbError> {
     let tx = client.transaction().await?;
     let mut counted: Vec<Attempt> = Vec::new();
@@ -327,7 +327,7 @@ pub async fn record_pass(
     }
 
     if !events.is_empty() {
-        // One row for the pass's events (a JSON array): rows, not events, are what the outbox pays for.
+        // One row for the pass's entries: rows, not events, are what the outbox pays for.
         let payload =
             serde_json::to_value(events).map_err(|e| DbError::Invalid(format!("event not encodable: {e}")))?;
         tx.execute("INSERT INTO event_outbox (event) VALUES ($1)", &[&payload]).await?;
@@ -730,30 +730,35 @@ pub async fn record_unreadable(
     Ok(())
 }
 
-/// Up to `limit` outbox rows (each the events of one delivery pass), oldest first, locked so that concurrent
+/// Up to `limit` outbox rows (each the entries of one delivery pass), oldest first, locked so that concurrent
 /// flushers take different ones.
-pub async fn take_outbox(
-    tx: &tokio_postgres::Transaction<'_>,
-    limit: i64,
-) -> Result<Vec<(i64, Vec<ClickEvent>)>, DbError> {
+pub async fn take_outbox(tx: &tokio_postgres::Transaction<'_>, limit: i64) -> Result<Vec<(i64, LogEntries)>, DbError> {
     let rows = tx
         .query("SELECT event_id, event FROM event_outbox ORDER BY event_id LIMIT $1 FOR UPDATE SKIP LOCKED", &[&limit])
         .await?;
     let mut out = Vec::with_capacity(rows.len());
     for row in rows {
         let event_id: i64 = row.get("event_id");
-        let values = match row.get::<_, serde_json::Value>("event") {
-            serde_json::Value::Array(values) => values,
-            single => vec![single],
-        };
-        let mut events = Vec::with_capacity(values.len());
-        for value in values {
-            match serde_json::from_value(value) {
-                Ok(e) => events.push(e),
-                Err(e) => tracing::warn!(event_id, error = %e, "unreadable outbox event skipped"),
+        // Rows written before batch events were one click event, or an array of them.
+        let mut entries = LogEntries::default();
+        match row.get::<_, serde_json::Value>("event") {
+            serde_json::Value::Array(values) => {
+                for value in values {
+                    match serde_json::from_value::<ClickEvent>(value) {
+                        Ok(e) => entries.clicks.push(e),
+                        Err(e) => tracing::warn!(event_id, error = %e, "unreadable outbox event skipped"),
+                    }
+                }
             }
+            value => match serde_json::from_value::<LogEntries>(value.clone()) {
+                Ok(e) if !e.is_empty() => entries = e,
+                _ => match serde_json::from_value::<ClickEvent>(value) {
+                    Ok(e) => entries.clicks.push(e),
+                    Err(e) => tracing::warn!(event_id, error = %e, "unreadable outbox row skipped"),
+                },
+            },
         }
-        out.push((event_id, events));
+        out.push((event_id, entries));
     }
     Ok(out)
 }

@@ -295,7 +295,17 @@ async fn event_log_finals(pipeline: &Pipeline) -> anyhow::Result<HashSet<(String
                 "dead" => "dead",
                 _ => continue,
             };
-            out.insert((text("campaign_id"), text("click_id"), kind));
+            // A batch's item names its clicks; a click's own item names one.
+            match item.get("clicks").and_then(|v| v.as_ss().ok()) {
+                Some(clicks) => {
+                    for click in clicks {
+                        out.insert((text("campaign_id"), click.clone(), kind));
+                    }
+                }
+                None => {
+                    out.insert((text("campaign_id"), text("click_id"), kind));
+                }
+            }
         }
         match page.last_evaluated_key() {
             Some(key) if !key.is_empty() => start = Some(key.clone()),
