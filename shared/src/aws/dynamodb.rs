@@ -199,35 +199,31 @@ impl DynamoEventLog {
         batch_id: i64,
         days: &[String],
     ) -> Result<Vec<TimelineEvent>, AwsError> {
+        let named = self.click_items(batch_partition(batch_id), "contains(clicks, :click)", click_id).await?;
+        let mut events: Vec<TimelineEvent> = named
+            .into_iter()
+            .map(|e| TimelineEvent { click_id: Some(click_id.to_owned()), clicks: None, ..e })
+            .collect();
+        let shard = crate::domain::events::shard_of(click_id);
+        for day in days {
+            let own = format!("{campaign_id}#{day}#{shard:02}");
+            events.extend(self.click_items(own, "click_id = :click", click_id).await?);
+        }
+        events.sort_by(|a, b| a.at.cmp(&b.at));
+        Ok(events)
+    }
+
+    /// The events of partition `pk` that `filter` (with `:click` bound to `click_id`) keeps.
+    async fn click_items(&self, pk: String, filter: &str, click_id: &str) -> Result<Vec<TimelineEvent>, AwsError> {
         let query = self
             .client
             .query()
             .table_name(&self.table)
             .key_condition_expression("pk = :pk")
-            .filter_expression("contains(clicks, :click)")
-            .expression_attribute_values(":pk", AttributeValue::S(batch_partition(batch_id)))
+            .filter_expression(filter)
+            .expression_attribute_values(":pk", AttributeValue::S(pk))
             .expression_attribute_values(":click", AttributeValue::S(click_id.to_owned()));
-        let mut events: Vec<TimelineEvent> = self
-            .all_pages(query)
-            .await?
-            .iter()
-            .filter_map(TimelineEvent::from_item)
-            .map(|e| TimelineEvent { click_id: Some(click_id.to_owned()), clicks: None, ..e })
-            .collect();
-        let shard = crate::domain::events::shard_of(click_id);
-        for day in days {
-            let query = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("pk = :pk")
-                .filter_expression("click_id = :click")
-                .expression_attribute_values(":pk", AttributeValue::S(format!("{campaign_id}#{day}#{shard:02}")))
-                .expression_attribute_values(":click", AttributeValue::S(click_id.to_owned()));
-            events.extend(self.all_pages(query).await?.iter().filter_map(TimelineEvent::from_item));
-        }
-        events.sort_by(|a, b| a.at.cmp(&b.at));
-        Ok(events)
+        Ok(self.all_pages(query).await?.iter().filter_map(TimelineEvent::from_item).collect())
     }
 
     /// Failed and dead events of one UTC day (`"2026-03-29"`), oldest first.
