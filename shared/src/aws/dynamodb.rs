@@ -7,9 +7,12 @@ use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
     ProjectionType, PutRequest, ScalarAttributeType, TimeToLiveSpecification, WriteRequest,
 };
+use chrono::{DateTime, Utc};
 
 use super::AwsError;
-use crate::domain::events::{BatchEventPart, ClickEvent, EVENT_SHARDS, LogEntries, batch_partition};
+use crate::domain::events::{
+    BatchEventPart, ClickEvent, ClickEventKind, EVENT_SHARDS, EventKeys, LogEntries, batch_partition,
+};
 
 pub use aws_sdk_dynamodb::types::AttributeValue as ItemValue;
 
@@ -350,49 +353,71 @@ impl DynamoEventLog {
     }
 }
 
+/// What every item holds: its keys, whose event it is, what and when.
+struct ItemBase<'a> {
+    keys: &'a EventKeys,
+    campaign_id: &'a str,
+    partner_id: &'a str,
+    batch_id: i64,
+    kind: ClickEventKind,
+    at: DateTime<Utc>,
+}
+
+impl ItemBase<'_> {
+    fn item(&self) -> HashMap<String, AttributeValue> {
+        let s = |v: &str| AttributeValue::S(v.to_owned());
+        let keys = self.keys;
+        let mut item = HashMap::from([
+            ("pk".to_owned(), s(&keys.pk)),
+            ("sk".to_owned(), s(&keys.sk)),
+            ("campaign_hour".to_owned(), s(&keys.campaign_hour)),
+            ("partner_hour".to_owned(), s(&keys.partner_hour)),
+            ("campaign_id".to_owned(), s(self.campaign_id)),
+            ("partner_id".to_owned(), s(self.partner_id)),
+            ("batch_id".to_owned(), AttributeValue::N(self.batch_id.to_string())),
+            ("event".to_owned(), s(self.kind.as_str())),
+            ("at".to_owned(), s(&self.at.to_rfc3339())),
+            (TTL_ATTRIBUTE.to_owned(), AttributeValue::N(keys.expires_at.to_string())),
+        ]);
+        if let Some(day) = &keys.failure_day {
+            item.insert("failure_day".to_owned(), s(day));
+        }
+        item
+    }
+}
+
 fn item(event: &ClickEvent) -> HashMap<String, AttributeValue> {
     let keys = event.keys();
-    let s = |v: &str| AttributeValue::S(v.to_owned());
-    let mut item = HashMap::from([
-        ("pk".to_owned(), s(&keys.pk)),
-        ("sk".to_owned(), s(&keys.sk)),
-        ("campaign_hour".to_owned(), s(&keys.campaign_hour)),
-        ("partner_hour".to_owned(), s(&keys.partner_hour)),
-        ("campaign_id".to_owned(), s(event.campaign_id.as_str())),
-        ("partner_id".to_owned(), s(event.partner_id.as_str())),
-        ("click_id".to_owned(), s(event.click_id.as_str())),
-        ("batch_id".to_owned(), AttributeValue::N(event.batch_id.to_string())),
-        ("event".to_owned(), s(event.kind.as_str())),
-        ("attempt".to_owned(), AttributeValue::N(event.attempt.to_string())),
-        ("at".to_owned(), s(&event.at.to_rfc3339())),
-        (TTL_ATTRIBUTE.to_owned(), AttributeValue::N(keys.expires_at.to_string())),
-    ]);
-    if let Some(day) = keys.failure_day {
-        item.insert("failure_day".to_owned(), s(&day));
+    let mut item = ItemBase {
+        keys: &keys,
+        campaign_id: event.campaign_id.as_str(),
+        partner_id: event.partner_id.as_str(),
+        batch_id: event.batch_id,
+        kind: event.kind,
+        at: event.at,
     }
+    .item();
+    item.insert("click_id".to_owned(), AttributeValue::S(event.click_id.as_str().to_owned()));
+    item.insert("attempt".to_owned(), AttributeValue::N(event.attempt.to_string()));
     if let Some(detail) = &event.detail {
-        item.insert("detail".to_owned(), s(detail));
+        item.insert("detail".to_owned(), AttributeValue::S(detail.clone()));
     }
     item
 }
 
 /// One part of a batch's event: its clicks as a string set.
 fn batch_item(part: &BatchEventPart<'_>) -> HashMap<String, AttributeValue> {
-    let keys = &part.keys;
     let event = part.event;
-    let s = |v: &str| AttributeValue::S(v.to_owned());
-    HashMap::from([
-        ("pk".to_owned(), s(&keys.pk)),
-        ("sk".to_owned(), s(&keys.sk)),
-        ("campaign_hour".to_owned(), s(&keys.campaign_hour)),
-        ("partner_hour".to_owned(), s(&keys.partner_hour)),
-        ("campaign_id".to_owned(), s(event.campaign_id.as_str())),
-        ("partner_id".to_owned(), s(event.partner_id.as_str())),
-        ("batch_id".to_owned(), AttributeValue::N(event.batch_id.to_string())),
-        ("event".to_owned(), s(event.kind.as_str())),
-        ("at".to_owned(), s(&event.at.to_rfc3339())),
-        ("clicks".to_owned(), AttributeValue::Ss(part.clicks.iter().map(|c| c.as_str().to_owned()).collect())),
-        ("click_count".to_owned(), AttributeValue::N(part.clicks.len().to_string())),
-        (TTL_ATTRIBUTE.to_owned(), AttributeValue::N(keys.expires_at.to_string())),
-    ])
+    let mut item = ItemBase {
+        keys: &part.keys,
+        campaign_id: event.campaign_id.as_str(),
+        partner_id: event.partner_id.as_str(),
+        batch_id: event.batch_id,
+        kind: event.kind,
+        at: event.at,
+    }
+    .item();
+    item.insert("clicks".to_owned(), AttributeValue::Ss(part.clicks.iter().map(|c| c.as_str().to_owned()).collect()));
+    item.insert("click_count".to_owned(), AttributeValue::N(part.clicks.len().to_string()));
+    item
 }
