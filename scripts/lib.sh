@@ -17,6 +17,8 @@ mkdir -p "$LOCAL"
 STARTED_SERVICES=()
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+# Gives up: the reason on stderr, status 1 (the EXIT trap still stops what the script started).
+die() { printf '\033[1;31merror: %s\033[0m\n' "$*" >&2; exit 1; }
 
 # Keeps a long step's whole output in the file $1 and shows the lines matching $2 as they come, with the time
 # since the step began, at most one every $3 seconds (default 0: every one) unless it matches $4 (always shown).
