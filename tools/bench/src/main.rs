@@ -56,7 +56,12 @@ async fn main() -> anyhow::Result<()> {
 
 /// Peak resident set size of this process since the last [`reset_peak_rss`], in MiB.
 pub fn peak_rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    peak_rss_of(std::process::id())
+}
+
+/// Peak resident set size of a process so far (`VmHWM`), in MiB; 0 when it cannot be read.
+pub fn peak_rss_of(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmHWM:"))

@@ -26,6 +26,7 @@ use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::bridge_bench::{proc_cpu, processes_matching};
+use crate::peak_rss_of;
 
 const CAMPAIGN: &str = "pipeline-asap";
 
@@ -71,16 +72,6 @@ impl Usage {
                 .sum(),
         }
     }
-}
-
-/// Peak resident set size of a process so far, MiB.
-fn peak_rss(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kib| kib / 1024.0)
 }
 
 fn round(x: f64) -> f64 {
@@ -186,9 +177,9 @@ pub async fn run(args: &[String]) -> anyhow::Result<()> {
     }
     let elapsed = last.unwrap_or(t0.elapsed()).as_secs_f64();
     let usage = Usage::now(runner_pid);
-    let runner_rss = peak_rss(runner_pid);
+    let runner_rss = peak_rss_of(runner_pid);
     let moto_rss: f64 =
-        processes_matching(|_, cmdline| cmdline.contains("moto_server")).into_iter().map(peak_rss).sum();
+        processes_matching(|_, cmdline| cmdline.contains("moto_server")).into_iter().map(peak_rss_of).sum();
     let _ = child.start_kill();
     let _ = child.wait().await;
     let _ = std::fs::remove_dir_all(&dir);
